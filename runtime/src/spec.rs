@@ -1,0 +1,130 @@
+//! Kernel specifications: the typed attributes of every operation the runtime can execute.
+//!
+//! The compiler's IR embeds these structs as op attributes, and the runtime's executors
+//! (reference kernels now, JIT kernels later) consume them. They carry no grammar concepts.
+
+use serde::{Deserialize, Serialize};
+
+/// A 2-D convolution (cross-correlation, as in PyTorch), NCHW activations, OIHW weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConvSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Kernel height, width.
+    pub kernel: [usize; 2],
+    /// Stride along height, width.
+    pub stride: [usize; 2],
+    /// Zero padding: top, left, bottom, right. Asymmetric padding expresses TensorFlow "same".
+    pub pad: [usize; 4],
+    pub groups: usize,
+    /// Whether the conv has a bias input.
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// Output spatial size for an input of `h x w`, or `None` when the window does not fit.
+    pub fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        window_out(h, w, self.kernel, self.stride, self.pad)
+    }
+    /// Weight tensor shape `[out, in / groups, kh, kw]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [self.out_channels, self.in_channels / self.groups, self.kernel[0], self.kernel[1]]
+    }
+    /// Multiply-accumulates per image for an output of `oh x ow`.
+    pub fn macs(&self, oh: usize, ow: usize) -> u64 {
+        (self.out_channels * oh * ow) as u64
+            * (self.in_channels / self.groups * self.kernel[0] * self.kernel[1]) as u64
+    }
+}
+
+/// Max or average pooling window. Max pooling pads with -inf; average pooling counts the
+/// padded zeros in the divisor (PyTorch's default `count_include_pad=True`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PoolSpec {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    /// top, left, bottom, right
+    pub pad: [usize; 4],
+}
+
+impl PoolSpec {
+    pub fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        window_out(h, w, self.kernel, self.stride, self.pad)
+    }
+}
+
+/// Output size of a sliding window (floor mode, as PyTorch and ONNX default).
+pub fn window_out(
+    h: usize,
+    w: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 4],
+) -> Option<(usize, usize)> {
+    let ph = h + pad[0] + pad[2];
+    let pw = w + pad[1] + pad[3];
+    if kernel[0] == 0 || kernel[1] == 0 || stride[0] == 0 || stride[1] == 0 {
+        return None;
+    }
+    if ph < kernel[0] || pw < kernel[1] {
+        return None;
+    }
+    Some(((ph - kernel[0]) / stride[0] + 1, (pw - kernel[1]) / stride[1] + 1))
+}
+
+/// Batch normalization over N, H, W per channel.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BnSpec {
+    pub eps: f32,
+    /// Running-statistics momentum, PyTorch convention: `running = (1 - m) * running + m * batch`.
+    pub momentum: f32,
+}
+
+/// Option A shortcut (He et al. 2015): spatial subsampling `x[:, :, ::stride, ::stride]`
+/// followed by zero padding of the channel dimension, `pad_before` zero channels first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ShortcutASpec {
+    pub stride: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub pad_before: usize,
+}
+
+/// Stochastic gradient descent with momentum and weight decay, exactly `torch.optim.SGD`:
+/// `g = grad + wd * p; v = g` on the first step, else `v = momentum * v + (1 - dampening) * g`;
+/// `d = g + momentum * v` if nesterov else `v`; `p -= lr * d`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SgdSpec {
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub dampening: f32,
+    pub nesterov: bool,
+}
+
+/// Dimensions of an NCHW tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Dims4 {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Dims4 {
+    pub fn new(n: usize, c: usize, h: usize, w: usize) -> Self {
+        Dims4 { n, c, h, w }
+    }
+    pub fn len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Elements per image.
+    pub fn chw(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    pub fn hw(&self) -> usize {
+        self.h * self.w
+    }
+}
