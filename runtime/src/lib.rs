@@ -1,9 +1,17 @@
 //! resnetc runtime: executes compiled programs for inference and training.
 //!
 //! It knows kernels, buffers and files, never the `.resnet` grammar: the compiler hands it a
-//! [`program::Program`] (steps over buffers, a parameter table and a buffer plan).
+//! program (steps over buffers, a parameter table and a buffer plan).
 
+pub mod atomic;
+pub mod checkpoint;
+pub mod data;
 pub mod error;
+pub mod npy;
+pub mod reference;
+pub mod rng;
 pub mod spec;
+pub mod synthetic;
+pub mod weights;
 
 pub use error::{Result, RuntimeError};
