@@ -30,9 +30,15 @@ pub type Result<T> = std::result::Result<T, RuntimeError>;
 
 impl RuntimeError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        RuntimeError::Io { path: path.into(), source }
+        RuntimeError::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        RuntimeError::Format { path: path.into(), msg: msg.into() }
+        RuntimeError::Format {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }

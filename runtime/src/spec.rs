@@ -28,7 +28,12 @@ impl ConvSpec {
     }
     /// Weight tensor shape `[out, in / groups, kh, kw]`.
     pub fn weight_shape(&self) -> [usize; 4] {
-        [self.out_channels, self.in_channels / self.groups, self.kernel[0], self.kernel[1]]
+        [
+            self.out_channels,
+            self.in_channels / self.groups,
+            self.kernel[0],
+            self.kernel[1],
+        ]
     }
     /// Multiply-accumulates per image for an output of `oh x ow`.
     pub fn macs(&self, oh: usize, ow: usize) -> u64 {
@@ -69,7 +74,10 @@ pub fn window_out(
     if ph < kernel[0] || pw < kernel[1] {
         return None;
     }
-    Some(((ph - kernel[0]) / stride[0] + 1, (pw - kernel[1]) / stride[1] + 1))
+    Some((
+        (ph - kernel[0]) / stride[0] + 1,
+        (pw - kernel[1]) / stride[1] + 1,
+    ))
 }
 
 /// Batch normalization over N, H, W per channel.

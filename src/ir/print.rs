@@ -1,0 +1,101 @@
+//! The stable text form of the IR (for snapshots and `--emit ir`) and Graphviz output.
+//! Nodes are numbered densely in schedule order, so the text does not depend on how passes
+//! allocated node indices.
+
+use super::graph::{Graph, Mode, Value};
+use super::op::Op;
+use petgraph::stable_graph::NodeIndex;
+use std::collections::HashMap;
+use std::fmt::Write;
+
+fn numbering(g: &Graph) -> (Vec<NodeIndex>, HashMap<NodeIndex, usize>) {
+    let order = g.schedule();
+    let ids = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    (order, ids)
+}
+
+fn value_ref(ids: &HashMap<NodeIndex, usize>, v: Value) -> String {
+    if v.port == 0 {
+        format!("%{}", ids[&v.node])
+    } else {
+        format!("%{}.{}", ids[&v.node], v.port)
+    }
+}
+
+/// Prints the graph as stable text, one node a line:
+/// `%7 = conv 16->16 3x3 /1 pad 1 (%5, %6) : Nx16x32x32  # layer1.0.conv1`.
+pub fn to_text(g: &Graph) -> String {
+    let (order, ids) = numbering(g);
+    let mut s = String::new();
+    let mode = match g.mode {
+        Mode::Inference => "inference",
+        Mode::Training => "training",
+    };
+    let [c, h, w] = g.meta.input;
+    let _ = writeln!(
+        s,
+        "model {} ({mode}) input {c}x{h}x{w} classes {}",
+        g.meta.name, g.meta.classes
+    );
+    for n in order {
+        let node = &g.dag[n];
+        let args: Vec<String> = g
+            .inputs(n)
+            .into_iter()
+            .map(|v| value_ref(&ids, v))
+            .collect();
+        let shapes: Vec<String> = node.outputs.iter().map(|s| s.to_string()).collect();
+        let _ = write!(s, "%{} = {}", ids[&n], node.op);
+        if !args.is_empty() {
+            let _ = write!(s, " ({})", args.join(", "));
+        }
+        if !shapes.is_empty() {
+            let _ = write!(s, " : {}", shapes.join(", "));
+        }
+        let _ = writeln!(s, "  # {}", node.name);
+    }
+    let outs: Vec<String> = g.outputs.iter().map(|v| value_ref(&ids, *v)).collect();
+    let _ = writeln!(s, "return {}", outs.join(", "));
+    s
+}
+
+/// Graphviz `dot` text. Parameters are folded into their consumers' labels to keep the
+/// picture readable.
+pub fn to_dot(g: &Graph) -> String {
+    let (order, ids) = numbering(g);
+    let mut s = String::new();
+    let _ = writeln!(s, "digraph \"{}\" {{", g.meta.name);
+    let _ = writeln!(
+        s,
+        "  rankdir=TB; node [shape=box, fontname=\"monospace\", fontsize=10];"
+    );
+    for &n in &order {
+        let node = &g.dag[n];
+        if matches!(node.op, Op::Param(_)) {
+            continue;
+        }
+        let label = format!(
+            "{}\\n{}\\n{}",
+            node.name,
+            node.op,
+            node.outputs
+                .first()
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
+        let _ = writeln!(s, "  n{} [label=\"{}\"];", ids[&n], label.replace('"', "'"));
+    }
+    for &n in &order {
+        if matches!(g.dag[n].op, Op::Param(_)) {
+            continue;
+        }
+        for v in g.inputs(n) {
+            if matches!(g.dag[v.node].op, Op::Param(_)) {
+                continue;
+            }
+            let _ = writeln!(s, "  n{} -> n{};", ids[&v.node], ids[&n]);
+        }
+    }
+    let _ = writeln!(s, "}}");
+    s
+}

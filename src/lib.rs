@@ -1,0 +1,8 @@
+//! resnetc: a compiler for residual networks.
+//!
+//! Data flows one way: `.resnet` text -> AST ([`frontend`]) -> IR ([`ir`]) -> passes
+//! ([`passes`], [`autodiff`]) -> a program the runtime executes.
+
+pub mod diag;
+pub mod frontend;
+pub mod ir;
