@@ -3,6 +3,9 @@
 //! Data flows one way: `.resnet` text -> AST ([`frontend`]) -> IR ([`ir`]) -> passes
 //! ([`passes`], [`autodiff`]) -> a program the runtime executes.
 
+pub mod autodiff;
+pub mod compile;
 pub mod diag;
 pub mod frontend;
 pub mod ir;
+pub mod passes;

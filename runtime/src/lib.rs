@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod npy;
+pub mod program;
 pub mod reference;
 pub mod rng;
 pub mod spec;

@@ -136,3 +136,41 @@ impl Dims4 {
         self.h * self.w
     }
 }
+
+/// One step of a fused convolution's epilogue, applied to each output element in order.
+/// The conv's own bias (when it has one) is added before the first step. Steps that need
+/// extra operands take them from the fused node's inputs, in step order, after `x`, `weight`
+/// (and `bias`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EpilogueStep {
+    /// `(v - mean[c]) / sqrt(var[c] + eps) * gamma[c] + beta[c]` with running statistics;
+    /// operands: gamma, beta, running_mean, running_var.
+    BatchNormEval(BnSpec),
+    /// Batch normalization with batch statistics, updating the running statistics. A reduction
+    /// over the whole conv output: the kernel runs the conv and the statistics in a first phase
+    /// and the remaining steps in a second. Operands: gamma, beta, running_mean, running_var.
+    BatchNormTrain(BnSpec),
+    /// `+ residual`; operand: a tensor of the output's shape.
+    Add,
+    /// `max(v, 0)`.
+    Relu,
+}
+
+impl EpilogueStep {
+    /// Extra operands the step consumes.
+    pub fn operands(&self) -> usize {
+        match self {
+            EpilogueStep::Add => 1,
+            EpilogueStep::BatchNormEval(_) | EpilogueStep::BatchNormTrain(_) => 4,
+            EpilogueStep::Relu => 0,
+        }
+    }
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            EpilogueStep::BatchNormEval(_) => "bn",
+            EpilogueStep::BatchNormTrain(_) => "bn_train",
+            EpilogueStep::Add => "add",
+            EpilogueStep::Relu => "relu",
+        }
+    }
+}

@@ -295,11 +295,16 @@ impl Graph {
         order
     }
 
-    /// Nodes ordered for execution and printing: parameters and inputs first, then ops in
-    /// topological order. Parameter order is the order they were created, which lowering keeps
-    /// equal to the PyTorch state-dict order.
+    /// Nodes ordered for execution and printing: a topological order in which optimizer
+    /// updates come after every other node. Updates write parameters in place, so running
+    /// them last guarantees that every forward and backward read saw the old value.
     pub fn schedule(&self) -> Vec<NodeIndex> {
-        self.topo_order()
+        let (mut order, updates): (Vec<NodeIndex>, Vec<NodeIndex>) = self
+            .topo_order()
+            .into_iter()
+            .partition(|n| !matches!(self.dag[*n].op, Op::SgdUpdate(_)));
+        order.extend(updates);
+        order
     }
 
     /// Parameter nodes in creation order.

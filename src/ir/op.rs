@@ -2,6 +2,7 @@
 //! pattern and its printed form here, so adding an op is a compile error until all are given.
 
 use super::shape::Shape;
+pub use resnetc_runtime::spec::EpilogueStep;
 use resnetc_runtime::spec::{BnSpec, ConvSpec, PoolSpec, SgdSpec, ShortcutASpec};
 use std::fmt;
 
@@ -61,46 +62,6 @@ pub enum Pattern {
     Opaque,
     /// Writes state in place (optimizer updates) and produces no value.
     Effect,
-}
-
-/// One step of a fused convolution's epilogue, applied to each output element in order.
-/// Steps that need extra operands take them from the fused node's inputs, in step order,
-/// after `x`, `weight` (and `bias` when the conv has one).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum EpilogueStep {
-    /// `+ bias[c]`; operand: bias.
-    Bias,
-    /// `(v - mean[c]) / sqrt(var[c] + eps) * gamma[c] + beta[c]` with running statistics;
-    /// operands: gamma, beta, running_mean, running_var.
-    BatchNormEval(BnSpec),
-    /// Batch normalization with batch statistics, updating the running statistics. A reduction
-    /// over the whole conv output: the kernel runs the conv and the statistics in a first phase
-    /// and the remaining steps in a second. Operands: gamma, beta, running_mean, running_var.
-    BatchNormTrain(BnSpec),
-    /// `+ residual`; operand: a tensor of the output's shape.
-    Add,
-    /// `max(v, 0)`.
-    Relu,
-}
-
-impl EpilogueStep {
-    /// Extra operands the step consumes.
-    pub fn operands(&self) -> usize {
-        match self {
-            EpilogueStep::Bias | EpilogueStep::Add => 1,
-            EpilogueStep::BatchNormEval(_) | EpilogueStep::BatchNormTrain(_) => 4,
-            EpilogueStep::Relu => 0,
-        }
-    }
-    fn keyword(&self) -> &'static str {
-        match self {
-            EpilogueStep::Bias => "bias",
-            EpilogueStep::BatchNormEval(_) => "bn",
-            EpilogueStep::BatchNormTrain(_) => "bn_train",
-            EpilogueStep::Add => "add",
-            EpilogueStep::Relu => "relu",
-        }
-    }
 }
 
 /// The epilogue of a fused convolution: steps plus the intermediate values that other nodes
@@ -442,7 +403,6 @@ impl Op {
                 }
                 for step in &epilogue.steps {
                     match step {
-                        EpilogueStep::Bias => per_channel(inputs[k], conv.out_channels, "bias")?,
                         EpilogueStep::BatchNormEval(_) | EpilogueStep::BatchNormTrain(_) => {
                             for s in &inputs[k..k + 4] {
                                 per_channel(s, conv.out_channels, "batch norm parameter")?;

@@ -1,0 +1,363 @@
+//! The reference executor: runs a [`Program`] step by step with the plain-Rust kernels of
+//! [`crate::reference`], parallel inside each kernel with rayon.
+
+use crate::error::{Result, RuntimeError};
+use crate::program::{Kernel, ParamRole, Program, Step};
+use crate::reference as k;
+use crate::rng::Rng;
+use crate::spec::{Dims4, EpilogueStep};
+use crate::weights::Tensor;
+use std::collections::BTreeMap;
+
+pub struct Executor {
+    pub program: Program,
+    bufs: Vec<Vec<f32>>,
+    batch: usize,
+    /// Learning rate used by optimizer steps.
+    pub lr: f32,
+    /// Optimizer steps taken so far (the first one initializes the momentum buffers).
+    pub sgd_steps: u64,
+    prepared: bool,
+}
+
+impl Executor {
+    /// Allocates every buffer for `batch` images; parameters start at zero.
+    pub fn new(program: Program, batch: usize) -> Self {
+        let bufs = program.buffers.iter().map(|b| vec![0.0; b.len(batch)]).collect();
+        Executor { program, bufs, batch, lr: 0.0, sgd_steps: 0, prepared: false }
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Resizes the batch-dependent buffers (parameters are kept).
+    pub fn set_batch(&mut self, batch: usize) {
+        if batch == self.batch {
+            return;
+        }
+        for (buf, desc) in self.bufs.iter_mut().zip(&self.program.buffers) {
+            if desc.batched {
+                buf.clear();
+                buf.resize(desc.len(batch), 0.0);
+            }
+        }
+        self.batch = batch;
+    }
+
+    /// Initializes parameters as torchvision does: Kaiming normal (fan_out, ReLU gain) for
+    /// conv weights, BN weight 1 and bias 0, running mean 0 and var 1, and PyTorch's default
+    /// uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) for fully connected weights and biases.
+    pub fn init_he(&mut self, seed: u64) {
+        let mut rng = Rng::new(seed);
+        let fan_in: BTreeMap<String, usize> = self
+            .program
+            .params
+            .iter()
+            .filter(|p| p.role == ParamRole::Weight)
+            .map(|p| (p.name.trim_end_matches(".weight").to_string(), p.shape[1..].iter().product()))
+            .collect();
+        for p in self.program.params.clone() {
+            let buf = &mut self.bufs[p.buffer];
+            match p.role {
+                ParamRole::Weight if p.shape.len() == 4 => {
+                    let fan_out = p.shape[0] * p.shape[2] * p.shape[3];
+                    let std = (2.0 / fan_out as f32).sqrt();
+                    buf.iter_mut().for_each(|v| *v = rng.normal_f32() * std);
+                }
+                ParamRole::Weight | ParamRole::Bias => {
+                    let fan = if p.role == ParamRole::Weight {
+                        p.shape[1..].iter().product()
+                    } else {
+                        *fan_in.get(p.name.trim_end_matches(".bias")).unwrap_or(&1)
+                    };
+                    let bound = 1.0 / (fan as f32).sqrt();
+                    buf.iter_mut().for_each(|v| *v = (rng.uniform_f32() * 2.0 - 1.0) * bound);
+                }
+                ParamRole::BnGamma | ParamRole::RunningVar => buf.fill(1.0),
+                ParamRole::BnBeta | ParamRole::RunningMean | ParamRole::Momentum => buf.fill(0.0),
+            }
+        }
+        self.sgd_steps = 0;
+        self.prepared = false;
+    }
+
+    /// Binds model weights by name; `tensors` must hold exactly the program's weight table
+    /// (checked by the caller with [`crate::weights::check_weights`]). Missing names are errors.
+    pub fn load_weights(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        for p in &self.program.params {
+            if p.role == ParamRole::Momentum {
+                continue;
+            }
+            let t = tensors
+                .get(&p.name)
+                .ok_or_else(|| RuntimeError::Shape(format!("no tensor named `{}`", p.name)))?;
+            if t.shape != p.shape {
+                return Err(RuntimeError::Shape(format!(
+                    "tensor `{}` has shape {:?}, the model needs {:?}",
+                    p.name, t.shape, p.shape
+                )));
+            }
+            self.bufs[p.buffer].copy_from_slice(&t.data);
+        }
+        self.prepared = false;
+        Ok(())
+    }
+
+    /// Sets parameter or optimizer tensors by name (for resuming); unknown names are errors.
+    pub fn set_tensor(&mut self, name: &str, data: &[f32]) -> Result<()> {
+        let p = self
+            .program
+            .param(name)
+            .ok_or_else(|| RuntimeError::Shape(format!("the program has no tensor `{name}`")))?;
+        let buf = &mut self.bufs[p.buffer];
+        if buf.len() != data.len() {
+            return Err(RuntimeError::Shape(format!("tensor `{name}` has {} values, expected {}", data.len(), buf.len())));
+        }
+        buf.copy_from_slice(data);
+        self.prepared = false;
+        Ok(())
+    }
+
+    /// All parameters with the given roles, by name.
+    pub fn tensors(&self, keep: impl Fn(ParamRole) -> bool) -> BTreeMap<String, Tensor> {
+        self.program
+            .params
+            .iter()
+            .filter(|p| keep(p.role))
+            .map(|p| (p.name.clone(), Tensor { shape: p.shape.clone(), data: self.bufs[p.buffer].clone() }))
+            .collect()
+    }
+
+    /// Model weights (trainable tensors and running statistics).
+    pub fn weights(&self) -> BTreeMap<String, Tensor> {
+        self.tensors(|r| r != ParamRole::Momentum)
+    }
+
+    /// Runs the program on a batch. `input` is NCHW f32 of `n` images; `labels` are needed
+    /// when the program trains. Returns the output buffers (logits; or loss and logits).
+    pub fn run(&mut self, input: &[f32], labels: Option<&[usize]>) -> Result<Vec<&[f32]>> {
+        let per = self.program.buffers[self.program.input].elems;
+        if input.is_empty() || input.len() % per != 0 {
+            return Err(RuntimeError::Shape(format!(
+                "input has {} values, not a multiple of one image ({per} = {:?})",
+                input.len(),
+                self.program.input_shape
+            )));
+        }
+        self.set_batch(input.len() / per);
+        if !self.prepared {
+            for step in self.program.prep.clone() {
+                self.run_step(&step)?;
+            }
+            self.prepared = true;
+        }
+        self.bufs[self.program.input].copy_from_slice(input);
+        if let Some(lb) = self.program.labels {
+            let labels = labels.ok_or_else(|| RuntimeError::Shape("a training program needs labels".into()))?;
+            if labels.len() != self.batch {
+                return Err(RuntimeError::Shape(format!("{} labels for {} images", labels.len(), self.batch)));
+            }
+            if let Some(bad) = labels.iter().find(|&&l| l >= self.program.classes) {
+                return Err(RuntimeError::Shape(format!("label {bad} is not below {} classes", self.program.classes)));
+            }
+            for (d, &l) in self.bufs[lb].iter_mut().zip(labels) {
+                *d = l as f32;
+            }
+        }
+        let steps = std::mem::take(&mut self.program.steps);
+        let result = steps.iter().try_for_each(|s| self.run_step(s));
+        self.program.steps = steps;
+        result?;
+        if self.program.training {
+            self.sgd_steps += 1;
+            // Parameters changed: folded weights (if any) are stale.
+            self.prepared = self.program.prep.is_empty();
+        }
+        Ok(self.program.outputs.iter().map(|&b| self.bufs[b].as_slice()).collect())
+    }
+
+    fn run_step(&mut self, step: &Step) -> Result<()> {
+        let mut outs: Vec<Vec<f32>> = step.outs.iter().map(|&b| std::mem::take(&mut self.bufs[b])).collect();
+        let mut inouts: Vec<Vec<f32>> = step.inouts.iter().map(|&b| std::mem::take(&mut self.bufs[b])).collect();
+        {
+            let ins: Vec<&[f32]> = step.ins.iter().map(|&b| self.bufs[b].as_slice()).collect();
+            let ctx = Ctx { n: self.batch, lr: self.lr, first_sgd_step: self.sgd_steps == 0 };
+            exec(&step.kernel, &ctx, &ins, &mut inouts, &mut outs);
+        }
+        for (&b, v) in step.outs.iter().zip(outs) {
+            self.bufs[b] = v;
+        }
+        for (&b, v) in step.inouts.iter().zip(inouts) {
+            self.bufs[b] = v;
+        }
+        Ok(())
+    }
+
+    /// A buffer's contents (for tests and debugging).
+    pub fn buffer(&self, id: usize) -> &[f32] {
+        &self.bufs[id]
+    }
+}
+
+struct Ctx {
+    n: usize,
+    lr: f32,
+    first_sgd_step: bool,
+}
+
+fn labels_of(buf: &[f32]) -> Vec<usize> {
+    buf.iter().map(|&v| v as usize).collect()
+}
+
+/// Applies one epilogue step in place. `ins`/`inouts` are the step's operands.
+fn apply_step(step: &EpilogueStep, d: Dims4, y: &mut [f32], ins: &[&[f32]], inouts: &mut [Vec<f32>]) {
+    match step {
+        EpilogueStep::BatchNormEval(spec) => {
+            let (gamma, beta, mean, var) = (ins[0], ins[1], ins[2], ins[3]);
+            let scale: Vec<f32> = gamma.iter().zip(var).map(|(g, v)| g / (v + spec.eps).sqrt()).collect();
+            let shift: Vec<f32> = beta.iter().zip(mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+            k::scale_shift_inplace(y, d, &scale, &shift);
+        }
+        EpilogueStep::BatchNormTrain(spec) => {
+            let x = y.to_vec();
+            let mut mean = vec![0.0; d.c];
+            let mut var = vec![0.0; d.c];
+            k::batch_norm_train(&x, d, ins[0], ins[1], spec.eps, y, &mut mean, &mut var);
+            let (rm, rv) = inouts.split_at_mut(1);
+            k::batch_norm_update_running(&mut rm[0], &mut rv[0], &mean, &var, d.n * d.h * d.w, spec.momentum);
+        }
+        EpilogueStep::Add => k::add_inplace(y, ins[0]),
+        EpilogueStep::Relu => k::relu_inplace(y),
+    }
+}
+
+fn exec(kernel: &Kernel, ctx: &Ctx, ins: &[&[f32]], inouts: &mut [Vec<f32>], outs: &mut [Vec<f32>]) {
+    let n = ctx.n;
+    match kernel {
+        Kernel::Conv { spec, in_hw, epilogue, exports } => {
+            let xd = Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]);
+            let (oh, ow) = spec.out_hw(in_hw[0], in_hw[1]).expect("checked by the compiler");
+            let yd = Dims4::new(n, spec.out_channels, oh, ow);
+            let bias = spec.bias.then(|| ins[2]);
+            let (first, rest) = outs.split_first_mut().expect("conv has an output");
+            k::conv2d(ins[0], xd, ins[1], bias, spec, first);
+            let mut at = 2 + spec.bias as usize;
+            let mut at_inout = 0;
+            let mut export = 0;
+            for (i, step) in epilogue.iter().enumerate() {
+                if exports.get(export) == Some(&i) {
+                    rest[export].copy_from_slice(first);
+                    export += 1;
+                }
+                let (n_in, n_inout) = match step {
+                    EpilogueStep::BatchNormTrain(_) => (2, 2),
+                    other => (other.operands(), 0),
+                };
+                apply_step(step, yd, first, &ins[at..at + n_in], &mut inouts[at_inout..at_inout + n_inout]);
+                at += n_in;
+                at_inout += n_inout;
+            }
+        }
+        Kernel::BatchNorm { spec, training, c, hw } => {
+            let d = Dims4::new(n, *c, 1, *hw);
+            let (x, gamma, beta) = (ins[0], ins[1], ins[2]);
+            if *training {
+                let mut mean = vec![0.0; *c];
+                let mut var = vec![0.0; *c];
+                k::batch_norm_train(x, d, gamma, beta, spec.eps, &mut outs[0], &mut mean, &mut var);
+                let (rm, rv) = inouts.split_at_mut(1);
+                k::batch_norm_update_running(&mut rm[0], &mut rv[0], &mean, &var, n * hw, spec.momentum);
+            } else {
+                k::batch_norm_eval(x, d, gamma, beta, &inouts[0], &inouts[1], spec.eps, &mut outs[0]);
+            }
+        }
+        Kernel::Relu => k::relu(ins[0], &mut outs[0]),
+        Kernel::Add => k::add(ins[0], ins[1], &mut outs[0]),
+        Kernel::MaxPool { spec, c, in_hw } => {
+            k::max_pool2d(ins[0], Dims4::new(n, *c, in_hw[0], in_hw[1]), spec, &mut outs[0])
+        }
+        Kernel::AvgPool { spec, c, in_hw } => {
+            k::avg_pool2d(ins[0], Dims4::new(n, *c, in_hw[0], in_hw[1]), spec, &mut outs[0])
+        }
+        Kernel::GlobalAvgPool { c, hw } => k::global_avg_pool(ins[0], Dims4::new(n, *c, 1, *hw), &mut outs[0]),
+        Kernel::ShortcutA { spec, in_hw } => {
+            k::shortcut_a(ins[0], Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]), spec, &mut outs[0])
+        }
+        Kernel::Linear { in_features, out_features, bias } => k::linear(
+            ins[0],
+            n,
+            *in_features,
+            ins[1],
+            bias.then(|| ins[2]),
+            *out_features,
+            &mut outs[0],
+        ),
+        Kernel::Softmax { classes } => k::softmax_rows(ins[0], n, *classes, &mut outs[0]),
+        Kernel::FoldBnWeight { spec, out_channels } => {
+            let (w, gamma, var) = (ins[0], ins[1], ins[2]);
+            let per = w.len() / out_channels;
+            for (o, (dst, src)) in outs[0].chunks_mut(per).zip(w.chunks(per)).enumerate() {
+                let s = gamma[o] / (var[o] + spec.eps).sqrt();
+                dst.iter_mut().zip(src).for_each(|(d, v)| *d = v * s);
+            }
+        }
+        Kernel::FoldBnBias { spec, conv_bias } => {
+            let (gamma, beta, mean, var) = (ins[0], ins[1], ins[2], ins[3]);
+            for c in 0..gamma.len() {
+                let b = if *conv_bias { ins[4][c] } else { 0.0 };
+                outs[0][c] = beta[c] + (b - mean[c]) * gamma[c] / (var[c] + spec.eps).sqrt();
+            }
+        }
+        Kernel::SoftmaxCrossEntropy { classes } => {
+            outs[0][0] = k::softmax_cross_entropy(ins[0], n, *classes, &labels_of(ins[1]));
+        }
+        Kernel::SoftmaxCrossEntropyGrad { classes } => {
+            k::softmax_cross_entropy_backward(ins[0], n, *classes, &labels_of(ins[1]), &mut outs[0])
+        }
+        Kernel::ConvGradInput { spec, in_hw } => {
+            let (oh, ow) = spec.out_hw(in_hw[0], in_hw[1]).expect("checked by the compiler");
+            let yd = Dims4::new(n, spec.out_channels, oh, ow);
+            let xd = Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]);
+            k::conv2d_backward_data(ins[0], yd, ins[1], spec, &mut outs[0], xd);
+        }
+        Kernel::ConvGradWeight { spec, in_hw } => {
+            let (oh, ow) = spec.out_hw(in_hw[0], in_hw[1]).expect("checked by the compiler");
+            let yd = Dims4::new(n, spec.out_channels, oh, ow);
+            let xd = Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]);
+            let (dw, db) = outs.split_first_mut().expect("conv grad has an output");
+            k::conv2d_backward_weight(ins[0], xd, ins[1], yd, spec, dw, db.first_mut().map(|v| v.as_mut_slice()));
+        }
+        Kernel::BatchNormGrad { spec, c, hw } => {
+            let d = Dims4::new(n, *c, 1, *hw);
+            let [dx, dgamma, dbeta] = outs else { unreachable!("batch norm grad has three outputs") };
+            k::batch_norm_backward(ins[0], d, ins[1], spec.eps, ins[2], dx, dgamma, dbeta);
+        }
+        Kernel::ReluGrad => k::relu_backward(ins[0], ins[1], &mut outs[0]),
+        Kernel::MaxPoolGrad { spec, c, in_hw } => {
+            k::max_pool2d_backward(ins[0], Dims4::new(n, *c, in_hw[0], in_hw[1]), ins[1], spec, &mut outs[0])
+        }
+        Kernel::AvgPoolGrad { spec, c, in_hw } => {
+            k::avg_pool2d_backward(ins[0], Dims4::new(n, *c, in_hw[0], in_hw[1]), spec, &mut outs[0])
+        }
+        Kernel::GlobalAvgPoolGrad { c, hw } => {
+            k::global_avg_pool_backward(ins[0], Dims4::new(n, *c, 1, *hw), &mut outs[0])
+        }
+        Kernel::ShortcutAGrad { spec, in_hw } => k::shortcut_a_backward(
+            ins[0],
+            Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]),
+            spec,
+            &mut outs[0],
+        ),
+        Kernel::LinearGrad { in_features, out_features, bias } => {
+            let (dx, rest) = outs.split_first_mut().expect("linear grad outputs");
+            let (dw, rest) = rest.split_first_mut().expect("linear grad outputs");
+            let db = if *bias { rest.first_mut().map(|v| v.as_mut_slice()) } else { None };
+            k::linear_backward(ins[0], ins[1], ins[2], n, *in_features, *out_features, Some(dx), dw, db);
+        }
+        Kernel::SgdUpdate { spec } => {
+            let (p, v) = inouts.split_at_mut(1);
+            k::sgd_step(&mut p[0], ins[0], &mut v[0], ctx.lr, spec, ctx.first_sgd_step);
+        }
+    }
+}

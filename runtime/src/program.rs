@@ -1,0 +1,222 @@
+//! A compiled program: what the compiler hands the runtime. Steps over numbered buffers,
+//! a parameter table, a once-per-load weight-preparation schedule and the buffer plan.
+
+use crate::spec::{BnSpec, ConvSpec, EpilogueStep, PoolSpec, SgdSpec, ShortcutASpec};
+use serde::{Deserialize, Serialize};
+
+pub type BufId = usize;
+
+/// A kernel with every size it needs except the batch size, which is bound at run time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Kernel {
+    /// ins: x, weight, [bias], epilogue operands (running-stat operands of training BN are
+    /// in `inouts`); outs: final value, then exports.
+    Conv {
+        spec: ConvSpec,
+        in_hw: [usize; 2],
+        epilogue: Vec<EpilogueStep>,
+        exports: Vec<usize>,
+    },
+    /// ins: x, gamma, beta; inouts: running_mean, running_var (updated when training).
+    BatchNorm {
+        spec: BnSpec,
+        training: bool,
+        c: usize,
+        hw: usize,
+    },
+    Relu,
+    Add,
+    MaxPool {
+        spec: PoolSpec,
+        c: usize,
+        in_hw: [usize; 2],
+    },
+    AvgPool {
+        spec: PoolSpec,
+        c: usize,
+        in_hw: [usize; 2],
+    },
+    GlobalAvgPool {
+        c: usize,
+        hw: usize,
+    },
+    ShortcutA {
+        spec: ShortcutASpec,
+        in_hw: [usize; 2],
+    },
+    Linear {
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    },
+    Softmax {
+        classes: usize,
+    },
+    FoldBnWeight {
+        spec: BnSpec,
+        out_channels: usize,
+    },
+    FoldBnBias {
+        spec: BnSpec,
+        conv_bias: bool,
+    },
+    SoftmaxCrossEntropy {
+        classes: usize,
+    },
+    SoftmaxCrossEntropyGrad {
+        classes: usize,
+    },
+    ConvGradInput {
+        spec: ConvSpec,
+        in_hw: [usize; 2],
+    },
+    ConvGradWeight {
+        spec: ConvSpec,
+        in_hw: [usize; 2],
+    },
+    BatchNormGrad {
+        spec: BnSpec,
+        c: usize,
+        hw: usize,
+    },
+    ReluGrad,
+    MaxPoolGrad {
+        spec: PoolSpec,
+        c: usize,
+        in_hw: [usize; 2],
+    },
+    AvgPoolGrad {
+        spec: PoolSpec,
+        c: usize,
+        in_hw: [usize; 2],
+    },
+    GlobalAvgPoolGrad {
+        c: usize,
+        hw: usize,
+    },
+    ShortcutAGrad {
+        spec: ShortcutASpec,
+        in_hw: [usize; 2],
+    },
+    LinearGrad {
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    },
+    /// ins: grad; inouts: param, momentum.
+    SgdUpdate {
+        spec: SgdSpec,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// The IR node's name, for profiles and errors.
+    pub name: String,
+    pub kernel: Kernel,
+    pub ins: Vec<BufId>,
+    /// Buffers read and updated in place.
+    pub inouts: Vec<BufId>,
+    pub outs: Vec<BufId>,
+}
+
+/// How a buffer's size depends on the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BufferDesc {
+    /// Elements per batch item when `batched`, else in total.
+    pub elems: usize,
+    pub batched: bool,
+}
+
+impl BufferDesc {
+    pub fn len(&self, batch: usize) -> usize {
+        if self.batched {
+            self.elems * batch
+        } else {
+            self.elems
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParamRole {
+    Weight,
+    Bias,
+    BnGamma,
+    BnBeta,
+    RunningMean,
+    RunningVar,
+    /// Optimizer state.
+    Momentum,
+}
+
+impl ParamRole {
+    pub fn trainable(self) -> bool {
+        matches!(
+            self,
+            ParamRole::Weight | ParamRole::Bias | ParamRole::BnGamma | ParamRole::BnBeta
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParamSlot {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub role: ParamRole,
+    pub buffer: BufId,
+}
+
+/// Input preprocessing from the model file: `(pixel * scale - mean[c]) / std[c]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    pub scale: f32,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Program {
+    pub name: String,
+    /// `[C, H, W]`
+    pub input_shape: [usize; 3],
+    pub classes: usize,
+    pub preprocess: Preprocessing,
+    pub training: bool,
+    pub buffers: Vec<BufferDesc>,
+    /// Weight preparation (BN folding), run once after the parameters are bound.
+    pub prep: Vec<Step>,
+    pub steps: Vec<Step>,
+    pub params: Vec<ParamSlot>,
+    pub input: BufId,
+    pub labels: Option<BufId>,
+    /// Logits in inference; `[loss, logits]` in training.
+    pub outputs: Vec<BufId>,
+}
+
+impl Program {
+    /// Bytes of all buffers at a batch size: the planned peak, since buffers are allocated once.
+    pub fn planned_bytes(&self, batch: usize) -> usize {
+        self.buffers.iter().map(|b| b.len(batch) * 4).sum()
+    }
+    /// Bytes of activation buffers only (batched ones).
+    pub fn activation_bytes(&self, batch: usize) -> usize {
+        self.buffers
+            .iter()
+            .filter(|b| b.batched)
+            .map(|b| b.len(batch) * 4)
+            .sum()
+    }
+    pub fn param(&self, name: &str) -> Option<&ParamSlot> {
+        self.params.iter().find(|p| p.name == name)
+    }
+    /// `(name, shape)` of every model weight (trainable tensors and running statistics),
+    /// in state-dict order, for checking a weights file.
+    pub fn weight_table(&self) -> Vec<(String, Vec<usize>)> {
+        self.params
+            .iter()
+            .filter(|p| p.role != ParamRole::Momentum)
+            .map(|p| (p.name.clone(), p.shape.clone()))
+            .collect()
+    }
+}

@@ -1,0 +1,162 @@
+//! One derivative rule per forward op. Notation: `y = f(x, ...)`, `dy = dL/dy` the incoming
+//! gradient, `dx = dL/dx`. Each rule returns `(input, gradient)` pairs for the inputs that
+//! need gradients. The kernels that compute them are checked against finite differences in
+//! the runtime's reference tests.
+
+use crate::ir::{Graph, IrError, Op, Value};
+use petgraph::stable_graph::NodeIndex;
+use std::collections::HashSet;
+
+pub fn backward(
+    g: &mut Graph,
+    n: NodeIndex,
+    dy: Value,
+    needs: &HashSet<NodeIndex>,
+) -> Result<Vec<(Value, Value)>, IrError> {
+    let ins = g.inputs(n);
+    let name = g.dag[n].name.clone();
+    let span = g.dag[n].span;
+    let wants = |v: &Value| needs.contains(&v.node);
+    let in_hw = |g: &Graph, v: Value| g.shape(v).chw().map_or([1, 1], |(_, h, w)| [h, w]);
+    let mut out = vec![];
+    match g.dag[n].op.clone() {
+        // y = x * w (+ b), a cross-correlation:
+        //   dx = conv_transpose(dy, w)  (the "full" correlation with the flipped kernel),
+        //   dw[o,i,r,s] = sum_{n,p,q} dy[n,o,p,q] * x[n,i,p*stride+r-pad,q*stride+s-pad],
+        //   db[o] = sum_{n,p,q} dy[n,o,p,q].
+        Op::Conv(conv) => {
+            if wants(&ins[0]) {
+                let hw = in_hw(g, ins[0]);
+                let dx = g.add(
+                    Op::ConvGradInput { conv, in_hw: hw },
+                    format!("{name}.grad_input"),
+                    &[dy, ins[1]],
+                    span,
+                )?;
+                out.push((ins[0], dx));
+            }
+            let gw = g.add_op(
+                Op::ConvGradWeight(conv),
+                format!("{name}.grad_weight"),
+                &[ins[0], dy],
+                span,
+            )?;
+            out.push((ins[1], Value { node: gw, port: 0 }));
+            if conv.bias {
+                out.push((ins[2], Value { node: gw, port: 1 }));
+            }
+        }
+        // Training mode, per channel over M = N*H*W values: x^ = (x - mean) / sqrt(var + eps)
+        // with the biased batch variance, y = gamma * x^ + beta. Then
+        //   dbeta = sum dy,  dgamma = sum dy * x^,
+        //   dx = gamma / (M * sqrt(var + eps)) * (M * dy - dbeta - x^ * dgamma).
+        // The running statistics are not differentiated.
+        Op::BatchNorm {
+            spec,
+            training: true,
+        } => {
+            let b = g.add_op(
+                Op::BatchNormGrad(spec),
+                format!("{name}.grad"),
+                &[ins[0], ins[1], dy],
+                span,
+            )?;
+            if wants(&ins[0]) {
+                out.push((ins[0], Value { node: b, port: 0 }));
+            }
+            out.push((ins[1], Value { node: b, port: 1 }));
+            out.push((ins[2], Value { node: b, port: 2 }));
+        }
+        Op::BatchNorm {
+            training: false, ..
+        } => return Err(IrError {
+            message:
+                "cannot differentiate batch norm in inference mode; lower the model for training"
+                    .into(),
+            node: Some(name),
+            span,
+        }),
+        // y = max(x, 0): dx = dy where y > 0, else 0 (the subgradient at 0 is 0, as PyTorch).
+        Op::Relu => {
+            let dx = g.add(Op::ReluGrad, format!("{name}.grad"), &[n.into(), dy], span)?;
+            out.push((ins[0], dx));
+        }
+        // y = a + b: da = dy, db = dy.
+        Op::Add => {
+            for v in ins.iter().filter(|v| wants(v)) {
+                out.push((*v, dy));
+            }
+        }
+        // y = max over the window: dx receives dy at the window's (first) maximum.
+        Op::MaxPool(pool) => {
+            let dx = g.add(
+                Op::MaxPoolGrad(pool),
+                format!("{name}.grad"),
+                &[ins[0], dy],
+                span,
+            )?;
+            out.push((ins[0], dx));
+        }
+        // y = mean over the window (padding counted): dx gets dy / window size, per window.
+        Op::AvgPool(pool) => {
+            let hw = in_hw(g, ins[0]);
+            let dx = g.add(
+                Op::AvgPoolGrad { pool, in_hw: hw },
+                format!("{name}.grad"),
+                &[dy],
+                span,
+            )?;
+            out.push((ins[0], dx));
+        }
+        // y[n,c] = mean_{h,w} x[n,c,h,w]: dx[n,c,h,w] = dy[n,c] / (H*W).
+        Op::GlobalAvgPool => {
+            let hw = in_hw(g, ins[0]);
+            let dx = g.add(
+                Op::GlobalAvgPoolGrad { in_hw: hw },
+                format!("{name}.grad"),
+                &[dy],
+                span,
+            )?;
+            out.push((ins[0], dx));
+        }
+        // y[:, p+c, i, j] = x[:, c, s*i, s*j], zero elsewhere: dx[:, c, s*i, s*j] = dy[:, p+c, i, j],
+        // zero at the positions the subsampling skipped.
+        Op::ShortcutA(spec) => {
+            let hw = in_hw(g, ins[0]);
+            let dx = g.add(
+                Op::ShortcutAGrad { spec, in_hw: hw },
+                format!("{name}.grad"),
+                &[dy],
+                span,
+            )?;
+            out.push((ins[0], dx));
+        }
+        // y = x w^T + b: dx = dy w, dw = dy^T x, db = sum_n dy.
+        Op::Linear { bias, .. } => {
+            let l = g.add_op(
+                Op::LinearGrad { bias },
+                format!("{name}.grad"),
+                &[ins[0], ins[1], dy],
+                span,
+            )?;
+            if wants(&ins[0]) {
+                out.push((ins[0], Value { node: l, port: 0 }));
+            }
+            out.push((ins[1], Value { node: l, port: 1 }));
+            if bias {
+                out.push((ins[2], Value { node: l, port: 2 }));
+            }
+        }
+        other => {
+            return Err(IrError {
+                message: format!(
+                    "autodiff has no rule for `{}`; differentiate before fusing",
+                    other.mnemonic()
+                ),
+                node: Some(name),
+                span,
+            })
+        }
+    }
+    Ok(out)
+}

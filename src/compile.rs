@@ -1,0 +1,378 @@
+//! Lowering of the (optimized) IR to a runtime [`Program`]: a schedule of kernels over
+//! numbered buffers, a once-per-load weight-preparation schedule, the parameter table and a
+//! buffer plan that reuses activation memory by liveness.
+
+use crate::ir::{EpilogueStep, Graph, IrError, Mode, Op, ParamKind, Shape, Value};
+use petgraph::stable_graph::NodeIndex;
+use resnetc_runtime::program::{
+    BufId, BufferDesc, Kernel, ParamRole, ParamSlot, Preprocessing, Program, Step,
+};
+use std::collections::HashMap;
+
+fn role(kind: ParamKind) -> ParamRole {
+    match kind {
+        ParamKind::Weight => ParamRole::Weight,
+        ParamKind::Bias => ParamRole::Bias,
+        ParamKind::BnGamma => ParamRole::BnGamma,
+        ParamKind::BnBeta => ParamRole::BnBeta,
+        ParamKind::RunningMean => ParamRole::RunningMean,
+        ParamKind::RunningVar => ParamRole::RunningVar,
+        ParamKind::Momentum => ParamRole::Momentum,
+    }
+}
+
+fn hw(s: &Shape) -> [usize; 2] {
+    match s.chw() {
+        Some((_, h, w)) => [h, w],
+        None => [1, 1],
+    }
+}
+
+fn err(g: &Graph, n: NodeIndex, message: String) -> IrError {
+    IrError {
+        message,
+        node: Some(g.dag[n].name.clone()),
+        span: g.dag[n].span,
+    }
+}
+
+/// The kernel for an op, and which input slots it updates in place.
+fn kernel_for(g: &Graph, n: NodeIndex) -> Result<(Kernel, Vec<usize>), IrError> {
+    let ins = g.inputs(n);
+    let in_shape = |i: usize| g.shape(ins[i]);
+    let chw = |i: usize| in_shape(i).chw().unwrap_or((in_shape(i).numel(), 1, 1));
+    let op = &g.dag[n].op;
+    Ok(match op {
+        Op::Conv(spec) => (
+            Kernel::Conv {
+                spec: *spec,
+                in_hw: hw(in_shape(0)),
+                epilogue: vec![],
+                exports: vec![],
+            },
+            vec![],
+        ),
+        Op::FusedConv { conv, epilogue } => {
+            let mut inout = vec![];
+            let mut at = 2 + conv.bias as usize;
+            for step in &epilogue.steps {
+                if let EpilogueStep::BatchNormTrain(_) = step {
+                    inout.extend([at + 2, at + 3]);
+                }
+                at += step.operands();
+            }
+            let kernel = Kernel::Conv {
+                spec: *conv,
+                in_hw: hw(in_shape(0)),
+                epilogue: epilogue.steps.clone(),
+                exports: epilogue.exports.clone(),
+            };
+            (kernel, inout)
+        }
+        Op::BatchNorm { spec, training } => {
+            let (c, h, w) = chw(0);
+            (
+                Kernel::BatchNorm {
+                    spec: *spec,
+                    training: *training,
+                    c,
+                    hw: h * w,
+                },
+                vec![3, 4],
+            )
+        }
+        Op::Relu => (Kernel::Relu, vec![]),
+        Op::Add => (Kernel::Add, vec![]),
+        Op::MaxPool(spec) => (
+            Kernel::MaxPool {
+                spec: *spec,
+                c: chw(0).0,
+                in_hw: hw(in_shape(0)),
+            },
+            vec![],
+        ),
+        Op::AvgPool(spec) => (
+            Kernel::AvgPool {
+                spec: *spec,
+                c: chw(0).0,
+                in_hw: hw(in_shape(0)),
+            },
+            vec![],
+        ),
+        Op::GlobalAvgPool => {
+            let (c, h, w) = chw(0);
+            (Kernel::GlobalAvgPool { c, hw: h * w }, vec![])
+        }
+        Op::ShortcutA(spec) => (
+            Kernel::ShortcutA {
+                spec: *spec,
+                in_hw: hw(in_shape(0)),
+            },
+            vec![],
+        ),
+        Op::Linear { out_features, bias } => (
+            Kernel::Linear {
+                in_features: in_shape(0).numel(),
+                out_features: *out_features,
+                bias: *bias,
+            },
+            vec![],
+        ),
+        Op::Softmax => (
+            Kernel::Softmax {
+                classes: in_shape(0).numel(),
+            },
+            vec![],
+        ),
+        Op::FoldBnWeight(spec) => (
+            Kernel::FoldBnWeight {
+                spec: *spec,
+                out_channels: in_shape(0).dims[0],
+            },
+            vec![],
+        ),
+        Op::FoldBnBias { spec, conv_bias } => (
+            Kernel::FoldBnBias {
+                spec: *spec,
+                conv_bias: *conv_bias,
+            },
+            vec![],
+        ),
+        Op::SoftmaxCrossEntropy => (
+            Kernel::SoftmaxCrossEntropy {
+                classes: in_shape(0).numel(),
+            },
+            vec![],
+        ),
+        Op::SoftmaxCrossEntropyGrad => (
+            Kernel::SoftmaxCrossEntropyGrad {
+                classes: in_shape(0).numel(),
+            },
+            vec![],
+        ),
+        Op::ConvGradInput { conv, in_hw } => (
+            Kernel::ConvGradInput {
+                spec: *conv,
+                in_hw: *in_hw,
+            },
+            vec![],
+        ),
+        Op::ConvGradWeight(conv) => (
+            Kernel::ConvGradWeight {
+                spec: *conv,
+                in_hw: hw(in_shape(0)),
+            },
+            vec![],
+        ),
+        Op::BatchNormGrad(spec) => {
+            let (c, h, w) = chw(0);
+            (
+                Kernel::BatchNormGrad {
+                    spec: *spec,
+                    c,
+                    hw: h * w,
+                },
+                vec![],
+            )
+        }
+        Op::ReluGrad => (Kernel::ReluGrad, vec![]),
+        Op::MaxPoolGrad(spec) => (
+            Kernel::MaxPoolGrad {
+                spec: *spec,
+                c: chw(0).0,
+                in_hw: hw(in_shape(0)),
+            },
+            vec![],
+        ),
+        Op::AvgPoolGrad { pool, in_hw } => (
+            Kernel::AvgPoolGrad {
+                spec: *pool,
+                c: chw(0).0,
+                in_hw: *in_hw,
+            },
+            vec![],
+        ),
+        Op::GlobalAvgPoolGrad { in_hw } => (
+            Kernel::GlobalAvgPoolGrad {
+                c: in_shape(0).numel(),
+                hw: in_hw[0] * in_hw[1],
+            },
+            vec![],
+        ),
+        Op::ShortcutAGrad { spec, in_hw } => (
+            Kernel::ShortcutAGrad {
+                spec: *spec,
+                in_hw: *in_hw,
+            },
+            vec![],
+        ),
+        Op::LinearGrad { bias } => (
+            Kernel::LinearGrad {
+                in_features: in_shape(0).numel(),
+                out_features: in_shape(1).dims[0],
+                bias: *bias,
+            },
+            vec![],
+        ),
+        Op::SgdUpdate(spec) => (Kernel::SgdUpdate { spec: *spec }, vec![0, 2]),
+        Op::Input | Op::Labels | Op::Param(_) => {
+            return Err(err(g, n, format!("{} is not a kernel", op.mnemonic())));
+        }
+    })
+}
+
+fn desc(s: &Shape) -> BufferDesc {
+    BufferDesc {
+        elems: s.numel().max(1),
+        batched: s.batched,
+    }
+}
+
+/// Compiles a verified graph to a program.
+pub fn compile(g: &Graph) -> Result<Program, IrError> {
+    crate::ir::verify(g)?;
+    let order = g.schedule();
+    let mut buffers: Vec<BufferDesc> = vec![];
+    let mut buf_of: HashMap<Value, BufId> = HashMap::new();
+    let mut params = vec![];
+    let mut input = None;
+    let mut labels = None;
+    let new_buffer = |buffers: &mut Vec<BufferDesc>, s: &Shape| {
+        buffers.push(desc(s));
+        buffers.len() - 1
+    };
+    // Sources and weight preparation get buffers of their own.
+    for &n in &order {
+        let node = &g.dag[n];
+        match node.op {
+            Op::Param(kind) => {
+                let b = new_buffer(&mut buffers, node.shape());
+                buf_of.insert(n.into(), b);
+                params.push(ParamSlot {
+                    name: node.name.clone(),
+                    shape: node.shape().dims.clone(),
+                    role: role(kind),
+                    buffer: b,
+                });
+            }
+            Op::Input => {
+                let b = new_buffer(&mut buffers, node.shape());
+                buf_of.insert(n.into(), b);
+                input = Some(b);
+            }
+            Op::Labels => {
+                let b = new_buffer(&mut buffers, node.shape());
+                buf_of.insert(n.into(), b);
+                labels = Some(b);
+            }
+            _ if node.op.is_weight_prep() => {
+                let b = new_buffer(&mut buffers, node.shape());
+                buf_of.insert(n.into(), b);
+            }
+            _ => {}
+        }
+    }
+    let kernels: Vec<NodeIndex> = order
+        .iter()
+        .copied()
+        .filter(|n| !matches!(g.dag[*n].op, Op::Input | Op::Labels | Op::Param(_)))
+        .collect();
+    let (prep_nodes, run_nodes): (Vec<NodeIndex>, Vec<NodeIndex>) = kernels
+        .into_iter()
+        .partition(|n| g.dag[*n].op.is_weight_prep());
+
+    // Liveness: the last step that reads each value; graph outputs live to the end.
+    let mut last_use: HashMap<Value, usize> = HashMap::new();
+    for (i, &n) in run_nodes.iter().enumerate() {
+        for v in g.inputs(n) {
+            last_use.insert(v, i);
+        }
+    }
+    for o in &g.outputs {
+        last_use.insert(*o, usize::MAX);
+    }
+    let mut free: HashMap<BufferDesc, Vec<BufId>> = HashMap::new();
+    let mut dying: Vec<Vec<Value>> = vec![vec![]; run_nodes.len()];
+    let mut steps = vec![];
+    for (i, &n) in run_nodes.iter().enumerate() {
+        let node = &g.dag[n];
+        for port in 0..node.outputs.len() {
+            let v = Value { node: n, port };
+            let d = desc(&node.outputs[port]);
+            let b = match free.get_mut(&d).and_then(|l| l.pop()) {
+                Some(b) => b,
+                None => new_buffer(&mut buffers, &node.outputs[port]),
+            };
+            buf_of.insert(v, b);
+            match last_use.get(&v) {
+                Some(&usize::MAX) => {}
+                Some(&j) => dying[j].push(v),
+                None => dying[i].push(v),
+            }
+        }
+        steps.push(make_step(g, n, &buf_of)?);
+        for v in std::mem::take(&mut dying[i]) {
+            // Only activations are recycled; parameters and prepared weights stay put.
+            if matches!(g.dag[v.node].op, Op::Input | Op::Labels | Op::Param(_))
+                || g.dag[v.node].op.is_weight_prep()
+            {
+                continue;
+            }
+            free.entry(buffers[buf_of[&v]])
+                .or_default()
+                .push(buf_of[&v]);
+        }
+    }
+    let prep = prep_nodes
+        .iter()
+        .map(|&n| make_step(g, n, &buf_of))
+        .collect::<Result<Vec<_>, _>>()?;
+    let input = input.ok_or_else(|| IrError {
+        message: "the graph has no input".into(),
+        node: None,
+        span: None,
+    })?;
+    let meta = &g.meta;
+    Ok(Program {
+        name: meta.name.clone(),
+        input_shape: meta.input,
+        classes: meta.classes,
+        preprocess: Preprocessing {
+            scale: meta.preprocess.scale,
+            mean: meta.preprocess.mean.clone(),
+            std: meta.preprocess.std.clone(),
+        },
+        training: g.mode == Mode::Training,
+        buffers,
+        prep,
+        steps,
+        params,
+        input,
+        labels,
+        outputs: g.outputs.iter().map(|v| buf_of[v]).collect(),
+    })
+}
+
+fn make_step(g: &Graph, n: NodeIndex, buf_of: &HashMap<Value, BufId>) -> Result<Step, IrError> {
+    let (kernel, inout_slots) = kernel_for(g, n)?;
+    let ins = g.inputs(n);
+    let mut step = Step {
+        name: g.dag[n].name.clone(),
+        kernel,
+        ins: vec![],
+        inouts: vec![],
+        outs: vec![],
+    };
+    for (slot, v) in ins.iter().enumerate() {
+        let b = buf_of[v];
+        if inout_slots.contains(&slot) {
+            step.inouts.push(b);
+        } else {
+            step.ins.push(b);
+        }
+    }
+    step.outs = (0..g.dag[n].outputs.len())
+        .map(|port| buf_of[&Value { node: n, port }])
+        .collect();
+    Ok(step)
+}
