@@ -30,8 +30,8 @@ fn as_step(op: &Op) -> Option<EpilogueStep> {
 pub fn fuse_epilogue(g: &mut Graph) -> Result<bool, IrError> {
     let mut changed = false;
     for conv in g.topo_order() {
-        let spec = match g.dag[conv].op {
-            Op::Conv(c) => c,
+        let spec = match g.dag.node_weight(conv).map(|n| &n.op) {
+            Some(Op::Conv(c)) => *c,
             _ => continue,
         };
         let mut steps = vec![];

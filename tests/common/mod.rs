@@ -1,0 +1,144 @@
+//! Hand-built graphs for pass and autodiff tests that do not go through the front end.
+#![allow(dead_code)]
+
+use resnetc::ir::{Graph, Mode, ModelMeta, Op, ParamKind, Preprocess, Value};
+use resnetc_runtime::spec::{BnSpec, ConvSpec, ShortcutASpec};
+
+pub fn meta(name: &str, input: [usize; 3], classes: usize) -> ModelMeta {
+    ModelMeta {
+        name: name.into(),
+        input,
+        classes,
+        preprocess: Preprocess {
+            scale: 1.0 / 255.0,
+            mean: vec![0.5; 3],
+            std: vec![0.25; 3],
+        },
+    }
+}
+
+fn conv_spec(cin: usize, cout: usize, k: usize, stride: usize) -> ConvSpec {
+    let p = k / 2;
+    ConvSpec {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: [k, k],
+        stride: [stride, stride],
+        pad: [p; 4],
+        groups: 1,
+        bias: false,
+    }
+}
+
+pub fn conv(g: &mut Graph, x: Value, name: &str, cout: usize, k: usize, stride: usize) -> Value {
+    let cin = g.shape(x).chw().unwrap().0;
+    let spec = conv_spec(cin, cout, k, stride);
+    let w = g.add_param(
+        ParamKind::Weight,
+        format!("{name}.weight"),
+        &spec.weight_shape(),
+        None,
+    );
+    g.add(Op::Conv(spec), name, &[x, w], None).unwrap()
+}
+
+pub fn bn(g: &mut Graph, x: Value, name: &str) -> Value {
+    let c = g.shape(x).chw().unwrap().0;
+    let p: Vec<Value> = [
+        (ParamKind::BnGamma, "weight"),
+        (ParamKind::BnBeta, "bias"),
+        (ParamKind::RunningMean, "running_mean"),
+        (ParamKind::RunningVar, "running_var"),
+    ]
+    .iter()
+    .map(|(k, s)| g.add_param(*k, format!("{name}.{s}"), &[c], None))
+    .collect();
+    let training = g.mode == Mode::Training;
+    g.add(
+        Op::BatchNorm {
+            spec: BnSpec {
+                eps: 1e-5,
+                momentum: 0.1,
+            },
+            training,
+        },
+        name,
+        &[x, p[0], p[1], p[2], p[3]],
+        None,
+    )
+    .unwrap()
+}
+
+pub fn relu(g: &mut Graph, x: Value, name: &str) -> Value {
+    g.add(Op::Relu, name, &[x], None).unwrap()
+}
+
+/// A CIFAR-style basic block: conv-bn-relu-conv-bn + shortcut, relu. `shortcut`: 'I'
+/// identity, 'A' subsample + zero pad, 'B' projection.
+pub fn basic_block(
+    g: &mut Graph,
+    x: Value,
+    p: &str,
+    cout: usize,
+    stride: usize,
+    shortcut: char,
+) -> Value {
+    let cin = g.shape(x).chw().unwrap().0;
+    let h = conv(g, x, &format!("{p}.conv1"), cout, 3, stride);
+    let h = bn(g, h, &format!("{p}.bn1"));
+    let h = relu(g, h, &format!("{p}.relu1"));
+    let h = conv(g, h, &format!("{p}.conv2"), cout, 3, 1);
+    let h = bn(g, h, &format!("{p}.bn2"));
+    let s = match shortcut {
+        'I' => x,
+        'A' => g
+            .add(
+                Op::ShortcutA(ShortcutASpec {
+                    stride,
+                    in_channels: cin,
+                    out_channels: cout,
+                    pad_before: (cout - cin) / 2,
+                }),
+                format!("{p}.shortcut"),
+                &[x],
+                None,
+            )
+            .unwrap(),
+        _ => {
+            let s = conv(g, x, &format!("{p}.downsample.0"), cout, 1, stride);
+            bn(g, s, &format!("{p}.downsample.1"))
+        }
+    };
+    let y = g.add(Op::Add, format!("{p}.add"), &[h, s], None).unwrap();
+    relu(g, y, &format!("{p}.relu2"))
+}
+
+/// A tiny residual network: stem, an identity block, a shortcut-A block, a shortcut-B
+/// block, global pool and fc. `width` channels, `hw` x `hw` input.
+pub fn tiny_resnet(mode: Mode, width: usize, hw: usize, classes: usize) -> Graph {
+    let mut g = Graph::new(meta("tiny", [3, hw, hw], classes), mode);
+    let x = g.add_input();
+    let h = conv(&mut g, x, "conv1", width, 3, 1);
+    let h = bn(&mut g, h, "bn1");
+    let h = relu(&mut g, h, "relu");
+    let h = basic_block(&mut g, h, "layer1.0", width, 1, 'I');
+    let h = basic_block(&mut g, h, "layer2.0", width * 2, 2, 'A');
+    let h = basic_block(&mut g, h, "layer3.0", width * 3, 2, 'B');
+    let h = g.add(Op::GlobalAvgPool, "avgpool", &[h], None).unwrap();
+    let c = g.shape(h).dims[0];
+    let w = g.add_param(ParamKind::Weight, "fc.weight", &[classes, c], None);
+    let b = g.add_param(ParamKind::Bias, "fc.bias", &[classes], None);
+    let y = g
+        .add(
+            Op::Linear {
+                out_features: classes,
+                bias: true,
+            },
+            "fc",
+            &[h, w, b],
+            None,
+        )
+        .unwrap();
+    g.outputs = vec![y];
+    g
+}
