@@ -9,3 +9,4 @@ pub mod diag;
 pub mod frontend;
 pub mod ir;
 pub mod passes;
+pub mod summary;
