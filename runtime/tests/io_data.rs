@@ -526,3 +526,35 @@ fn exact_center_crop_and_image_folder() {
     std::fs::remove_dir_all(root).unwrap();
     std::fs::remove_dir_all(flat).unwrap();
 }
+
+#[test]
+fn real_cifar_through_eval_and_train_loaders() {
+    let Some(data) = shared() else { return };
+    let set = load_cifar_dir(data.join("cifar10"), Split::Test).unwrap();
+    let raw0 = set.image(0).to_vec();
+    let labels: Vec<usize> = set.labels.iter().map(|&l| l as usize).collect();
+    let images = Arc::new(ImageSet::from(set));
+    let norm = Normalize::imagenet();
+    let eval = BatchLoader::new(images.clone(), LoaderConfig::eval(256, norm.clone())).unwrap();
+    let batches: Vec<_> = eval.epoch(0).collect();
+    assert_eq!(
+        batches.iter().map(|b| b.n).collect::<Vec<_>>(),
+        vec![256, 256, 256, 232]
+    );
+    assert_eq!(
+        batches[0].images[..3072],
+        norm.apply_vec(&raw0, 1024).unwrap()[..]
+    );
+    let got: Vec<usize> = batches.iter().flat_map(|b| b.labels.clone()).collect();
+    assert_eq!(got, labels);
+    // Training loader: same seed, same batches; labels are a permutation of the data set's.
+    let train = || BatchLoader::new(images.clone(), LoaderConfig::train(128, norm.clone(), 2024));
+    let a: Vec<_> = train().unwrap().epoch(1).take(2).collect();
+    let b: Vec<_> = train().unwrap().epoch(1).take(2).collect();
+    assert_eq!(a, b);
+    let mut all: Vec<usize> = train().unwrap().epoch(1).flat_map(|b| b.labels).collect();
+    let mut sorted = labels.clone();
+    all.sort();
+    sorted.sort();
+    assert_eq!(all, sorted);
+}
