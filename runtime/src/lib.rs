@@ -7,6 +7,7 @@ pub mod atomic;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+
 pub mod npy;
 pub mod program;
 pub mod reference;
