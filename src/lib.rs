@@ -6,6 +6,7 @@
 pub mod autodiff;
 pub mod compile;
 pub mod diag;
+pub mod driver;
 pub mod frontend;
 pub mod ir;
 pub mod passes;

@@ -1,1 +1,340 @@
-fn main() {}
+//! The `resnetc` command line: `build` compiles and reports, `run` infers, evaluates and
+//! trains, `bench` measures.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use resnetc::driver::{self, BuildOptions, CliError};
+use resnetc::ir::Mode;
+use resnetc_runtime::train::{EpochStats, Observer, Schedule};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "resnetc", version, about = "Compile, train and run residual networks from .resnet files")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compile a model and print its summary, IR or graph.
+    Build(BuildArgs),
+    /// Run a model: inference on tensors or images, evaluation, or training.
+    Run(Box<RunArgs>),
+    /// Measure inference or training throughput of the compiled model.
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum Emit {
+    Summary,
+    Ir,
+    Dot,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum Stage {
+    Parsed,
+    Lowered,
+    Fused,
+}
+
+#[derive(Args)]
+struct CompileArgs {
+    /// The .resnet model file.
+    model: PathBuf,
+    /// Optimization level: 0 runs no pass, 1 (default) folds and fuses.
+    #[arg(short = 'O', default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    opt: u8,
+    /// Run exactly these passes, comma-separated (fold_batch_norm, fuse_epilogue,
+    /// fuse_residual_add, dead_code), instead of the -O pipeline.
+    #[arg(long)]
+    passes: Option<String>,
+    /// Override a model parameter: -D n=9 (repeatable).
+    #[arg(short = 'D', value_name = "NAME=VALUE")]
+    define: Vec<String>,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    #[command(flatten)]
+    compile: CompileArgs,
+    /// What to print.
+    #[arg(long, value_enum, default_value = "summary")]
+    emit: Emit,
+    /// Which stage `--emit ir` prints.
+    #[arg(long, value_enum, default_value = "fused")]
+    stage: Stage,
+    /// Compile the training graph (batch statistics, backward pass, SGD update).
+    #[arg(long)]
+    train: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    compile: CompileArgs,
+    /// Train the model (default data: $RESNETC_DATA, data/cifar-10-batches-bin, ../shared/data/cifar10).
+    #[arg(long)]
+    train: bool,
+    /// Report top-1 accuracy on the data directory's test_batch.bin.
+    #[arg(long)]
+    eval: bool,
+    /// Weights (safetensors; PyTorch state-dict names).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// CIFAR-10 binary directory (data_batch_*.bin, test_batch.bin).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Inputs: one .npy NCHW float32 tensor, or image files (JPEG, PNG).
+    #[arg(long, num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// Where to write the logits (.npy) of --input.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Class names (imagenet_class_index.json) for image inference, or training labels (.npy)
+    /// for single-step mode.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Single-step mode: optimizer steps on --input/--labels, no augmentation or shuffling.
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long, default_value_t = 0.1)]
+    lr: f32,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    #[arg(long = "weight-decay", default_value_t = 1e-4)]
+    weight_decay: f32,
+    #[arg(long)]
+    nesterov: bool,
+    #[arg(long, value_enum, default_value = "cosine")]
+    schedule: ScheduleArg,
+    /// Linear warm-up in epochs, from lr/5.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Disable the pad-4 crop and flip augmentation.
+    #[arg(long = "no-augment")]
+    no_augment: bool,
+    /// Use only the first N training images.
+    #[arg(long = "train-limit")]
+    train_limit: Option<usize>,
+    /// Write weights (inference/single step) or a checkpoint (training) here, atomically.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Resume training from a checkpoint.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Per-epoch CSV log (default: next to --save, or runs/<model>.csv).
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// End with one JSON line of results.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum ScheduleArg {
+    Step,
+    Cosine,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    compile: CompileArgs,
+    /// Batch sizes to measure, comma-separated.
+    #[arg(long, default_value = "1")]
+    batch: String,
+    /// Measure a training step instead of inference.
+    #[arg(long)]
+    train: bool,
+    /// Timed iterations per batch size (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn build_options(c: &CompileArgs) -> Result<BuildOptions, CliError> {
+    let mut overrides = vec![];
+    for d in &c.define {
+        let (k, v) = d
+            .split_once('=')
+            .ok_or_else(|| CliError::usage(format!("-D {d}: expected NAME=VALUE, for example -D n=9")))?;
+        let v: i64 = v
+            .trim()
+            .parse()
+            .map_err(|_| CliError::usage(format!("-D {d}: `{v}` is not an integer")))?;
+        overrides.push((k.trim().to_string(), v));
+    }
+    Ok(BuildOptions { model: c.model.clone(), opt_level: c.opt, passes: c.passes.clone(), overrides })
+}
+
+fn set_threads(threads: Option<usize>) {
+    if let Some(n) = threads {
+        // Fails only if a pool already exists, which cannot happen this early.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
+    }
+}
+
+/// Progress bar and per-epoch lines for training.
+struct Progress {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+}
+
+impl Observer for Progress {
+    fn epoch_start(&mut self, epoch: usize, batches: usize) {
+        if self.quiet {
+            return;
+        }
+        let bar = ProgressBar::new(batches as u64);
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}", epoch + 1));
+        self.bar = Some(bar);
+    }
+    fn step(&mut self, _batch: usize, loss: f32, images_per_s: f32) {
+        if let Some(b) = &self.bar {
+            b.set_message(format!("loss {loss:.4}  {images_per_s:.0} img/s"));
+            b.inc(1);
+        }
+    }
+    fn epoch_end(&mut self, s: &EpochStats) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        if self.quiet {
+            return;
+        }
+        let test = s.test_accuracy.map_or(String::new(), |a| format!("  test acc {:.2}%", a * 100.0));
+        println!(
+            "epoch {:>3}  train loss {:.4}  train acc {:.2}%{test}  {:.0} img/s  lr {:.4}  {:.1}s",
+            s.epoch,
+            s.train_loss,
+            s.train_accuracy * 100.0,
+            s.images_per_s,
+            s.lr,
+            s.seconds
+        );
+    }
+}
+
+fn run(args: &RunArgs) -> Result<(), CliError> {
+    set_threads(args.threads);
+    let opts = build_options(&args.compile)?;
+    let sgd = resnetc_runtime::spec::SgdSpec {
+        momentum: args.momentum,
+        weight_decay: args.weight_decay,
+        dampening: 0.0,
+        nesterov: args.nesterov,
+    };
+    if args.train && args.steps.is_some() {
+        let input = args.input.first().ok_or_else(|| CliError::usage("single-step mode needs --input x.npy"))?;
+        let labels = args.labels.as_ref().ok_or_else(|| CliError::usage("single-step mode needs --labels y.npy"))?;
+        let r = driver::single_steps(&opts, sgd, args.weights.as_deref(), input, labels, args.steps.unwrap_or(1), args.lr, args.seed, args.save.as_deref())?;
+        if args.json {
+            println!("{}", serde_json::json!({ "losses": r }));
+        } else {
+            for (i, l) in r.iter().enumerate() {
+                println!("step {}  loss {l:.6}", i + 1);
+            }
+        }
+        return Ok(());
+    }
+    if args.train {
+        let cfg = driver::TrainOptions {
+            epochs: args.epochs,
+            batch: args.batch,
+            lr: args.lr,
+            schedule: match args.schedule {
+                ScheduleArg::Step => Schedule::Step,
+                ScheduleArg::Cosine => Schedule::Cosine,
+            },
+            warmup_epochs: args.warmup,
+            seed: args.seed,
+            augment: !args.no_augment,
+            sgd,
+            save: args.save.clone(),
+            resume: args.resume.clone(),
+            log: args.log.clone(),
+            train_limit: args.train_limit,
+            weights: args.weights.clone(),
+        };
+        let mut progress = Progress { bar: None, quiet: false };
+        let summary = driver::train(&opts, args.data.as_deref(), &cfg, &mut progress)?;
+        println!("{}", summary.human);
+        if args.json {
+            println!("{}", summary.json);
+        }
+        return Ok(());
+    }
+    if args.eval {
+        let weights = args.weights.as_ref().ok_or_else(|| CliError::usage("--eval needs --weights FILE"))?;
+        let (correct, total) = driver::evaluate(&opts, weights, args.data.as_deref(), args.batch)?;
+        println!("{correct} / {total} correct ({:.2} %)", 100.0 * correct as f64 / total as f64);
+        if args.json {
+            println!("{}", serde_json::json!({ "correct": correct, "total": total, "accuracy": correct as f64 / total as f64 }));
+        }
+        return Ok(());
+    }
+    if !args.input.is_empty() {
+        let text = driver::infer(&opts, args.weights.as_deref(), &args.input, args.output.as_deref(), args.labels.as_deref(), args.seed, args.json)?;
+        print!("{text}");
+        return Ok(());
+    }
+    Err(CliError::usage("say what to run: --train, --eval --weights W, or --input FILES"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Build(b) => build_options(&b.compile).and_then(|opts| {
+            let mode = if b.train { Mode::Training } else { Mode::Inference };
+            let stage = match b.stage {
+                Stage::Parsed => driver::IrStage::Parsed,
+                Stage::Lowered => driver::IrStage::Lowered,
+                Stage::Fused => driver::IrStage::Fused,
+            };
+            let emit = match b.emit {
+                Emit::Summary if b.json => driver::BuildEmit::Json,
+                Emit::Summary => driver::BuildEmit::Summary,
+                Emit::Ir => driver::BuildEmit::Ir(stage),
+                Emit::Dot => driver::BuildEmit::Dot,
+            };
+            driver::build(&opts, mode, emit).map(|text| print!("{text}"))
+        }),
+        Command::Run(r) => run(r),
+        Command::Bench(b) => build_options(&b.compile).and_then(|opts| {
+            set_threads(b.threads);
+            let batches: Result<Vec<usize>, _> = b.batch.split(',').map(|s| s.trim().parse::<usize>()).collect();
+            let batches = batches.map_err(|_| CliError::usage(format!("--batch {}: expected sizes like 1,16", b.batch)))?;
+            driver::bench(&opts, &batches, b.train, b.iters, b.json).map(|t| print!("{t}"))
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprint!("{}", e.render());
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

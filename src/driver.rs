@@ -1,0 +1,501 @@
+//! What the CLI does, as library functions: compile a model file through the pipeline,
+//! and drive the runtime for inference, evaluation, training and benchmarks.
+
+use crate::autodiff::append_training;
+use crate::compile::compile;
+use crate::diag::Diagnostics;
+use crate::frontend;
+use crate::ir::{print, Graph, IrError, Mode};
+use crate::passes::Pipeline;
+use crate::summary;
+use resnetc_runtime::data::{load_cifar_dir, load_image_chw, ClassIndex, ImageSet, LoaderConfig, Normalize, Split};
+use resnetc_runtime::executor::Executor;
+use resnetc_runtime::program::Program;
+use resnetc_runtime::spec::SgdSpec;
+use resnetc_runtime::train::{self, Observer, Schedule, TrainConfig};
+use resnetc_runtime::weights::{check_weights, load_safetensors, save_safetensors};
+use resnetc_runtime::{npy, RuntimeError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Exit codes of the `resnetc` command (documented in the README).
+pub mod exit {
+    /// A compiler bug.
+    pub const INTERNAL: i32 = 1;
+    /// An error in the model file or on the command line.
+    pub const USER: i32 = 2;
+    /// A file could not be read or written.
+    pub const IO: i32 = 3;
+    /// Data, weights or tensors that do not fit (truncated files, wrong shapes, bad labels).
+    pub const DATA: i32 = 4;
+    /// Training diverged (NaN or infinite loss).
+    pub const DIVERGED: i32 = 5;
+}
+
+#[derive(Debug)]
+pub enum CliError {
+    Model(Diagnostics),
+    Usage(String),
+    Runtime(RuntimeError),
+    Internal(String),
+}
+
+impl CliError {
+    pub fn usage(msg: impl Into<String>) -> Self {
+        CliError::Usage(msg.into())
+    }
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Model(d) => d.exit_code(),
+            CliError::Usage(_) => exit::USER,
+            CliError::Runtime(RuntimeError::Io { .. }) => exit::IO,
+            CliError::Runtime(RuntimeError::NonFinite(_)) => exit::DIVERGED,
+            CliError::Runtime(_) => exit::DATA,
+            CliError::Internal(_) => exit::INTERNAL,
+        }
+    }
+    pub fn render(&self) -> String {
+        match self {
+            CliError::Model(d) => {
+                if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    d.render_color()
+                } else {
+                    d.render_plain()
+                }
+            }
+            CliError::Usage(m) => format!("error: {m}\n"),
+            CliError::Runtime(e) => format!("error: {e}\n"),
+            CliError::Internal(m) => format!("internal compiler error: {m}\nplease report this with the model file\n"),
+        }
+    }
+}
+
+impl From<RuntimeError> for CliError {
+    fn from(e: RuntimeError) -> Self {
+        CliError::Runtime(e)
+    }
+}
+
+impl From<IrError> for CliError {
+    fn from(e: IrError) -> Self {
+        CliError::Internal(e.to_string())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    pub model: PathBuf,
+    pub opt_level: u8,
+    pub passes: Option<String>,
+    pub overrides: Vec<(String, i64)>,
+}
+
+impl BuildOptions {
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        BuildOptions { model: model.into(), opt_level: 1, passes: None, overrides: vec![] }
+    }
+}
+
+/// SGD settings used when `build --train` shows the training graph.
+pub const DEFAULT_SGD: SgdSpec = SgdSpec { momentum: 0.9, weight_decay: 1e-4, dampening: 0.0, nesterov: false };
+
+/// A compiled model at each stage.
+pub struct Compiled {
+    pub lowered: Graph,
+    pub optimized: Graph,
+    pub passes: Vec<&'static str>,
+    pub compile_ms: f64,
+}
+
+/// Parses, checks and lowers the model, appends the training graph when `sgd` is given, and
+/// runs the pass pipeline.
+pub fn compile_model(opts: &BuildOptions, mode: Mode, sgd: Option<SgdSpec>) -> Result<Compiled, CliError> {
+    let start = Instant::now();
+    let lowered = frontend::compile_file(&opts.model, mode, &opts.overrides).map_err(CliError::Model)?;
+    let mut g = lowered.clone();
+    if mode == Mode::Training {
+        append_training(&mut g, Some(sgd.unwrap_or(DEFAULT_SGD)))?;
+    }
+    let pipeline = match &opts.passes {
+        Some(list) => Pipeline::from_names(list).map_err(CliError::Usage)?,
+        None => Pipeline::for_level(opts.opt_level, mode),
+    };
+    pipeline.run(&mut g)?;
+    Ok(Compiled {
+        lowered,
+        optimized: g,
+        passes: pipeline.passes.iter().map(|p| p.name()).collect(),
+        compile_ms: start.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+pub enum IrStage {
+    Parsed,
+    Lowered,
+    Fused,
+}
+
+pub enum BuildEmit {
+    Summary,
+    Json,
+    Ir(IrStage),
+    Dot,
+}
+
+pub fn build(opts: &BuildOptions, mode: Mode, emit: BuildEmit) -> Result<String, CliError> {
+    if let BuildEmit::Ir(IrStage::Parsed) = emit {
+        let name = opts.model.display().to_string();
+        let src = std::fs::read_to_string(&opts.model)
+            .map_err(|e| CliError::Runtime(RuntimeError::io(&opts.model, e)))?;
+        return frontend::pretty_source(&name, &src).map_err(CliError::Model);
+    }
+    let c = compile_model(opts, mode, None)?;
+    Ok(match emit {
+        BuildEmit::Summary => summary::render(&c.lowered, &c.optimized) + &format!("Compiled in {:.1} ms\n", c.compile_ms),
+        BuildEmit::Json => summary::json(&c.lowered, &c.optimized, c.compile_ms, &c.passes).to_string() + "\n",
+        BuildEmit::Ir(IrStage::Lowered) => print::to_text(&c.lowered),
+        BuildEmit::Ir(_) => print::to_text(&c.optimized),
+        BuildEmit::Dot => print::to_dot(&c.optimized),
+    })
+}
+
+pub fn inference_program(opts: &BuildOptions) -> Result<Program, CliError> {
+    Ok(compile(&compile_model(opts, Mode::Inference, None)?.optimized)?)
+}
+
+pub fn training_program(opts: &BuildOptions, sgd: SgdSpec) -> Result<Program, CliError> {
+    Ok(compile(&compile_model(opts, Mode::Training, Some(sgd))?.optimized)?)
+}
+
+/// Loads a safetensors file into an executor, checking names and shapes against the model.
+pub fn load_weights(exec: &mut Executor, path: &Path) -> Result<(), CliError> {
+    let tensors = load_safetensors(path)?;
+    check_weights(path, &exec.program.weight_table(), &tensors)?;
+    exec.load_weights(&tensors)?;
+    Ok(())
+}
+
+pub fn normalize_of(p: &Program) -> Result<Normalize, CliError> {
+    Ok(Normalize::new(p.preprocess.scale, p.preprocess.mean.clone(), p.preprocess.std.clone())?)
+}
+
+/// Where training and evaluation look for CIFAR-10 when `--data` is not given, in order.
+pub fn default_data_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![];
+    if let Ok(d) = std::env::var("RESNETC_DATA") {
+        if !d.is_empty() {
+            dirs.push(PathBuf::from(d));
+        }
+    }
+    dirs.push(PathBuf::from("data/cifar-10-batches-bin"));
+    dirs.push(PathBuf::from("../shared/data/cifar10"));
+    dirs
+}
+
+pub fn find_data_dir(explicit: Option<&Path>) -> Result<PathBuf, CliError> {
+    if let Some(d) = explicit {
+        return Ok(d.to_path_buf());
+    }
+    let tried = default_data_dirs();
+    for d in &tried {
+        if d.join("test_batch.bin").is_file() || d.join("data_batch_1.bin").is_file() {
+            return Ok(d.clone());
+        }
+    }
+    let list: Vec<String> = tried.iter().map(|d| format!("  {}", d.display())).collect();
+    Err(CliError::Usage(format!(
+        "no CIFAR-10 data found; looked in:\n{}\nGet the binary version from https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz,\n\
+         extract it so that data/cifar-10-batches-bin/data_batch_1.bin exists, or pass --data DIR or set RESNETC_DATA",
+        list.join("\n")
+    )))
+}
+
+fn check_input_size(p: &Program, set: &ImageSet) -> Result<(), CliError> {
+    if set.chw != p.input_shape {
+        return Err(CliError::Usage(format!(
+            "the data has {:?} images but the model `{}` takes {:?}",
+            set.chw, p.name, p.input_shape
+        )));
+    }
+    Ok(())
+}
+
+/// Top-1 correct and total on the data directory's test split.
+pub fn evaluate(opts: &BuildOptions, weights: &Path, data: Option<&Path>, batch: usize) -> Result<(usize, usize), CliError> {
+    let program = inference_program(opts)?;
+    let dir = find_data_dir(data)?;
+    let set = Arc::new(ImageSet::from(load_cifar_dir(&dir, Split::Test)?));
+    check_input_size(&program, &set)?;
+    let norm = normalize_of(&program)?;
+    let mut exec = Executor::new(program, batch);
+    load_weights(&mut exec, weights)?;
+    Ok(train::evaluate(&mut exec, set, LoaderConfig::eval(batch, norm))?)
+}
+
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+/// Inference on a `.npy` tensor or on image files. Returns the text to print.
+pub fn infer(
+    opts: &BuildOptions,
+    weights: Option<&Path>,
+    inputs: &[PathBuf],
+    output: Option<&Path>,
+    class_index: Option<&Path>,
+    seed: u64,
+    json: bool,
+) -> Result<String, CliError> {
+    let program = inference_program(opts)?;
+    let [c, h, w] = program.input_shape;
+    let classes = program.classes;
+    let mut notes = String::new();
+    let is_npy = inputs.len() == 1 && inputs[0].extension().is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+    let (data, n) = if is_npy {
+        let (shape, data) = npy::read_npy_f32(&inputs[0])?;
+        if shape.len() != 4 || shape[1..] != [c, h, w] {
+            return Err(CliError::Runtime(RuntimeError::format(
+                &inputs[0],
+                format!("has shape {shape:?}; the model takes N x {c} x {h} x {w} (NCHW float32)"),
+            )));
+        }
+        (data, shape[0])
+    } else {
+        let norm = normalize_of(&program)?;
+        let mut data = vec![0.0f32; inputs.len() * c * h * w];
+        for (i, path) in inputs.iter().enumerate() {
+            let img = load_image_chw(path, h, w)?;
+            norm.apply(&img, h * w, &mut data[i * c * h * w..(i + 1) * c * h * w])?;
+        }
+        (data, inputs.len())
+    };
+    let mut exec = Executor::new(program, n.max(1));
+    match weights {
+        Some(p) => load_weights(&mut exec, p)?,
+        None => {
+            exec.init_he(seed);
+            notes += "note: no --weights given; the model has random (He) weights\n";
+        }
+    }
+    let logits = exec.run(&data, None)?[0].to_vec();
+    if let Some(out) = output {
+        npy::write_npy_f32(out, &[n, classes], &logits)?;
+        notes += &format!("wrote logits {n}x{classes} to {}\n", out.display());
+    }
+    let names = class_index.map(ClassIndex::load).transpose()?;
+    let mut text = notes;
+    let mut rows = vec![];
+    for i in 0..n {
+        let p = softmax(&logits[i * classes..(i + 1) * classes]);
+        let mut idx: Vec<usize> = (0..classes).collect();
+        idx.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
+        let label = if is_npy { format!("{}[{i}]", inputs[0].display()) } else { inputs[i].display().to_string() };
+        let mut top = vec![];
+        text += &format!("{label}\n");
+        for &k in idx.iter().take(5.min(classes)) {
+            let name = names.as_ref().and_then(|ci| ci.name(k)).unwrap_or("");
+            text += &format!("  {:>6.2}%  {k:>4}  {name}\n", p[k] * 100.0);
+            top.push(serde_json::json!({"class": k, "name": name, "probability": p[k]}));
+        }
+        rows.push(serde_json::json!({"input": label, "top5": top}));
+    }
+    if json {
+        text += &format!("{}\n", serde_json::json!({ "predictions": rows }));
+    }
+    Ok(text)
+}
+
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub schedule: Schedule,
+    pub warmup_epochs: f32,
+    pub seed: u64,
+    pub augment: bool,
+    pub sgd: SgdSpec,
+    pub save: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+    pub log: Option<PathBuf>,
+    pub train_limit: Option<usize>,
+    pub weights: Option<PathBuf>,
+}
+
+pub struct TrainSummary {
+    pub human: String,
+    pub json: String,
+}
+
+/// Trains on the data directory's training split and tests on its test split.
+pub fn train(opts: &BuildOptions, data: Option<&Path>, t: &TrainOptions, observer: &mut dyn Observer) -> Result<TrainSummary, CliError> {
+    let dir = find_data_dir(data)?;
+    let mut train_cifar = load_cifar_dir(&dir, Split::Train)?;
+    if let Some(limit) = t.train_limit {
+        let keep = limit.min(train_cifar.labels.len());
+        train_cifar.labels.truncate(keep);
+        train_cifar.images.truncate(keep * 3072);
+    }
+    let train_set = Arc::new(ImageSet::from(train_cifar));
+    let test_set = Arc::new(ImageSet::from(load_cifar_dir(&dir, Split::Test)?));
+    let program = training_program(opts, t.sgd)?;
+    check_input_size(&program, &train_set)?;
+    let norm = normalize_of(&program)?;
+    let name = program.name.clone();
+    let mut exec = Executor::new(program, t.batch);
+    exec.init_he(t.seed);
+    let mut start_epoch = 0;
+    if let Some(w) = &t.weights {
+        load_weights(&mut exec, w)?;
+    }
+    if let Some(ckpt) = &t.resume {
+        let ck = resnetc_runtime::checkpoint::Checkpoint::load(ckpt)?;
+        check_weights(ckpt, &exec.program.weight_table(), &ck.params)?;
+        exec.load_weights(&ck.params)?;
+        for (k, v) in &ck.optimizer {
+            exec.set_tensor(k, &v.data)?;
+        }
+        exec.sgd_steps = ck.step;
+        start_epoch = ck.epoch;
+    }
+    let mut eval_exec = Executor::new(inference_program(opts)?, 256);
+    let log = t.log.clone().unwrap_or_else(|| match &t.save {
+        Some(s) => s.with_extension("csv"),
+        None => PathBuf::from(format!("runs/{name}.csv")),
+    });
+    if let Some(parent) = log.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent).map_err(|e| RuntimeError::io(parent, e))?;
+        }
+    }
+    let cfg = TrainConfig {
+        epochs: t.epochs,
+        batch: t.batch,
+        lr: t.lr,
+        schedule: t.schedule,
+        warmup_epochs: t.warmup_epochs,
+        warmup_start_factor: 0.2,
+        seed: t.seed,
+        augment: t.augment,
+        save: t.save.clone(),
+        csv: Some(log.clone()),
+        start_epoch,
+    };
+    let started = Instant::now();
+    let history = train::train(&mut exec, Some((&mut eval_exec, test_set.clone())), train_set.clone(), &cfg, norm, observer)?;
+    let secs = started.elapsed().as_secs_f64();
+    let last = history.last().ok_or_else(|| CliError::usage(format!("nothing to train: --epochs {} and the run starts at epoch {}", t.epochs, start_epoch)))?;
+    let images = history.len() * train_set.len();
+    let ips = images as f64 / history.iter().map(|s| s.seconds as f64).sum::<f64>();
+    let human = format!(
+        "{name}: {} epochs on {} images in {:.0} s; test accuracy {:.2} % ({} / {}), final train loss {:.4}; log {}",
+        history.len(),
+        train_set.len(),
+        secs,
+        last.test_accuracy.unwrap_or(0.0) * 100.0,
+        last.test_correct.unwrap_or(0),
+        test_set.len(),
+        last.train_loss,
+        log.display()
+    );
+    let json = serde_json::json!({
+        "model": name,
+        "epochs": history.len(),
+        "train_images": train_set.len(),
+        "test_accuracy": last.test_accuracy,
+        "test_correct": last.test_correct,
+        "test_total": test_set.len(),
+        "train_loss": last.train_loss,
+        "train_accuracy": last.train_accuracy,
+        "images_per_s": last.images_per_s,
+        "mean_images_per_s": ips,
+        "seconds": secs,
+        "history": history,
+    })
+    .to_string();
+    Ok(TrainSummary { human, json })
+}
+
+/// Single-step mode for parity checks: `steps` SGD steps on one batch, BN in training mode,
+/// no augmentation or shuffling. Saves the updated weights and running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn single_steps(
+    opts: &BuildOptions,
+    sgd: SgdSpec,
+    weights: Option<&Path>,
+    input: &Path,
+    labels: &Path,
+    steps: usize,
+    lr: f32,
+    seed: u64,
+    save: Option<&Path>,
+) -> Result<Vec<f32>, CliError> {
+    let program = training_program(opts, sgd)?;
+    let [c, h, w] = program.input_shape;
+    let (shape, x) = npy::read_npy_f32(input)?;
+    if shape.len() != 4 || shape[1..] != [c, h, w] {
+        return Err(CliError::Runtime(RuntimeError::format(input, format!("has shape {shape:?}; the model takes N x {c} x {h} x {w}"))));
+    }
+    let y = npy::read_npy(labels)?.into_labels(labels)?;
+    if y.len() != shape[0] {
+        return Err(CliError::Runtime(RuntimeError::format(labels, format!("has {} labels for {} images", y.len(), shape[0]))));
+    }
+    let mut exec = Executor::new(program, shape[0]);
+    match weights {
+        Some(p) => load_weights(&mut exec, p)?,
+        None => exec.init_he(seed),
+    }
+    exec.lr = lr;
+    let mut losses = vec![];
+    for _ in 0..steps {
+        losses.push(exec.run(&x, Some(&y))?[0][0]);
+    }
+    if let Some(out) = save {
+        save_safetensors(out, &exec.weights(), None)?;
+    }
+    Ok(losses)
+}
+
+/// Median milliseconds per batch for each batch size.
+pub fn bench(opts: &BuildOptions, batches: &[usize], train_mode: bool, iters: usize, json: bool) -> Result<String, CliError> {
+    let program = if train_mode { training_program(opts, DEFAULT_SGD)? } else { inference_program(opts)? };
+    let per: usize = program.input_shape.iter().product();
+    let classes = program.classes;
+    let name = program.name.clone();
+    let mut exec = Executor::new(program, 1);
+    exec.init_he(0);
+    exec.lr = 1e-4;
+    let mut out = String::new();
+    let mut rows = vec![];
+    for &n in batches {
+        let mut rng = resnetc_runtime::rng::Rng::new(n as u64);
+        let x: Vec<f32> = (0..n * per).map(|_| rng.normal_f32()).collect();
+        let y: Vec<usize> = (0..n).map(|i| i % classes).collect();
+        let labels = train_mode.then_some(y.as_slice());
+        exec.run(&x, labels)?;
+        let mut times = vec![];
+        for _ in 0..iters.max(1) {
+            let t = Instant::now();
+            exec.run(&x, labels)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let what = if train_mode { "train step" } else { "inference" };
+        out += &format!(
+            "{name} {what} batch {n}: median {median:.2} ms ({:.1} images/s), min {:.2} ms, {} runs, {} threads\n",
+            n as f64 * 1e3 / median,
+            times[0],
+            times.len(),
+            rayon::current_num_threads()
+        );
+        rows.push(serde_json::json!({"model": name, "mode": what, "batch": n, "median_ms": median, "min_ms": times[0], "images_per_s": n as f64 * 1e3 / median, "threads": rayon::current_num_threads()}));
+    }
+    if json {
+        out += &format!("{}\n", serde_json::json!({ "bench": rows }));
+    }
+    Ok(out)
+}
