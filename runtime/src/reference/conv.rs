@@ -436,18 +436,19 @@ pub fn conv2d_backward_weight<T: Real>(
                         &col
                     };
                     let accg = &mut acc[gi * g.cout_g * g.kdim..(gi + 1) * g.cout_g * g.kdim];
-                    // col^T: [p, kdim] viewed with row stride 1, column stride p.
+                    // dW_g^T [kdim, cout_g] += col [kdim, p] * dy_g^T [p, cout_g], stored
+                    // transposed into the row-major dW_g (row stride 1, column stride kdim).
                     gemm(
-                        g.cout_g,
-                        g.p,
                         g.kdim,
+                        g.p,
+                        g.cout_g,
                         T::one(),
-                        (dyg, g.p, 1),
-                        (b, 1, g.p),
+                        (b, g.p, 1),
+                        (dyg, 1, g.p),
                         T::one(),
                         accg,
-                        g.kdim,
                         1,
+                        g.kdim,
                     );
                 }
             }
