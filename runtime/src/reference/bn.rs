@@ -1,0 +1,257 @@
+//! Batch normalization over N, H, W per channel (training forward, running-stat update,
+//! eval forward, training backward). Statistics are accumulated in f64.
+
+use super::{sum_f64, Real};
+use crate::spec::Dims4;
+use rayon::prelude::*;
+
+/// Per-channel `(mean, biased variance)` of an NCHW tensor, two-pass, in f64.
+fn channel_stats<T: Real>(x: &[T], d: Dims4) -> Vec<(f64, f64)> {
+    let (c, hw, chw) = (d.c, d.hw(), d.chw());
+    let m = (d.n * hw) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ci| {
+            let planes = || (0..d.n).map(|n| &x[n * chw + ci * hw..n * chw + (ci + 1) * hw]);
+            let mean = planes().map(sum_f64).sum::<f64>() / m;
+            let var = planes().map(|p| sum_sq_dev(p, mean)).sum::<f64>() / m;
+            (mean, var)
+        })
+        .collect()
+}
+
+/// `sum (x - mean)^2` in f64 with 8 lanes.
+fn sum_sq_dev<T: Real>(xs: &[T], mean: f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            let t = v.to_f64_lossy() - mean;
+            *a += t * t;
+        }
+    }
+    let mut s: f64 = acc.iter().sum();
+    for &v in rem {
+        let t = v.to_f64_lossy() - mean;
+        s += t * t;
+    }
+    s
+}
+
+/// `sum dy * (x - mean)` in f64 with 8 lanes.
+fn dot_dev<T: Real>(dy: &[T], xs: &[T], mean: f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let a8 = dy.chunks_exact(8);
+    let b8 = xs.chunks_exact(8);
+    let (ra, rb) = (a8.remainder(), b8.remainder());
+    for (ca, cb) in a8.zip(b8) {
+        for ((a, &g), &v) in acc.iter_mut().zip(ca).zip(cb) {
+            *a += g.to_f64_lossy() * (v.to_f64_lossy() - mean);
+        }
+    }
+    let mut s: f64 = acc.iter().sum();
+    for (&g, &v) in ra.iter().zip(rb) {
+        s += g.to_f64_lossy() * (v.to_f64_lossy() - mean);
+    }
+    s
+}
+
+/// `y[n, c] = (x[n, c] - center[c]) * scale[c] + shift[c]`, parallel over planes. Centering
+/// first avoids cancellation when `|mean| >> std` in f32.
+fn apply_affine<T: Real>(x: &[T], d: Dims4, center: &[T], scale: &[T], shift: &[T], y: &mut [T]) {
+    let hw = d.hw();
+    if y.is_empty() || hw == 0 {
+        return;
+    }
+    y.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .for_each(|(i, (yp, xp))| {
+            let ci = i % d.c;
+            let (m, a, b) = (center[ci], scale[ci], shift[ci]);
+            for (yv, &xv) in yp.iter_mut().zip(xp) {
+                *yv = (xv - m) * a + b;
+            }
+        });
+}
+
+fn check_lens<T>(what: &str, d: Dims4, x: &[T], y: &[T], per_channel: &[&[T]]) {
+    assert_eq!(x.len(), d.len(), "{what}: x length");
+    assert_eq!(y.len(), d.len(), "{what}: y/dy length");
+    for p in per_channel {
+        assert_eq!(p.len(), d.c, "{what}: per-channel vector length != C");
+    }
+}
+
+/// Training-mode batch norm forward: normalizes each channel with the batch mean and the
+/// BIASED batch variance (divide by `N*H*W`): `y = gamma * (x - mean) / sqrt(var + eps) + beta`.
+///
+/// `gamma`, `beta`, `batch_mean_out`, `batch_var_out` are `[C]`; `y` is `[d]`. All outputs are
+/// fully overwritten; `batch_var_out` receives the biased variance (feed it to
+/// [`batch_norm_update_running`], which applies Bessel's correction).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train<T: Real>(
+    x: &[T],
+    d: Dims4,
+    gamma: &[T],
+    beta: &[T],
+    eps: T,
+    y: &mut [T],
+    batch_mean_out: &mut [T],
+    batch_var_out: &mut [T],
+) {
+    check_lens(
+        "batch_norm_train",
+        d,
+        x,
+        y,
+        &[gamma, beta, batch_mean_out, batch_var_out],
+    );
+    assert!(d.n * d.hw() > 0, "batch_norm_train: empty batch");
+    let stats = channel_stats(x, d);
+    let eps = eps.to_f64_lossy();
+    let mut scale = vec![T::zero(); d.c];
+    for (ci, &(mean, var)) in stats.iter().enumerate() {
+        batch_mean_out[ci] = T::from_f64_lossy(mean);
+        batch_var_out[ci] = T::from_f64_lossy(var);
+        scale[ci] = T::from_f64_lossy(gamma[ci].to_f64_lossy() / (var + eps).sqrt());
+    }
+    apply_affine(x, d, batch_mean_out, &scale, beta, y);
+}
+
+/// Updates running statistics in place with PyTorch semantics:
+/// `running_mean = (1 - m) * running_mean + m * batch_mean` and
+/// `running_var = (1 - m) * running_var + m * batch_var_biased * count / (count - 1)`
+/// (the UNBIASED variance). `count` is `N*H*W` and must be > 1 (PyTorch raises otherwise).
+pub fn batch_norm_update_running<T: Real>(
+    running_mean: &mut [T],
+    running_var: &mut [T],
+    batch_mean: &[T],
+    batch_var_biased: &[T],
+    count: usize,
+    momentum: T,
+) {
+    let c = running_mean.len();
+    assert_eq!(
+        running_var.len(),
+        c,
+        "batch_norm_update_running: running_var length"
+    );
+    assert_eq!(
+        batch_mean.len(),
+        c,
+        "batch_norm_update_running: batch_mean length"
+    );
+    assert_eq!(
+        batch_var_biased.len(),
+        c,
+        "batch_norm_update_running: batch_var length"
+    );
+    assert!(count > 1, "batch_norm_update_running: count must be > 1");
+    let bessel = T::from_f64_lossy(count as f64 / (count as f64 - 1.0));
+    let keep = T::one() - momentum;
+    for i in 0..c {
+        running_mean[i] = keep * running_mean[i] + momentum * batch_mean[i];
+        running_var[i] = keep * running_var[i] + momentum * (batch_var_biased[i] * bessel);
+    }
+}
+
+/// Eval-mode batch norm: `y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta`.
+/// Per-channel vectors are `[C]`; `y` is fully overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_eval<T: Real>(
+    x: &[T],
+    d: Dims4,
+    gamma: &[T],
+    beta: &[T],
+    running_mean: &[T],
+    running_var: &[T],
+    eps: T,
+    y: &mut [T],
+) {
+    check_lens(
+        "batch_norm_eval",
+        d,
+        x,
+        y,
+        &[gamma, beta, running_mean, running_var],
+    );
+    let eps = eps.to_f64_lossy();
+    let scale: Vec<T> = (0..d.c)
+        .map(|ci| {
+            T::from_f64_lossy(
+                gamma[ci].to_f64_lossy() / (running_var[ci].to_f64_lossy() + eps).sqrt(),
+            )
+        })
+        .collect();
+    apply_affine(x, d, running_mean, &scale, beta, y);
+}
+
+/// Training-mode batch norm backward; recomputes the batch statistics from `x`.
+///
+/// With `M = N*H*W`, `x̂ = (x - mean) * invstd`: `dbeta = Σ dy`, `dgamma = Σ dy * x̂`,
+/// `dx = gamma * invstd / M * (M * dy - dbeta - x̂ * dgamma)`.
+/// `dx` (`[d]`), `dgamma` and `dbeta` (`[C]`) are fully overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward<T: Real>(
+    x: &[T],
+    d: Dims4,
+    gamma: &[T],
+    eps: T,
+    dy: &[T],
+    dx: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+) {
+    check_lens("batch_norm_backward", d, x, dy, &[gamma, dgamma, dbeta]);
+    assert_eq!(dx.len(), d.len(), "batch_norm_backward: dx length");
+    assert!(d.n * d.hw() > 0, "batch_norm_backward: empty batch");
+    let (hw, chw) = (d.hw(), d.chw());
+    let m = (d.n * hw) as f64;
+    let eps = eps.to_f64_lossy();
+    let stats = channel_stats(x, d);
+    // Per channel: (Σdy, Σdy·(x-mean)).
+    let sums: Vec<(f64, f64)> = (0..d.c)
+        .into_par_iter()
+        .map(|ci| {
+            let mut sdy = 0.0;
+            let mut sdx = 0.0;
+            for n in 0..d.n {
+                let r = n * chw + ci * hw..n * chw + (ci + 1) * hw;
+                sdy += sum_f64(&dy[r.clone()]);
+                sdx += dot_dev(&dy[r.clone()], &x[r], stats[ci].0);
+            }
+            (sdy, sdx)
+        })
+        .collect();
+    // dx = a*dy - k*(x - mean) - b, with a = γ·invstd, k = a·dgamma·invstd/M, b = a·dbeta/M.
+    let mut ka = vec![T::zero(); d.c];
+    let mut kx = vec![T::zero(); d.c];
+    let mut kmean = vec![T::zero(); d.c];
+    let mut kb = vec![T::zero(); d.c];
+    for ci in 0..d.c {
+        let (mean, var) = stats[ci];
+        let invstd = 1.0 / (var + eps).sqrt();
+        let (sdy, sdx) = sums[ci];
+        let dg = sdx * invstd;
+        dbeta[ci] = T::from_f64_lossy(sdy);
+        dgamma[ci] = T::from_f64_lossy(dg);
+        let a = gamma[ci].to_f64_lossy() * invstd;
+        let k = a * dg * invstd / m;
+        ka[ci] = T::from_f64_lossy(a);
+        kx[ci] = T::from_f64_lossy(k);
+        kmean[ci] = T::from_f64_lossy(mean);
+        kb[ci] = T::from_f64_lossy(a * sdy / m);
+    }
+    dx.par_chunks_mut(hw)
+        .zip(dy.par_chunks(hw).zip(x.par_chunks(hw)))
+        .enumerate()
+        .for_each(|(i, (dxp, (dyp, xp)))| {
+            let ci = i % d.c;
+            let (a, k, mean, b) = (ka[ci], kx[ci], kmean[ci], kb[ci]);
+            for ((o, &g), &v) in dxp.iter_mut().zip(dyp).zip(xp) {
+                *o = a * g - k * (v - mean) - b;
+            }
+        });
+}

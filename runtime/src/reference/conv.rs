@@ -1,0 +1,463 @@
+//! 2-D convolution (cross-correlation, PyTorch semantics): im2col + GEMM forward, GEMM +
+//! col2im backward-data, per-chunk partial GEMM backward-weight, and a direct naive twin.
+
+use super::{gemm, sum_f64, Real};
+use crate::spec::{ConvSpec, Dims4};
+use rayon::prelude::*;
+
+/// Number of fixed image chunks whose partial weight gradients are summed in
+/// [`conv2d_backward_weight`]. Fixed (not tied to the thread count) so the result is bitwise
+/// reproducible on any machine.
+const DW_CHUNKS: usize = 8;
+
+/// Resolved geometry of a conv on a given input.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    oc: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    pt: usize,
+    pl: usize,
+    groups: usize,
+    cin_g: usize,
+    cout_g: usize,
+    /// Rows of the column matrix: `cin_g * kh * kw`.
+    kdim: usize,
+    /// Output pixels per image: `oh * ow`.
+    p: usize,
+    /// 1x1, stride 1, no padding: the input itself is the column matrix.
+    pointwise: bool,
+}
+
+impl Geom {
+    fn new(xd: Dims4, s: &ConvSpec) -> Geom {
+        assert!(s.groups > 0, "conv: groups must be > 0");
+        assert_eq!(
+            xd.c, s.in_channels,
+            "conv: input channels != spec.in_channels"
+        );
+        assert_eq!(
+            s.in_channels % s.groups,
+            0,
+            "conv: in_channels % groups != 0"
+        );
+        assert_eq!(
+            s.out_channels % s.groups,
+            0,
+            "conv: out_channels % groups != 0"
+        );
+        let (oh, ow) = s
+            .out_hw(xd.h, xd.w)
+            .unwrap_or_else(|| panic!("conv: window {:?} does not fit input {:?}", s, xd));
+        let cin_g = s.in_channels / s.groups;
+        let cout_g = s.out_channels / s.groups;
+        Geom {
+            n: xd.n,
+            c: xd.c,
+            h: xd.h,
+            w: xd.w,
+            oc: s.out_channels,
+            oh,
+            ow,
+            kh: s.kernel[0],
+            kw: s.kernel[1],
+            sh: s.stride[0],
+            sw: s.stride[1],
+            pt: s.pad[0],
+            pl: s.pad[1],
+            groups: s.groups,
+            cin_g,
+            cout_g,
+            kdim: cin_g * s.kernel[0] * s.kernel[1],
+            p: oh * ow,
+            pointwise: s.kernel == [1, 1] && s.stride == [1, 1] && s.pad == [0; 4],
+        }
+    }
+    fn in_chw(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    fn out_chw(&self) -> usize {
+        self.oc * self.p
+    }
+    fn out_dims(&self) -> Dims4 {
+        Dims4::new(self.n, self.oc, self.oh, self.ow)
+    }
+    fn col_len(&self) -> usize {
+        if self.pointwise {
+            0
+        } else {
+            self.kdim * self.p
+        }
+    }
+}
+
+/// Output columns `ox` in `[lo, hi)` read an in-bounds input column for kernel column `kj`;
+/// the rest read padding.
+#[inline]
+fn valid_cols(kj: usize, pad: usize, stride: usize, w: usize, ow: usize) -> (usize, usize) {
+    // ix = ox * stride + kj - pad must satisfy 0 <= ix < w.
+    let lo = if pad > kj {
+        (pad - kj).div_ceil(stride)
+    } else {
+        0
+    };
+    let hi = if w + pad > kj {
+        (w + pad - kj).div_ceil(stride)
+    } else {
+        0
+    };
+    let hi = hi.min(ow);
+    (lo.min(hi), hi)
+}
+
+/// Unfold one group of one image (`xg: [cin_g, h, w]`) into `col: [kdim, p]`.
+fn im2col<T: Real>(xg: &[T], g: &Geom, col: &mut [T]) {
+    let (h, w, ow, p) = (g.h, g.w, g.ow, g.p);
+    let zero = T::zero();
+    for c in 0..g.cin_g {
+        let plane = &xg[c * h * w..(c + 1) * h * w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = ((c * g.kh + ki) * g.kw + kj) * p;
+                let dst = &mut col[row..row + p];
+                let (lo, hi) = valid_cols(kj, g.pl, g.sw, w, ow);
+                for oy in 0..g.oh {
+                    let d = &mut dst[oy * ow..(oy + 1) * ow];
+                    let iy = (oy * g.sh + ki) as isize - g.pt as isize;
+                    if iy < 0 || iy >= h as isize {
+                        d.fill(zero);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                    d[..lo].fill(zero);
+                    d[hi..].fill(zero);
+                    if lo < hi {
+                        let ix0 = lo * g.sw + kj - g.pl;
+                        if g.sw == 1 {
+                            d[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
+                        } else {
+                            for (dv, &sv) in
+                                d[lo..hi].iter_mut().zip(src[ix0..].iter().step_by(g.sw))
+                            {
+                                *dv = sv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fold `col: [kdim, p]` back, accumulating into one group of one image `dxg: [cin_g, h, w]`.
+fn col2im<T: Real>(col: &[T], g: &Geom, dxg: &mut [T]) {
+    let (h, w, ow, p) = (g.h, g.w, g.ow, g.p);
+    for c in 0..g.cin_g {
+        let plane = &mut dxg[c * h * w..(c + 1) * h * w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = ((c * g.kh + ki) * g.kw + kj) * p;
+                let srcrow = &col[row..row + p];
+                let (lo, hi) = valid_cols(kj, g.pl, g.sw, w, ow);
+                if lo >= hi {
+                    continue;
+                }
+                for oy in 0..g.oh {
+                    let iy = (oy * g.sh + ki) as isize - g.pt as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let s = &srcrow[oy * ow + lo..oy * ow + hi];
+                    let dst = &mut plane[iy as usize * w..(iy as usize + 1) * w];
+                    let ix0 = lo * g.sw + kj - g.pl;
+                    if g.sw == 1 {
+                        for (dv, &sv) in dst[ix0..ix0 + (hi - lo)].iter_mut().zip(s) {
+                            *dv = *dv + sv;
+                        }
+                    } else {
+                        for (dv, &sv) in dst[ix0..].iter_mut().step_by(g.sw).zip(s) {
+                            *dv = *dv + sv;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forward 2-D convolution (cross-correlation), groups supported.
+///
+/// - `x`: input `[xd.n, xd.c, xd.h, xd.w]`, `xd.c == s.in_channels`;
+/// - `w`: weights `s.weight_shape()` = `[out, in/groups, kh, kw]`;
+/// - `bias`: optional `[out]` (the argument governs; `s.bias` is not consulted);
+/// - `y`: output `[n, out, oh, ow]` with `(oh, ow) = s.out_hw(h, w)`, fully overwritten.
+///
+/// im2col + GEMM per image and group, parallel over the batch; a 1x1 stride-1 unpadded conv
+/// multiplies the input directly without im2col.
+pub fn conv2d<T: Real>(x: &[T], xd: Dims4, w: &[T], bias: Option<&[T]>, s: &ConvSpec, y: &mut [T]) {
+    let g = Geom::new(xd, s);
+    assert_eq!(x.len(), xd.len(), "conv2d: x length");
+    assert_eq!(w.len(), g.oc * g.kdim, "conv2d: w length");
+    assert_eq!(y.len(), g.out_dims().len(), "conv2d: y length");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), g.oc, "conv2d: bias length");
+    }
+    if y.is_empty() {
+        return;
+    }
+    let (in_chw, out_chw) = (g.in_chw(), g.out_chw());
+    let gin = g.cin_g * g.h * g.w;
+    y.par_chunks_mut(out_chw)
+        .zip(x.par_chunks(in_chw.max(1)))
+        .for_each_init(
+            || vec![T::zero(); g.col_len()],
+            |col, (yi, xi)| {
+                for gi in 0..g.groups {
+                    let xg = &xi[gi * gin..(gi + 1) * gin];
+                    let wg = &w[gi * g.cout_g * g.kdim..(gi + 1) * g.cout_g * g.kdim];
+                    let yg = &mut yi[gi * g.cout_g * g.p..(gi + 1) * g.cout_g * g.p];
+                    let b: &[T] = if g.pointwise {
+                        xg
+                    } else {
+                        im2col(xg, &g, col);
+                        col
+                    };
+                    gemm(
+                        g.cout_g,
+                        g.kdim,
+                        g.p,
+                        T::one(),
+                        (wg, g.kdim, 1),
+                        (b, g.p, 1),
+                        T::zero(),
+                        yg,
+                        g.p,
+                        1,
+                    );
+                }
+                if let Some(bias) = bias {
+                    for (plane, &bv) in yi.chunks_exact_mut(g.p).zip(bias) {
+                        plane.iter_mut().for_each(|v| *v = *v + bv);
+                    }
+                }
+            },
+        );
+}
+
+/// Direct 7-loop convolution with the same contract as [`conv2d`]. Slow; the test twin only.
+pub fn conv2d_naive<T: Real>(
+    x: &[T],
+    xd: Dims4,
+    w: &[T],
+    bias: Option<&[T]>,
+    s: &ConvSpec,
+    y: &mut [T],
+) {
+    let g = Geom::new(xd, s);
+    assert_eq!(x.len(), xd.len(), "conv2d_naive: x length");
+    assert_eq!(w.len(), g.oc * g.kdim, "conv2d_naive: w length");
+    assert_eq!(y.len(), g.out_dims().len(), "conv2d_naive: y length");
+    for n in 0..g.n {
+        for o in 0..g.oc {
+            let gi = o / g.cout_g;
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let mut acc = bias.map_or(T::zero(), |b| b[o]);
+                    for ci in 0..g.cin_g {
+                        let c = gi * g.cin_g + ci;
+                        for ki in 0..g.kh {
+                            let iy = (oy * g.sh + ki) as isize - g.pt as isize;
+                            if iy < 0 || iy >= g.h as isize {
+                                continue;
+                            }
+                            for kj in 0..g.kw {
+                                let ix = (ox * g.sw + kj) as isize - g.pl as isize;
+                                if ix < 0 || ix >= g.w as isize {
+                                    continue;
+                                }
+                                let xv = x[((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize];
+                                let wv = w[((o * g.cin_g + ci) * g.kh + ki) * g.kw + kj];
+                                acc = acc + xv * wv;
+                            }
+                        }
+                    }
+                    y[((n * g.oc + o) * g.oh + oy) * g.ow + ox] = acc;
+                }
+            }
+        }
+    }
+}
+
+/// Gradient of [`conv2d`] with respect to its input.
+///
+/// - `dy`: `[yd.n, out, oh, ow]`, `yd` must equal the forward output dims for `xd`;
+/// - `w`: forward weights; `dx`: `[xd]`, fully overwritten.
+///
+/// Per image and group: `dcol = W_g^T * dy_g` (GEMM), then col2im; parallel over the batch.
+pub fn conv2d_backward_data<T: Real>(
+    dy: &[T],
+    yd: Dims4,
+    w: &[T],
+    s: &ConvSpec,
+    dx: &mut [T],
+    xd: Dims4,
+) {
+    let g = Geom::new(xd, s);
+    assert_eq!(
+        yd,
+        g.out_dims(),
+        "conv2d_backward_data: yd does not match conv of xd"
+    );
+    assert_eq!(dy.len(), yd.len(), "conv2d_backward_data: dy length");
+    assert_eq!(w.len(), g.oc * g.kdim, "conv2d_backward_data: w length");
+    assert_eq!(dx.len(), xd.len(), "conv2d_backward_data: dx length");
+    if dx.is_empty() {
+        return;
+    }
+    if dy.is_empty() {
+        dx.fill(T::zero());
+        return;
+    }
+    let (in_chw, out_chw) = (g.in_chw(), g.out_chw());
+    let gin = g.cin_g * g.h * g.w;
+    dx.par_chunks_mut(in_chw)
+        .zip(dy.par_chunks(out_chw))
+        .for_each_init(
+            || vec![T::zero(); g.col_len()],
+            |col, (dxi, dyi)| {
+                for gi in 0..g.groups {
+                    let dxg = &mut dxi[gi * gin..(gi + 1) * gin];
+                    let wg = &w[gi * g.cout_g * g.kdim..(gi + 1) * g.cout_g * g.kdim];
+                    let dyg = &dyi[gi * g.cout_g * g.p..(gi + 1) * g.cout_g * g.p];
+                    // W_g^T: [kdim, cout_g] viewed with row stride 1, column stride kdim.
+                    if g.pointwise {
+                        gemm(
+                            g.kdim,
+                            g.cout_g,
+                            g.p,
+                            T::one(),
+                            (wg, 1, g.kdim),
+                            (dyg, g.p, 1),
+                            T::zero(),
+                            dxg,
+                            g.p,
+                            1,
+                        );
+                    } else {
+                        gemm(
+                            g.kdim,
+                            g.cout_g,
+                            g.p,
+                            T::one(),
+                            (wg, 1, g.kdim),
+                            (dyg, g.p, 1),
+                            T::zero(),
+                            col,
+                            g.p,
+                            1,
+                        );
+                        dxg.fill(T::zero());
+                        col2im(col, &g, dxg);
+                    }
+                }
+            },
+        );
+}
+
+/// Gradient of [`conv2d`] with respect to its weights (and bias).
+///
+/// - `x`: forward input `[xd]`; `dy`: `[yd]`, the forward output dims;
+/// - `dw`: `s.weight_shape()`, fully overwritten;
+/// - `db`: optional `[out]`, fully overwritten with `sum_{n,y,x} dy`.
+///
+/// The batch is split into at most 8 fixed chunks processed in parallel, each accumulating a
+/// private partial `dW += dy_g * col^T`; partials are summed in chunk order at the end, so the
+/// result is deterministic and independent of the thread count.
+pub fn conv2d_backward_weight<T: Real>(
+    x: &[T],
+    xd: Dims4,
+    dy: &[T],
+    yd: Dims4,
+    s: &ConvSpec,
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+) {
+    let g = Geom::new(xd, s);
+    assert_eq!(
+        yd,
+        g.out_dims(),
+        "conv2d_backward_weight: yd does not match conv of xd"
+    );
+    assert_eq!(x.len(), xd.len(), "conv2d_backward_weight: x length");
+    assert_eq!(dy.len(), yd.len(), "conv2d_backward_weight: dy length");
+    assert_eq!(dw.len(), g.oc * g.kdim, "conv2d_backward_weight: dw length");
+    let (in_chw, out_chw) = (g.in_chw(), g.out_chw());
+    let gin = g.cin_g * g.h * g.w;
+
+    if let Some(db) = db {
+        assert_eq!(db.len(), g.oc, "conv2d_backward_weight: db length");
+        db.par_iter_mut().enumerate().for_each(|(o, d)| {
+            let s: f64 = (0..g.n)
+                .map(|n| sum_f64(&dy[n * out_chw + o * g.p..n * out_chw + (o + 1) * g.p]))
+                .sum();
+            *d = T::from_f64_lossy(s);
+        });
+    }
+
+    dw.fill(T::zero());
+    if g.n == 0 || dw.is_empty() || g.p == 0 {
+        return;
+    }
+    let chunks = g.n.min(DW_CHUNKS);
+    let partials: Vec<Vec<T>> = (0..chunks)
+        .into_par_iter()
+        .map(|ci| {
+            let (start, end) = (ci * g.n / chunks, (ci + 1) * g.n / chunks);
+            let mut acc = vec![T::zero(); dw.len()];
+            let mut col = vec![T::zero(); g.col_len()];
+            for n in start..end {
+                let xi = &x[n * in_chw..(n + 1) * in_chw];
+                let dyi = &dy[n * out_chw..(n + 1) * out_chw];
+                for gi in 0..g.groups {
+                    let xg = &xi[gi * gin..(gi + 1) * gin];
+                    let dyg = &dyi[gi * g.cout_g * g.p..(gi + 1) * g.cout_g * g.p];
+                    let b: &[T] = if g.pointwise {
+                        xg
+                    } else {
+                        im2col(xg, &g, &mut col);
+                        &col
+                    };
+                    let accg = &mut acc[gi * g.cout_g * g.kdim..(gi + 1) * g.cout_g * g.kdim];
+                    // dW_g^T [kdim, cout_g] += col [kdim, p] * dy_g^T [p, cout_g], stored
+                    // transposed into the row-major dW_g (row stride 1, column stride kdim).
+                    gemm(
+                        g.kdim,
+                        g.p,
+                        g.cout_g,
+                        T::one(),
+                        (b, g.p, 1),
+                        (dyg, 1, g.p),
+                        T::one(),
+                        accg,
+                        1,
+                        g.kdim,
+                    );
+                }
+            }
+            acc
+        })
+        .collect();
+    for part in &partials {
+        for (d, &v) in dw.iter_mut().zip(part) {
+            *d = *d + v;
+        }
+    }
+}
