@@ -7,6 +7,7 @@ pub mod atomic;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod executor;
 
 pub mod npy;
 pub mod program;
@@ -14,6 +15,7 @@ pub mod reference;
 pub mod rng;
 pub mod spec;
 pub mod synthetic;
+pub mod train;
 pub mod weights;
 
 pub use error::{Result, RuntimeError};

@@ -173,3 +173,17 @@ pub fn argmax_rows<T: Real>(x: &[T], n: usize, k: usize) -> Vec<usize> {
         })
         .collect()
 }
+
+/// Row-wise softmax of an `n x k` matrix (max-shifted for stability).
+pub fn softmax_rows<T: Real>(x: &[T], n: usize, k: usize, y: &mut [T]) {
+    assert!(x.len() == n * k && y.len() == n * k, "softmax_rows: bad lengths");
+    for (xr, yr) in x.chunks(k).zip(y.chunks_mut(k)) {
+        let m = xr.iter().copied().fold(T::neg_infinity(), T::max);
+        let mut s = T::zero();
+        for (o, &v) in yr.iter_mut().zip(xr) {
+            *o = (v - m).exp();
+            s = s + *o;
+        }
+        yr.iter_mut().for_each(|o| *o = *o / s);
+    }
+}
