@@ -352,9 +352,10 @@ impl<'c, 'a> Lower<'c, 'a> {
     fn add(&mut self, a: Value, b: Value, name: String, span: Span, stage_help: bool) -> R<Value> {
         let (sa, sb) = (self.g.shape(a).clone(), self.g.shape(b).clone());
         if sa != sb {
+            let block = name.rsplit_once('.').map_or(name.as_str(), |(p, _)| p);
             let mut d = shape_err(
                 span,
-                format!("cannot add values of different shapes: {sa} and {sb}"),
+                format!("cannot add values of different shapes in block {block}: {sa} and {sb}"),
                 format!("residual branch is {sa}, shortcut is {sb}"),
             );
             d = if stage_help {
