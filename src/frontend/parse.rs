@@ -11,11 +11,25 @@ pub struct ResnetParser;
 
 type P<'i> = Pair<'i, Rule>;
 
+/// The pair's span without trailing whitespace and comments (which pest's implicit
+/// whitespace folds into a rule that ends with an optional token).
 fn span(p: &P) -> Span {
     let s = p.as_span();
+    let mut text = s.as_str();
+    loop {
+        let t = text.trim_end();
+        let last_line_start = t.rfind('\n').map_or(0, |i| i + 1);
+        match t[last_line_start..].find('#') {
+            Some(h) => text = &t[..last_line_start + h],
+            None => {
+                text = t;
+                break;
+            }
+        }
+    }
     Span {
         start: s.start(),
-        end: s.end(),
+        end: s.start() + text.len(),
     }
 }
 
@@ -682,20 +696,31 @@ pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, c)| c)
 }
 
-/// Levenshtein distance (small strings).
+/// Edit distance with adjacent transpositions (optimal string alignment), for typo hints.
 pub fn strsim_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
+    let (n, m) = (a.len(), b.len());
+    let mut d = vec![vec![0usize; m + 1]; n + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, v) in d[0].iter_mut().enumerate() {
+        *v = j;
+    }
+    for i in 1..=n {
+        for j in 1..=m {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[n][m]
 }
 
 fn syntax_error(src: &str, e: pest::error::Error<Rule>) -> Diagnostic {
@@ -727,11 +752,39 @@ fn syntax_error(src: &str, e: pest::error::Error<Rule>) -> Diagnostic {
             push(d.to_string());
         }
     }
-    // Literal tokens that are keywords of a described rule are folded into the description.
+    // Fold literal tokens into the descriptions that already name them, drop character classes
+    // and operators (an expression could always continue), and top-level items inside a model.
+    let descs: Vec<String> = expected
+        .iter()
+        .filter(|x| !x.starts_with('`'))
+        .cloned()
+        .collect();
+    let item_desc = describe(Rule::model_item).unwrap_or_default();
+    let top_desc = describe(Rule::model).unwrap_or_default();
+    let ops = [
+        "`%`",
+        "`*`",
+        "`+`",
+        "`-`",
+        "`//`",
+        "`(`",
+        "`_`",
+        "an operator",
+    ];
+    let only_ops = expected.iter().all(|x| ops.contains(&x.as_str()));
+    expected.retain(|x| {
+        if x.starts_with('`') && descs.iter().any(|d| d.contains(x.as_str())) {
+            return false;
+        }
+        if x.contains("..") && x.starts_with('`') {
+            return false;
+        }
+        if !only_ops && ops.contains(&x.as_str()) {
+            return false;
+        }
+        !(x == top_desc && descs.iter().any(|d| d == item_desc))
+    });
     let layer_desc = describe(Rule::layer).unwrap_or_default();
-    if expected.iter().any(|x| x == layer_desc) {
-        expected.retain(|x| !LAYER_WORDS.iter().any(|w| *x == format!("`{w}`")));
-    }
     expected.sort_by_key(|x| x.starts_with('`') as u8 ^ 1);
     let (found, flen) = found_at(src, pos);
     let what = match expected.len() {
@@ -769,7 +822,12 @@ fn syntax_error(src: &str, e: pest::error::Error<Rule>) -> Diagnostic {
             }
         }
     }
-    if let Some(s) = closest(word, words.iter().copied()) {
+    let suggestion = if word.len() >= 3 {
+        closest(word, words.iter().copied())
+    } else {
+        None
+    };
+    if let Some(s) = suggestion {
         d = d.help(format!("did you mean `{s}`?"));
     } else if found == "end of file" {
         d = d.help("the file ends too early: is a `}` missing?");

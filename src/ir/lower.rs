@@ -131,6 +131,8 @@ impl<'c, 'a> Lower<'c, 'a> {
         })
     }
 
+    /// Kernel, stride, padding and output size of a conv or pool window on an `h x w` map.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn window(
         &self,
         (h, w): (usize, usize),
@@ -196,7 +198,7 @@ impl<'c, 'a> Lower<'c, 'a> {
             Some(e) => ranged(e, scope, "groups", 1, MAX_SIZE)?,
             None => 1,
         };
-        if cin % groups != 0 || out % groups != 0 {
+        if !cin.is_multiple_of(groups) || !out.is_multiple_of(groups) {
             let gs = c.groups.as_ref().map_or(span, |e| e.span);
             return Err(shape_err(
                 gs,
@@ -352,9 +354,10 @@ impl<'c, 'a> Lower<'c, 'a> {
     fn add(&mut self, a: Value, b: Value, name: String, span: Span, stage_help: bool) -> R<Value> {
         let (sa, sb) = (self.g.shape(a).clone(), self.g.shape(b).clone());
         if sa != sb {
+            let block = name.rsplit_once('.').map_or(name.as_str(), |(p, _)| p);
             let mut d = shape_err(
                 span,
-                format!("cannot add values of different shapes: {sa} and {sb}"),
+                format!("cannot add values of different shapes in block {block}: {sa} and {sb}"),
                 format!("residual branch is {sa}, shortcut is {sb}"),
             );
             d = if stage_help {
