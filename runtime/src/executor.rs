@@ -138,7 +138,7 @@ impl Executor {
     /// when the program trains. Returns the output buffers (logits; or loss and logits).
     pub fn run(&mut self, input: &[f32], labels: Option<&[usize]>) -> Result<Vec<&[f32]>> {
         let per = self.program.buffers[self.program.input].elems;
-        if input.is_empty() || input.len() % per != 0 {
+        if input.is_empty() || !input.len().is_multiple_of(per) {
             return Err(RuntimeError::Shape(format!(
                 "input has {} values, not a multiple of one image ({per} = {:?})",
                 input.len(),
