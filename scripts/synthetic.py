@@ -243,6 +243,13 @@ def _golden():
         print(f"{seed} {name} {shape} bottleneck={bott} role={role_for(name, shape, bott)}")
         print(f"   values {v.ravel().tolist()}")
         print(f"   bits   [{bits(v)}]")
+    # Whole-tensor checks: fnv1a64 of the little-endian f32 bytes of big tensors.
+    for seed, name, shape, bott in [(0, "layer4.2.conv3.weight", (2048, 512, 1, 1), True),
+                                    (0, "fc.weight", (1000, 2048), True)]:
+        v = synthetic_tensor(seed, name, shape, bott)
+        print(f"fnv1a64(bytes) {seed} {name} {shape}: 0x{fnv1a64(v.astype('<f4').tobytes()):016x}")
+    x = synthetic_input(0, (1, 3, 224, 224))
+    print(f"fnv1a64(bytes) input seed 0 (1,3,224,224): 0x{fnv1a64(x.astype('<f4').tobytes()):016x}")
     x = synthetic_input(3, (1, 1, 2, 2))
     print(f"input seed 3 (1,1,2,2): {x.ravel().tolist()}\n   bits [{bits(x)}]")
     print(f"labels seed 0 n=8 classes=10: {synthetic_labels(0, 8, 10).tolist()}")

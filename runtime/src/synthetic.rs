@@ -305,7 +305,14 @@ mod tests {
     #[test]
     fn tensors_match_python_twin() {
         use BlockKind::*;
-        let cases: &[(u64, &str, &[usize], BlockKind, &[u32])] = &[
+        type Case = (
+            u64,
+            &'static str,
+            &'static [usize],
+            BlockKind,
+            &'static [u32],
+        );
+        let cases: &[Case] = &[
             (
                 0,
                 "conv1.weight",
@@ -375,6 +382,27 @@ mod tests {
         assert_eq!(bits(&x), [0x3fc58128, 0xbe06c8c5, 0x3e9dc353, 0x3f605476]);
         assert_eq!(synthetic_labels(0, 8, 10), [0, 4, 2, 8, 7, 6, 7, 1]);
         assert_eq!(synthetic_labels(5, 6, 1000), [983, 186, 88, 249, 832, 287]);
+    }
+
+    #[test]
+    fn large_tensors_match_python_twin() {
+        // fnv1a64 of the little-endian f32 bytes, as printed by `scripts/synthetic.py`
+        // ("fnv1a64(bytes) ..." lines): every one of the ~3.2M values must match bit for bit.
+        fn hash(v: &[f32]) -> u64 {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            fnv1a64(&bytes)
+        }
+        let k = BlockKind::Bottleneck;
+        let w = synthetic_tensor(0, "layer4.2.conv3.weight", &[2048, 512, 1, 1], k);
+        assert_eq!(hash(&w), 0xc344c6fb0f9978bf);
+        assert_eq!(
+            hash(&synthetic_tensor(0, "fc.weight", &[1000, 2048], k)),
+            0xffad229bae46a1da
+        );
+        assert_eq!(
+            hash(&synthetic_input(0, &[1, 3, 224, 224])),
+            0xf5598f479971f554
+        );
     }
 
     #[test]
