@@ -12,7 +12,7 @@ use crate::ir::{Epilogue, EpilogueStep, Graph, IrError, Op, Value};
 use petgraph::stable_graph::NodeIndex;
 
 /// The epilogue step a node would become, if it is one.
-fn as_step(op: &Op) -> Option<EpilogueStep> {
+pub(super) fn as_step(op: &Op) -> Option<EpilogueStep> {
     match op {
         Op::BatchNorm {
             spec,

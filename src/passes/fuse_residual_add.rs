@@ -2,11 +2,13 @@
 //!
 //! Guarantees: every `Add` with an operand produced at port 0 of a `Conv` or `FusedConv`
 //! whose other operand does not depend on that conv is absorbed into the conv's epilogue as
-//! an `Add` step reading the other operand, followed by a `Relu` step when the sum's only
-//! elementwise consumer is a ReLU. The first operand (the block's residual branch, as
+//! an `Add` step reading the other operand, followed by the chain of batch norms and ReLUs
+//! that consume the sum (each the only such consumer of the value before it): `add, relu` in
+//! v1 blocks, `add, bn, relu` where a pre-activation block follows. The first operand (the block's residual branch, as
 //! lowering orders it) is preferred, so the add lands on the conv that ends the branch.
 //! Values still read elsewhere become exports; the function is unchanged.
 
+use super::fuse_epilogue::as_step;
 use super::util::replace_with;
 use crate::ir::{Epilogue, EpilogueStep, Graph, IrError, Op, Value};
 use petgraph::algo::has_path_connecting;
@@ -33,20 +35,25 @@ pub fn fuse_residual_add(g: &mut Graph) -> Result<bool, IrError> {
             let mut redirect: Vec<(Value, usize)> = (1..=old_exports)
                 .map(|i| (Value { node: p, port: i }, i))
                 .collect();
-            // Values after the old steps, the add, and maybe a ReLU, in order.
+            // Values after the old steps, the add, and the chain after it, in order.
             let mut values = vec![v];
+            let mut operands = vec![other];
             let mut chain = vec![add];
             epilogue.steps.push(EpilogueStep::Add);
             values.push(Value::from(add));
-            let relus: Vec<_> = g
-                .users(Value::from(add))
-                .into_iter()
-                .filter(|(u, _)| g.dag[*u].op == Op::Relu)
-                .collect();
-            if let [(relu, _)] = relus[..] {
-                epilogue.steps.push(EpilogueStep::Relu);
-                values.push(Value::from(relu));
-                chain.push(relu);
+            loop {
+                let cur = *values.last().expect("nonempty");
+                let next: Vec<_> = g
+                    .users(cur)
+                    .into_iter()
+                    .filter(|&(u, slot)| slot == 0 && as_step(&g.dag[u].op).is_some())
+                    .map(|(u, _)| u)
+                    .collect();
+                let [u] = next[..] else { break };
+                epilogue.steps.push(as_step(&g.dag[u].op).expect("filtered above"));
+                operands.extend(g.inputs(u).into_iter().skip(1));
+                values.push(Value::from(u));
+                chain.push(u);
             }
             let base = epilogue.steps.len() + 1 - values.len();
             for (i, val) in values.iter().enumerate().take(values.len() - 1) {
@@ -57,7 +64,7 @@ pub fn fuse_residual_add(g: &mut Graph) -> Result<bool, IrError> {
             }
             redirect.push((*values.last().expect("nonempty"), 0));
             let mut inputs = g.inputs(p);
-            inputs.push(other);
+            inputs.extend(operands);
             replace_with(g, p, Op::FusedConv { conv, epilogue }, &inputs, &redirect)?;
             for n in chain {
                 g.remove(n);
