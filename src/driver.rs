@@ -8,7 +8,9 @@ use crate::frontend;
 use crate::ir::{print, Graph, IrError, Mode};
 use crate::passes::Pipeline;
 use crate::summary;
-use resnetc_runtime::data::{load_cifar_dir, load_image_chw, ClassIndex, ImageSet, LoaderConfig, Normalize, Split};
+use resnetc_runtime::data::{
+    load_cifar_dir, load_image_chw, ClassIndex, ImageSet, LoaderConfig, Normalize, Split,
+};
 use resnetc_runtime::executor::Executor;
 use resnetc_runtime::program::Program;
 use resnetc_runtime::spec::SgdSpec;
@@ -66,7 +68,9 @@ impl CliError {
             }
             CliError::Usage(m) => format!("error: {m}\n"),
             CliError::Runtime(e) => format!("error: {e}\n"),
-            CliError::Internal(m) => format!("internal compiler error: {m}\nplease report this with the model file\n"),
+            CliError::Internal(m) => {
+                format!("internal compiler error: {m}\nplease report this with the model file\n")
+            }
         }
     }
 }
@@ -93,12 +97,22 @@ pub struct BuildOptions {
 
 impl BuildOptions {
     pub fn new(model: impl Into<PathBuf>) -> Self {
-        BuildOptions { model: model.into(), opt_level: 1, passes: None, overrides: vec![] }
+        BuildOptions {
+            model: model.into(),
+            opt_level: 1,
+            passes: None,
+            overrides: vec![],
+        }
     }
 }
 
 /// SGD settings used when `build --train` shows the training graph.
-pub const DEFAULT_SGD: SgdSpec = SgdSpec { momentum: 0.9, weight_decay: 1e-4, dampening: 0.0, nesterov: false };
+pub const DEFAULT_SGD: SgdSpec = SgdSpec {
+    momentum: 0.9,
+    weight_decay: 1e-4,
+    dampening: 0.0,
+    nesterov: false,
+};
 
 /// A compiled model at each stage.
 pub struct Compiled {
@@ -110,9 +124,14 @@ pub struct Compiled {
 
 /// Parses, checks and lowers the model, appends the training graph when `sgd` is given, and
 /// runs the pass pipeline.
-pub fn compile_model(opts: &BuildOptions, mode: Mode, sgd: Option<SgdSpec>) -> Result<Compiled, CliError> {
+pub fn compile_model(
+    opts: &BuildOptions,
+    mode: Mode,
+    sgd: Option<SgdSpec>,
+) -> Result<Compiled, CliError> {
     let start = Instant::now();
-    let lowered = frontend::compile_file(&opts.model, mode, &opts.overrides).map_err(CliError::Model)?;
+    let lowered =
+        frontend::compile_file(&opts.model, mode, &opts.overrides).map_err(CliError::Model)?;
     let mut g = lowered.clone();
     if mode == Mode::Training {
         append_training(&mut g, Some(sgd.unwrap_or(DEFAULT_SGD)))?;
@@ -152,8 +171,13 @@ pub fn build(opts: &BuildOptions, mode: Mode, emit: BuildEmit) -> Result<String,
     }
     let c = compile_model(opts, mode, None)?;
     Ok(match emit {
-        BuildEmit::Summary => summary::render(&c.lowered, &c.optimized) + &format!("Compiled in {:.1} ms\n", c.compile_ms),
-        BuildEmit::Json => summary::json(&c.lowered, &c.optimized, c.compile_ms, &c.passes).to_string() + "\n",
+        BuildEmit::Summary => {
+            summary::render(&c.lowered, &c.optimized)
+                + &format!("Compiled in {:.1} ms\n", c.compile_ms)
+        }
+        BuildEmit::Json => {
+            summary::json(&c.lowered, &c.optimized, c.compile_ms, &c.passes).to_string() + "\n"
+        }
         BuildEmit::Ir(IrStage::Lowered) => print::to_text(&c.lowered),
         BuildEmit::Ir(_) => print::to_text(&c.optimized),
         BuildEmit::Dot => print::to_dot(&c.optimized),
@@ -161,11 +185,15 @@ pub fn build(opts: &BuildOptions, mode: Mode, emit: BuildEmit) -> Result<String,
 }
 
 pub fn inference_program(opts: &BuildOptions) -> Result<Program, CliError> {
-    Ok(compile(&compile_model(opts, Mode::Inference, None)?.optimized)?)
+    Ok(compile(
+        &compile_model(opts, Mode::Inference, None)?.optimized,
+    )?)
 }
 
 pub fn training_program(opts: &BuildOptions, sgd: SgdSpec) -> Result<Program, CliError> {
-    Ok(compile(&compile_model(opts, Mode::Training, Some(sgd))?.optimized)?)
+    Ok(compile(
+        &compile_model(opts, Mode::Training, Some(sgd))?.optimized,
+    )?)
 }
 
 /// Loads a safetensors file into an executor, checking names and shapes against the model.
@@ -177,7 +205,11 @@ pub fn load_weights(exec: &mut Executor, path: &Path) -> Result<(), CliError> {
 }
 
 pub fn normalize_of(p: &Program) -> Result<Normalize, CliError> {
-    Ok(Normalize::new(p.preprocess.scale, p.preprocess.mean.clone(), p.preprocess.std.clone())?)
+    Ok(Normalize::new(
+        p.preprocess.scale,
+        p.preprocess.mean.clone(),
+        p.preprocess.std.clone(),
+    )?)
 }
 
 /// Where training and evaluation look for CIFAR-10 when `--data` is not given, in order.
@@ -222,7 +254,12 @@ fn check_input_size(p: &Program, set: &ImageSet) -> Result<(), CliError> {
 }
 
 /// Top-1 correct and total on the data directory's test split.
-pub fn evaluate(opts: &BuildOptions, weights: &Path, data: Option<&Path>, batch: usize) -> Result<(usize, usize), CliError> {
+pub fn evaluate(
+    opts: &BuildOptions,
+    weights: &Path,
+    data: Option<&Path>,
+    batch: usize,
+) -> Result<(usize, usize), CliError> {
     let program = inference_program(opts)?;
     let dir = find_data_dir(data)?;
     let set = Arc::new(ImageSet::from(load_cifar_dir(&dir, Split::Test)?));
@@ -230,7 +267,11 @@ pub fn evaluate(opts: &BuildOptions, weights: &Path, data: Option<&Path>, batch:
     let norm = normalize_of(&program)?;
     let mut exec = Executor::new(program, batch);
     load_weights(&mut exec, weights)?;
-    Ok(train::evaluate(&mut exec, set, LoaderConfig::eval(batch, norm))?)
+    Ok(train::evaluate(
+        &mut exec,
+        set,
+        LoaderConfig::eval(batch, norm),
+    )?)
 }
 
 fn softmax(row: &[f32]) -> Vec<f32> {
@@ -254,7 +295,10 @@ pub fn infer(
     let [c, h, w] = program.input_shape;
     let classes = program.classes;
     let mut notes = String::new();
-    let is_npy = inputs.len() == 1 && inputs[0].extension().is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+    let is_npy = inputs.len() == 1
+        && inputs[0]
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
     let (data, n) = if is_npy {
         let (shape, data) = npy::read_npy_f32(&inputs[0])?;
         if shape.len() != 4 || shape[1..] != [c, h, w] {
@@ -293,7 +337,11 @@ pub fn infer(
         let p = softmax(&logits[i * classes..(i + 1) * classes]);
         let mut idx: Vec<usize> = (0..classes).collect();
         idx.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
-        let label = if is_npy { format!("{}[{i}]", inputs[0].display()) } else { inputs[i].display().to_string() };
+        let label = if is_npy {
+            format!("{}[{i}]", inputs[0].display())
+        } else {
+            inputs[i].display().to_string()
+        };
         let mut top = vec![];
         text += &format!("{label}\n");
         for &k in idx.iter().take(5.min(classes)) {
@@ -331,7 +379,12 @@ pub struct TrainSummary {
 }
 
 /// Trains on the data directory's training split and tests on its test split.
-pub fn train(opts: &BuildOptions, data: Option<&Path>, t: &TrainOptions, observer: &mut dyn Observer) -> Result<TrainSummary, CliError> {
+pub fn train(
+    opts: &BuildOptions,
+    data: Option<&Path>,
+    t: &TrainOptions,
+    observer: &mut dyn Observer,
+) -> Result<TrainSummary, CliError> {
     let dir = find_data_dir(data)?;
     let mut train_cifar = load_cifar_dir(&dir, Split::Train)?;
     if let Some(limit) = t.train_limit {
@@ -385,9 +438,21 @@ pub fn train(opts: &BuildOptions, data: Option<&Path>, t: &TrainOptions, observe
         start_epoch,
     };
     let started = Instant::now();
-    let history = train::train(&mut exec, Some((&mut eval_exec, test_set.clone())), train_set.clone(), &cfg, norm, observer)?;
+    let history = train::train(
+        &mut exec,
+        Some((&mut eval_exec, test_set.clone())),
+        train_set.clone(),
+        &cfg,
+        norm,
+        observer,
+    )?;
     let secs = started.elapsed().as_secs_f64();
-    let last = history.last().ok_or_else(|| CliError::usage(format!("nothing to train: --epochs {} and the run starts at epoch {}", t.epochs, start_epoch)))?;
+    let last = history.last().ok_or_else(|| {
+        CliError::usage(format!(
+            "nothing to train: --epochs {} and the run starts at epoch {}",
+            t.epochs, start_epoch
+        ))
+    })?;
     let images = history.len() * train_set.len();
     let ips = images as f64 / history.iter().map(|s| s.seconds as f64).sum::<f64>();
     let human = format!(
@@ -437,11 +502,17 @@ pub fn single_steps(
     let [c, h, w] = program.input_shape;
     let (shape, x) = npy::read_npy_f32(input)?;
     if shape.len() != 4 || shape[1..] != [c, h, w] {
-        return Err(CliError::Runtime(RuntimeError::format(input, format!("has shape {shape:?}; the model takes N x {c} x {h} x {w}"))));
+        return Err(CliError::Runtime(RuntimeError::format(
+            input,
+            format!("has shape {shape:?}; the model takes N x {c} x {h} x {w}"),
+        )));
     }
     let y = npy::read_npy(labels)?.into_labels(labels)?;
     if y.len() != shape[0] {
-        return Err(CliError::Runtime(RuntimeError::format(labels, format!("has {} labels for {} images", y.len(), shape[0]))));
+        return Err(CliError::Runtime(RuntimeError::format(
+            labels,
+            format!("has {} labels for {} images", y.len(), shape[0]),
+        )));
     }
     let mut exec = Executor::new(program, shape[0]);
     match weights {
@@ -460,8 +531,18 @@ pub fn single_steps(
 }
 
 /// Median milliseconds per batch for each batch size.
-pub fn bench(opts: &BuildOptions, batches: &[usize], train_mode: bool, iters: usize, json: bool) -> Result<String, CliError> {
-    let program = if train_mode { training_program(opts, DEFAULT_SGD)? } else { inference_program(opts)? };
+pub fn bench(
+    opts: &BuildOptions,
+    batches: &[usize],
+    train_mode: bool,
+    iters: usize,
+    json: bool,
+) -> Result<String, CliError> {
+    let program = if train_mode {
+        training_program(opts, DEFAULT_SGD)?
+    } else {
+        inference_program(opts)?
+    };
     let per: usize = program.input_shape.iter().product();
     let classes = program.classes;
     let name = program.name.clone();
@@ -484,7 +565,11 @@ pub fn bench(opts: &BuildOptions, batches: &[usize], train_mode: bool, iters: us
         }
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
-        let what = if train_mode { "train step" } else { "inference" };
+        let what = if train_mode {
+            "train step"
+        } else {
+            "inference"
+        };
         out += &format!(
             "{name} {what} batch {n}: median {median:.2} ms ({:.1} images/s), min {:.2} ms, {} runs, {} threads\n",
             n as f64 * 1e3 / median,

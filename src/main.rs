@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "resnetc", version, about = "Compile, train and run residual networks from .resnet files")]
+#[command(
+    name = "resnetc",
+    version,
+    about = "Compile, train and run residual networks from .resnet files"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -173,22 +177,29 @@ struct BenchArgs {
 fn build_options(c: &CompileArgs) -> Result<BuildOptions, CliError> {
     let mut overrides = vec![];
     for d in &c.define {
-        let (k, v) = d
-            .split_once('=')
-            .ok_or_else(|| CliError::usage(format!("-D {d}: expected NAME=VALUE, for example -D n=9")))?;
+        let (k, v) = d.split_once('=').ok_or_else(|| {
+            CliError::usage(format!("-D {d}: expected NAME=VALUE, for example -D n=9"))
+        })?;
         let v: i64 = v
             .trim()
             .parse()
             .map_err(|_| CliError::usage(format!("-D {d}: `{v}` is not an integer")))?;
         overrides.push((k.trim().to_string(), v));
     }
-    Ok(BuildOptions { model: c.model.clone(), opt_level: c.opt, passes: c.passes.clone(), overrides })
+    Ok(BuildOptions {
+        model: c.model.clone(),
+        opt_level: c.opt,
+        passes: c.passes.clone(),
+        overrides,
+    })
 }
 
 fn set_threads(threads: Option<usize>) {
     if let Some(n) = threads {
         // Fails only if a pool already exists, which cannot happen this early.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global();
     }
 }
 
@@ -205,9 +216,11 @@ impl Observer for Progress {
         }
         let bar = ProgressBar::new(batches as u64);
         bar.set_style(
-            ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
-                .expect("static template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
         );
         bar.set_prefix(format!("{}", epoch + 1));
         self.bar = Some(bar);
@@ -225,7 +238,9 @@ impl Observer for Progress {
         if self.quiet {
             return;
         }
-        let test = s.test_accuracy.map_or(String::new(), |a| format!("  test acc {:.2}%", a * 100.0));
+        let test = s
+            .test_accuracy
+            .map_or(String::new(), |a| format!("  test acc {:.2}%", a * 100.0));
         println!(
             "epoch {:>3}  train loss {:.4}  train acc {:.2}%{test}  {:.0} img/s  lr {:.4}  {:.1}s",
             s.epoch,
@@ -248,9 +263,25 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
         nesterov: args.nesterov,
     };
     if args.train && args.steps.is_some() {
-        let input = args.input.first().ok_or_else(|| CliError::usage("single-step mode needs --input x.npy"))?;
-        let labels = args.labels.as_ref().ok_or_else(|| CliError::usage("single-step mode needs --labels y.npy"))?;
-        let r = driver::single_steps(&opts, sgd, args.weights.as_deref(), input, labels, args.steps.unwrap_or(1), args.lr, args.seed, args.save.as_deref())?;
+        let input = args
+            .input
+            .first()
+            .ok_or_else(|| CliError::usage("single-step mode needs --input x.npy"))?;
+        let labels = args
+            .labels
+            .as_ref()
+            .ok_or_else(|| CliError::usage("single-step mode needs --labels y.npy"))?;
+        let r = driver::single_steps(
+            &opts,
+            sgd,
+            args.weights.as_deref(),
+            input,
+            labels,
+            args.steps.unwrap_or(1),
+            args.lr,
+            args.seed,
+            args.save.as_deref(),
+        )?;
         if args.json {
             println!("{}", serde_json::json!({ "losses": r }));
         } else {
@@ -279,7 +310,10 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
             train_limit: args.train_limit,
             weights: args.weights.clone(),
         };
-        let mut progress = Progress { bar: None, quiet: false };
+        let mut progress = Progress {
+            bar: None,
+            quiet: false,
+        };
         let summary = driver::train(&opts, args.data.as_deref(), &cfg, &mut progress)?;
         println!("{}", summary.human);
         if args.json {
@@ -288,27 +322,50 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
         return Ok(());
     }
     if args.eval {
-        let weights = args.weights.as_ref().ok_or_else(|| CliError::usage("--eval needs --weights FILE"))?;
+        let weights = args
+            .weights
+            .as_ref()
+            .ok_or_else(|| CliError::usage("--eval needs --weights FILE"))?;
         let (correct, total) = driver::evaluate(&opts, weights, args.data.as_deref(), args.batch)?;
-        println!("{correct} / {total} correct ({:.2} %)", 100.0 * correct as f64 / total as f64);
+        println!(
+            "{correct} / {total} correct ({:.2} %)",
+            100.0 * correct as f64 / total as f64
+        );
         if args.json {
-            println!("{}", serde_json::json!({ "correct": correct, "total": total, "accuracy": correct as f64 / total as f64 }));
+            println!(
+                "{}",
+                serde_json::json!({ "correct": correct, "total": total, "accuracy": correct as f64 / total as f64 })
+            );
         }
         return Ok(());
     }
     if !args.input.is_empty() {
-        let text = driver::infer(&opts, args.weights.as_deref(), &args.input, args.output.as_deref(), args.labels.as_deref(), args.seed, args.json)?;
+        let text = driver::infer(
+            &opts,
+            args.weights.as_deref(),
+            &args.input,
+            args.output.as_deref(),
+            args.labels.as_deref(),
+            args.seed,
+            args.json,
+        )?;
         print!("{text}");
         return Ok(());
     }
-    Err(CliError::usage("say what to run: --train, --eval --weights W, or --input FILES"))
+    Err(CliError::usage(
+        "say what to run: --train, --eval --weights W, or --input FILES",
+    ))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Build(b) => build_options(&b.compile).and_then(|opts| {
-            let mode = if b.train { Mode::Training } else { Mode::Inference };
+            let mode = if b.train {
+                Mode::Training
+            } else {
+                Mode::Inference
+            };
             let stage = match b.stage {
                 Stage::Parsed => driver::IrStage::Parsed,
                 Stage::Lowered => driver::IrStage::Lowered,
@@ -325,8 +382,14 @@ fn main() -> ExitCode {
         Command::Run(r) => run(r),
         Command::Bench(b) => build_options(&b.compile).and_then(|opts| {
             set_threads(b.threads);
-            let batches: Result<Vec<usize>, _> = b.batch.split(',').map(|s| s.trim().parse::<usize>()).collect();
-            let batches = batches.map_err(|_| CliError::usage(format!("--batch {}: expected sizes like 1,16", b.batch)))?;
+            let batches: Result<Vec<usize>, _> = b
+                .batch
+                .split(',')
+                .map(|s| s.trim().parse::<usize>())
+                .collect();
+            let batches = batches.map_err(|_| {
+                CliError::usage(format!("--batch {}: expected sizes like 1,16", b.batch))
+            })?;
             driver::bench(&opts, &batches, b.train, b.iters, b.json).map(|t| print!("{t}"))
         }),
     };

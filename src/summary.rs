@@ -18,7 +18,9 @@ pub struct LayerRow {
 pub fn layer_rows(g: &Graph) -> Vec<LayerRow> {
     g.schedule()
         .into_iter()
-        .filter(|n| !matches!(g.dag[*n].op, Op::Param(_) | Op::Labels) && !g.dag[*n].op.is_weight_prep())
+        .filter(|n| {
+            !matches!(g.dag[*n].op, Op::Param(_) | Op::Labels) && !g.dag[*n].op.is_weight_prep()
+        })
         .map(|n| {
             let node = &g.dag[n];
             let params = g
@@ -30,7 +32,11 @@ pub fn layer_rows(g: &Graph) -> Vec<LayerRow> {
             LayerRow {
                 name: node.name.clone(),
                 op: node.op.mnemonic().to_string(),
-                shape: node.outputs.first().map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                shape: node
+                    .outputs
+                    .first()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 params,
                 macs: g.node_macs(n),
             }
@@ -42,7 +48,10 @@ pub fn layer_rows(g: &Graph) -> Vec<LayerRow> {
 pub fn kernels(g: &Graph) -> Vec<String> {
     g.schedule()
         .into_iter()
-        .filter(|n| !matches!(g.dag[*n].op, Op::Param(_) | Op::Input | Op::Labels) && !g.dag[*n].op.is_weight_prep())
+        .filter(|n| {
+            !matches!(g.dag[*n].op, Op::Param(_) | Op::Input | Op::Labels)
+                && !g.dag[*n].op.is_weight_prep()
+        })
         .map(|n| format!("{}  {}", g.dag[n].name, g.dag[n].op))
         .collect()
 }
@@ -66,23 +75,54 @@ pub fn render(lowered: &Graph, fused: &Graph) -> String {
     let rows = layer_rows(lowered);
     let w_name = rows.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
     let w_op = rows.iter().map(|r| r.op.len()).max().unwrap_or(2).max(2);
-    let w_shape = rows.iter().map(|r| r.shape.len()).max().unwrap_or(5).max(12);
+    let w_shape = rows
+        .iter()
+        .map(|r| r.shape.len())
+        .max()
+        .unwrap_or(5)
+        .max(12);
     let mut s = String::new();
     let _ = writeln!(s, "Model: {}", lowered.meta.name);
     let line = "─".repeat(w_name + w_op + w_shape + 32);
     let _ = writeln!(s, "{line}");
-    let _ = writeln!(s, "{:<w_name$}  {:<w_op$}  {:<w_shape$}  {:>12}  {:>14}", "Layer", "Op", "Output shape", "Params", "MACs");
+    let _ = writeln!(
+        s,
+        "{:<w_name$}  {:<w_op$}  {:<w_shape$}  {:>12}  {:>14}",
+        "Layer", "Op", "Output shape", "Params", "MACs"
+    );
     let _ = writeln!(s, "{line}");
     for r in &rows {
-        let p = if r.params > 0 { grouped(r.params) } else { String::new() };
-        let m = if r.macs > 0 { grouped(r.macs) } else { String::new() };
-        let _ = writeln!(s, "{:<w_name$}  {:<w_op$}  {:<w_shape$}  {p:>12}  {m:>14}", r.name, r.op, r.shape);
+        let p = if r.params > 0 {
+            grouped(r.params)
+        } else {
+            String::new()
+        };
+        let m = if r.macs > 0 {
+            grouped(r.macs)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "{:<w_name$}  {:<w_op$}  {:<w_shape$}  {p:>12}  {m:>14}",
+            r.name, r.op, r.shape
+        );
     }
     let _ = writeln!(s, "{line}");
     let _ = writeln!(s, "Total params: {}", grouped(lowered.param_count()));
-    let _ = writeln!(s, "MACs per image: {} ({:.2} G)", grouped(lowered.macs()), lowered.macs() as f64 / 1e9);
+    let _ = writeln!(
+        s,
+        "MACs per image: {} ({:.2} G)",
+        grouped(lowered.macs()),
+        lowered.macs() as f64 / 1e9
+    );
     let ks = kernels(fused);
-    let _ = writeln!(s, "Kernels after fusion: {} (from {} ops)", ks.len(), rows.len());
+    let _ = writeln!(
+        s,
+        "Kernels after fusion: {} (from {} ops)",
+        ks.len(),
+        rows.len()
+    );
     for k in ks {
         let _ = writeln!(s, "  {k}");
     }
@@ -92,7 +132,11 @@ pub fn render(lowered: &Graph, fused: &Graph) -> String {
 /// The `--json` object.
 pub fn json(lowered: &Graph, fused: &Graph, compile_ms: f64, passes: &[&str]) -> serde_json::Value {
     let [c, h, w] = lowered.meta.input;
-    let output: Vec<usize> = lowered.outputs.first().map(|v| lowered.shape(*v).dims.clone()).unwrap_or_default();
+    let output: Vec<usize> = lowered
+        .outputs
+        .first()
+        .map(|v| lowered.shape(*v).dims.clone())
+        .unwrap_or_default();
     serde_json::json!({
         "model": lowered.meta.name,
         "params": lowered.param_count(),

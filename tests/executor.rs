@@ -19,8 +19,12 @@ fn randomize(exec: &mut Executor, seed: u64) {
     for p in exec.program.params.clone() {
         let n: usize = p.shape.iter().product();
         let v: Vec<f32> = match p.role {
-            ParamRole::BnGamma | ParamRole::RunningVar => (0..n).map(|_| 0.5 + rng.uniform_f32()).collect(),
-            ParamRole::BnBeta | ParamRole::RunningMean => (0..n).map(|_| rng.uniform_f32() - 0.5).collect(),
+            ParamRole::BnGamma | ParamRole::RunningVar => {
+                (0..n).map(|_| 0.5 + rng.uniform_f32()).collect()
+            }
+            ParamRole::BnBeta | ParamRole::RunningMean => {
+                (0..n).map(|_| rng.uniform_f32() - 0.5).collect()
+            }
             _ => continue,
         };
         exec.set_tensor(&p.name, &v).unwrap();
@@ -36,13 +40,18 @@ fn close(a: &[f32], b: &[f32], rtol: f32, what: &str) {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= rtol * scale, "{what}[{i}]: {x} vs {y} (scale {scale})");
+        assert!(
+            (x - y).abs() <= rtol * scale,
+            "{what}[{i}]: {x} vs {y} (scale {scale})"
+        );
     }
 }
 
 fn run_inference(g: &Graph, level: u8, x: &[f32]) -> Vec<f32> {
     let mut g = g.clone();
-    Pipeline::for_level(level, Mode::Inference).run(&mut g).unwrap();
+    Pipeline::for_level(level, Mode::Inference)
+        .run(&mut g)
+        .unwrap();
     let mut exec = Executor::new(compile(&g).unwrap(), 2);
     randomize(&mut exec, 7);
     exec.run(x, None).unwrap()[0].to_vec()
@@ -60,7 +69,9 @@ fn fused_inference_equals_unfused() {
 fn training_program(level: u8, sgd: Option<SgdSpec>) -> Executor {
     let mut g = common::tiny_resnet(Mode::Training, 3, 6, 4);
     append_training(&mut g, sgd).unwrap();
-    Pipeline::for_level(level, Mode::Training).run(&mut g).unwrap();
+    Pipeline::for_level(level, Mode::Training)
+        .run(&mut g)
+        .unwrap();
     let mut exec = Executor::new(compile(&g).unwrap(), 3);
     randomize(&mut exec, 11);
     exec
@@ -71,10 +82,18 @@ fn gradients_match_finite_differences() {
     let x = input(3, 3 * 6 * 6, 2);
     let labels = [0, 3, 1];
     let mut exec = training_program(1, None);
-    let grads = exec.run(&x, Some(&labels)).unwrap()[2..].iter().map(|g| g.to_vec()).collect::<Vec<_>>();
+    let grads = exec.run(&x, Some(&labels)).unwrap()[2..]
+        .iter()
+        .map(|g| g.to_vec())
+        .collect::<Vec<_>>();
     // Outputs are loss, logits, then gradients in parameter-name order.
-    let mut names: Vec<String> =
-        exec.program.params.iter().filter(|p| p.role.trainable()).map(|p| p.name.clone()).collect();
+    let mut names: Vec<String> = exec
+        .program
+        .params
+        .iter()
+        .filter(|p| p.role.trainable())
+        .map(|p| p.name.clone())
+        .collect();
     names.sort();
     assert_eq!(names.len(), grads.len());
     // Small steps keep ReLU kinks out of most differences; f32 rounding of the loss (~1e-7)
@@ -85,7 +104,9 @@ fn gradients_match_finite_differences() {
     for (name, grad) in names.iter().zip(&grads) {
         let base = exec.weights()[name].data.clone();
         // A few coordinates per tensor: the largest-gradient one and two others.
-        let big = (0..grad.len()).max_by(|a, b| grad[*a].abs().total_cmp(&grad[*b].abs())).unwrap();
+        let big = (0..grad.len())
+            .max_by(|a, b| grad[*a].abs().total_cmp(&grad[*b].abs()))
+            .unwrap();
         for &i in &[big, 0, grad.len() / 2] {
             let mut loss_at = |delta: f32| {
                 let mut w = base.clone();
@@ -98,19 +119,31 @@ fn gradients_match_finite_differences() {
             let an = grad[i] as f64;
             // f32 central differences: absolute floor for tiny gradients, 3 % relative otherwise.
             if (fd - an).abs() > 0.03 * an.abs().max(fd.abs()) + 1e-3 {
-                failures.push(format!("{name}[{i}]: analytic {an} vs finite difference {fd}"));
+                failures.push(format!(
+                    "{name}[{i}]: analytic {an} vs finite difference {fd}"
+                ));
             }
             checked += 1;
         }
     }
     // A coordinate whose step crosses a ReLU kink can disagree; a wrong rule shows up in many.
-    assert!(failures.len() <= 2, "{} of {checked} coordinates differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.len() <= 2,
+        "{} of {checked} coordinates differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(checked >= 60, "checked {checked} coordinates");
 }
 
 #[test]
 fn fused_training_step_equals_unfused() {
-    let sgd = SgdSpec { momentum: 0.9, weight_decay: 5e-4, dampening: 0.0, nesterov: false };
+    let sgd = SgdSpec {
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        dampening: 0.0,
+        nesterov: false,
+    };
     let x = input(3, 3 * 6 * 6, 3);
     let labels = [2, 0, 1];
     let mut results = vec![];
@@ -119,7 +152,10 @@ fn fused_training_step_equals_unfused() {
         exec.lr = 0.1;
         let l1 = exec.run(&x, Some(&labels)).unwrap()[0][0];
         let l2 = exec.run(&x, Some(&labels)).unwrap()[0][0];
-        assert!(l2 < l1, "two steps on one batch lower the loss: {l1} -> {l2}");
+        assert!(
+            l2 < l1,
+            "two steps on one batch lower the loss: {l1} -> {l2}"
+        );
         results.push((l1, l2, exec.weights()));
     }
     let (a, b) = (&results[0], &results[1]);
@@ -128,4 +164,3 @@ fn fused_training_step_equals_unfused() {
         close(&b.2[name].data, &t.data, 1e-4, name);
     }
 }
-

@@ -57,7 +57,12 @@ fn assert_close(what: &str, a: &[f32], b: &[f32], rtol: f32, atol: f32) {
         .map(|(x, y)| (x - y).abs())
         .enumerate()
         .fold((0, 0.0f32), |m, (i, e)| if e > m.1 { (i, e) } else { m });
-    assert!(err <= tol, "{what}: max |diff| {err} at {i} ({} vs {}) exceeds {tol}", a[i], b[i]);
+    assert!(
+        err <= tol,
+        "{what}: max |diff| {err} at {i} ({} vs {}) exceeds {tol}",
+        a[i],
+        b[i]
+    );
 }
 
 fn eval_parity(name: &str, batch: usize) {
@@ -70,7 +75,13 @@ fn eval_parity(name: &str, batch: usize) {
     let want = read_npy(root().join(format!("tests/fixtures/{name}_eval_logits.npy"))).unwrap();
     assert_eq!(want.shape, vec![batch, exec.program.classes]);
     // Different summation orders in f32 (and BN folded here, not in ORT): 1e-4 relative.
-    assert_close(&format!("{name} logits vs ONNX Runtime"), &y, &want.into_f32(), 1e-4, 1e-5);
+    assert_close(
+        &format!("{name} logits vs ONNX Runtime"),
+        &y,
+        &want.into_f32(),
+        1e-4,
+        1e-5,
+    );
 }
 
 #[test]
@@ -100,11 +111,24 @@ fn fixture(name: &str) -> BTreeMap<String, Vec<f32>> {
     st.tensors()
         .into_iter()
         .filter(|(_, t)| t.dtype() == safetensors::Dtype::F32)
-        .map(|(k, t)| (k, t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+        .map(|(k, t)| {
+            (
+                k,
+                t.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            )
+        })
         .collect()
 }
 
-const SGD: SgdSpec = SgdSpec { momentum: 0.9, weight_decay: 1e-4, dampening: 0.0, nesterov: false };
+const SGD: SgdSpec = SgdSpec {
+    momentum: 0.9,
+    weight_decay: 1e-4,
+    dampening: 0.0,
+    nesterov: false,
+};
 
 #[test]
 fn resnet20_sgd_step_matches_pytorch() {
@@ -117,7 +141,11 @@ fn resnet20_sgd_step_matches_pytorch() {
     exec.lr = 0.1;
     let out = exec.run(&x, Some(&labels)).unwrap();
     let (loss, logits) = (out[0][0], out[1].to_vec());
-    assert!((loss - want["loss"][0]).abs() <= 1e-5 * want["loss"][0].abs(), "loss {loss} vs {}", want["loss"][0]);
+    assert!(
+        (loss - want["loss"][0]).abs() <= 1e-5 * want["loss"][0].abs(),
+        "loss {loss} vs {}",
+        want["loss"][0]
+    );
     assert_close("train logits", &logits, &want["train_logits"], 1e-4, 0.0);
     let after = exec.weights();
     let mut compared = 0;
@@ -127,10 +155,19 @@ fn resnet20_sgd_step_matches_pytorch() {
         }
         // 1e-5 absolute: the step moves weights by lr * (grad + wd * w); PyTorch and resnetc
         // differ only in the gradients' f32 rounding.
-        assert_close(&format!("{key} after one step"), &after[key].data, v, 0.0, 1e-5);
+        assert_close(
+            &format!("{key} after one step"),
+            &after[key].data,
+            v,
+            0.0,
+            1e-5,
+        );
         compared += 1;
     }
-    assert!(compared >= 80, "compared {compared} tensors, including running statistics");
+    assert!(
+        compared >= 80,
+        "compared {compared} tensors, including running statistics"
+    );
 }
 
 #[test]
@@ -146,7 +183,10 @@ fn resnet20_gradients_match_pytorch() {
     let out = exec.run(&x, Some(&labels)).unwrap();
     let names: Vec<&String> = grads.grads.keys().collect();
     for (key, v) in &want {
-        let i = names.iter().position(|n| *n == key).unwrap_or_else(|| panic!("no gradient for {key}"));
+        let i = names
+            .iter()
+            .position(|n| *n == key)
+            .unwrap_or_else(|| panic!("no gradient for {key}"));
         assert_close(&format!("d loss / d {key}"), out[2 + i], v, 1e-3, 1e-7);
     }
     assert!(want.len() >= 40);
@@ -163,7 +203,12 @@ fn shared(rel: &str) -> Option<PathBuf> {
 }
 
 fn known_answer(name: &str, weights: &str, expected: usize) {
-    let (Some(w), Some(data)) = (shared(&format!("data/weights/{weights}")), shared("data/cifar10")) else { return };
+    let (Some(w), Some(data)) = (
+        shared(&format!("data/weights/{weights}")),
+        shared("data/cifar10"),
+    ) else {
+        return;
+    };
     let (correct, total) = driver::evaluate(&model(name), &w, Some(Path::new(&data)), 250).unwrap();
     assert_eq!((correct, total), (expected, 1000), "{name} with {weights}");
 }
@@ -184,20 +229,38 @@ fn optimized_programs_equal_unoptimized_on_the_cifar_zoo() {
     for name in ["resnet20", "plain20", "preact_resnet18", "wrn_16_4"] {
         let mut outs = vec![];
         for level in [0, 1] {
-            let opts = BuildOptions { opt_level: level, ..model(name) };
+            let opts = BuildOptions {
+                opt_level: level,
+                ..model(name)
+            };
             let program = driver::inference_program(&opts).unwrap();
             let [c, h, w] = program.input_shape;
             let mut exec = Executor::new(program, 2);
             exec.init_he(5);
             // Non-trivial running statistics so folding matters.
             for (key, shape) in exec.program.weight_table() {
-                if key.ends_with("running_mean") || key.ends_with("running_var") || key.ends_with(".bias") {
-                    let v = resnetc_runtime::synthetic::uniform(1, &key, shape.iter().product(), 0.5, 1.5);
+                if key.ends_with("running_mean")
+                    || key.ends_with("running_var")
+                    || key.ends_with(".bias")
+                {
+                    let v = resnetc_runtime::synthetic::uniform(
+                        1,
+                        &key,
+                        shape.iter().product(),
+                        0.5,
+                        1.5,
+                    );
                     exec.set_tensor(&key, &v).unwrap();
                 }
             }
             outs.push(exec.run(&synthetic_input(3, &[2, c, h, w]), None).unwrap()[0].to_vec());
         }
-        assert_close(&format!("{name} -O1 vs -O0"), &outs[1], &outs[0], 1e-4, 1e-6);
+        assert_close(
+            &format!("{name} -O1 vs -O0"),
+            &outs[1],
+            &outs[0],
+            1e-4,
+            1e-6,
+        );
     }
 }

@@ -23,8 +23,19 @@ pub struct Executor {
 impl Executor {
     /// Allocates every buffer for `batch` images; parameters start at zero.
     pub fn new(program: Program, batch: usize) -> Self {
-        let bufs = program.buffers.iter().map(|b| vec![0.0; b.len(batch)]).collect();
-        Executor { program, bufs, batch, lr: 0.0, sgd_steps: 0, prepared: false }
+        let bufs = program
+            .buffers
+            .iter()
+            .map(|b| vec![0.0; b.len(batch)])
+            .collect();
+        Executor {
+            program,
+            bufs,
+            batch,
+            lr: 0.0,
+            sgd_steps: 0,
+            prepared: false,
+        }
     }
 
     pub fn batch(&self) -> usize {
@@ -55,7 +66,12 @@ impl Executor {
             .params
             .iter()
             .filter(|p| p.role == ParamRole::Weight)
-            .map(|p| (p.name.trim_end_matches(".weight").to_string(), p.shape[1..].iter().product()))
+            .map(|p| {
+                (
+                    p.name.trim_end_matches(".weight").to_string(),
+                    p.shape[1..].iter().product(),
+                )
+            })
             .collect();
         for p in self.program.params.clone() {
             let buf = &mut self.bufs[p.buffer];
@@ -72,7 +88,8 @@ impl Executor {
                         *fan_in.get(p.name.trim_end_matches(".bias")).unwrap_or(&1)
                     };
                     let bound = 1.0 / (fan as f32).sqrt();
-                    buf.iter_mut().for_each(|v| *v = (rng.uniform_f32() * 2.0 - 1.0) * bound);
+                    buf.iter_mut()
+                        .for_each(|v| *v = (rng.uniform_f32() * 2.0 - 1.0) * bound);
                 }
                 ParamRole::BnGamma | ParamRole::RunningVar => buf.fill(1.0),
                 ParamRole::BnBeta | ParamRole::RunningMean | ParamRole::Momentum => buf.fill(0.0),
@@ -112,7 +129,11 @@ impl Executor {
             .ok_or_else(|| RuntimeError::Shape(format!("the program has no tensor `{name}`")))?;
         let buf = &mut self.bufs[p.buffer];
         if buf.len() != data.len() {
-            return Err(RuntimeError::Shape(format!("tensor `{name}` has {} values, expected {}", data.len(), buf.len())));
+            return Err(RuntimeError::Shape(format!(
+                "tensor `{name}` has {} values, expected {}",
+                data.len(),
+                buf.len()
+            )));
         }
         buf.copy_from_slice(data);
         self.prepared = false;
@@ -125,7 +146,15 @@ impl Executor {
             .params
             .iter()
             .filter(|p| keep(p.role))
-            .map(|p| (p.name.clone(), Tensor { shape: p.shape.clone(), data: self.bufs[p.buffer].clone() }))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    Tensor {
+                        shape: p.shape.clone(),
+                        data: self.bufs[p.buffer].clone(),
+                    },
+                )
+            })
             .collect()
     }
 
@@ -154,12 +183,20 @@ impl Executor {
         }
         self.bufs[self.program.input].copy_from_slice(input);
         if let Some(lb) = self.program.labels {
-            let labels = labels.ok_or_else(|| RuntimeError::Shape("a training program needs labels".into()))?;
+            let labels = labels
+                .ok_or_else(|| RuntimeError::Shape("a training program needs labels".into()))?;
             if labels.len() != self.batch {
-                return Err(RuntimeError::Shape(format!("{} labels for {} images", labels.len(), self.batch)));
+                return Err(RuntimeError::Shape(format!(
+                    "{} labels for {} images",
+                    labels.len(),
+                    self.batch
+                )));
             }
             if let Some(bad) = labels.iter().find(|&&l| l >= self.program.classes) {
-                return Err(RuntimeError::Shape(format!("label {bad} is not below {} classes", self.program.classes)));
+                return Err(RuntimeError::Shape(format!(
+                    "label {bad} is not below {} classes",
+                    self.program.classes
+                )));
             }
             for (d, &l) in self.bufs[lb].iter_mut().zip(labels) {
                 *d = l as f32;
@@ -174,15 +211,32 @@ impl Executor {
             // Parameters changed: folded weights (if any) are stale.
             self.prepared = self.program.prep.is_empty();
         }
-        Ok(self.program.outputs.iter().map(|&b| self.bufs[b].as_slice()).collect())
+        Ok(self
+            .program
+            .outputs
+            .iter()
+            .map(|&b| self.bufs[b].as_slice())
+            .collect())
     }
 
     fn run_step(&mut self, step: &Step) -> Result<()> {
-        let mut outs: Vec<Vec<f32>> = step.outs.iter().map(|&b| std::mem::take(&mut self.bufs[b])).collect();
-        let mut inouts: Vec<Vec<f32>> = step.inouts.iter().map(|&b| std::mem::take(&mut self.bufs[b])).collect();
+        let mut outs: Vec<Vec<f32>> = step
+            .outs
+            .iter()
+            .map(|&b| std::mem::take(&mut self.bufs[b]))
+            .collect();
+        let mut inouts: Vec<Vec<f32>> = step
+            .inouts
+            .iter()
+            .map(|&b| std::mem::take(&mut self.bufs[b]))
+            .collect();
         {
             let ins: Vec<&[f32]> = step.ins.iter().map(|&b| self.bufs[b].as_slice()).collect();
-            let ctx = Ctx { n: self.batch, lr: self.lr, first_sgd_step: self.sgd_steps == 0 };
+            let ctx = Ctx {
+                n: self.batch,
+                lr: self.lr,
+                first_sgd_step: self.sgd_steps == 0,
+            };
             exec(&step.kernel, &ctx, &ins, &mut inouts, &mut outs);
         }
         for (&b, v) in step.outs.iter().zip(outs) {
@@ -211,12 +265,27 @@ fn labels_of(buf: &[f32]) -> Vec<usize> {
 }
 
 /// Applies one epilogue step in place. `ins`/`inouts` are the step's operands.
-fn apply_step(step: &EpilogueStep, d: Dims4, y: &mut [f32], ins: &[&[f32]], inouts: &mut [Vec<f32>]) {
+fn apply_step(
+    step: &EpilogueStep,
+    d: Dims4,
+    y: &mut [f32],
+    ins: &[&[f32]],
+    inouts: &mut [Vec<f32>],
+) {
     match step {
         EpilogueStep::BatchNormEval(spec) => {
             let (gamma, beta, mean, var) = (ins[0], ins[1], ins[2], ins[3]);
-            let scale: Vec<f32> = gamma.iter().zip(var).map(|(g, v)| g / (v + spec.eps).sqrt()).collect();
-            let shift: Vec<f32> = beta.iter().zip(mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+            let scale: Vec<f32> = gamma
+                .iter()
+                .zip(var)
+                .map(|(g, v)| g / (v + spec.eps).sqrt())
+                .collect();
+            let shift: Vec<f32> = beta
+                .iter()
+                .zip(mean)
+                .zip(&scale)
+                .map(|((b, m), s)| b - m * s)
+                .collect();
             k::scale_shift_inplace(y, d, &scale, &shift);
         }
         EpilogueStep::BatchNormTrain(spec) => {
@@ -225,19 +294,39 @@ fn apply_step(step: &EpilogueStep, d: Dims4, y: &mut [f32], ins: &[&[f32]], inou
             let mut var = vec![0.0; d.c];
             k::batch_norm_train(&x, d, ins[0], ins[1], spec.eps, y, &mut mean, &mut var);
             let (rm, rv) = inouts.split_at_mut(1);
-            k::batch_norm_update_running(&mut rm[0], &mut rv[0], &mean, &var, d.n * d.h * d.w, spec.momentum);
+            k::batch_norm_update_running(
+                &mut rm[0],
+                &mut rv[0],
+                &mean,
+                &var,
+                d.n * d.h * d.w,
+                spec.momentum,
+            );
         }
         EpilogueStep::Add => k::add_inplace(y, ins[0]),
         EpilogueStep::Relu => k::relu_inplace(y),
     }
 }
 
-fn exec(kernel: &Kernel, ctx: &Ctx, ins: &[&[f32]], inouts: &mut [Vec<f32>], outs: &mut [Vec<f32>]) {
+fn exec(
+    kernel: &Kernel,
+    ctx: &Ctx,
+    ins: &[&[f32]],
+    inouts: &mut [Vec<f32>],
+    outs: &mut [Vec<f32>],
+) {
     let n = ctx.n;
     match kernel {
-        Kernel::Conv { spec, in_hw, epilogue, exports } => {
+        Kernel::Conv {
+            spec,
+            in_hw,
+            epilogue,
+            exports,
+        } => {
             let xd = Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]);
-            let (oh, ow) = spec.out_hw(in_hw[0], in_hw[1]).expect("checked by the compiler");
+            let (oh, ow) = spec
+                .out_hw(in_hw[0], in_hw[1])
+                .expect("checked by the compiler");
             let yd = Dims4::new(n, spec.out_channels, oh, ow);
             let bias = spec.bias.then(|| ins[2]);
             let (first, rest) = outs.split_first_mut().expect("conv has an output");
@@ -254,37 +343,88 @@ fn exec(kernel: &Kernel, ctx: &Ctx, ins: &[&[f32]], inouts: &mut [Vec<f32>], out
                     EpilogueStep::BatchNormTrain(_) => (2, 2),
                     other => (other.operands(), 0),
                 };
-                apply_step(step, yd, first, &ins[at..at + n_in], &mut inouts[at_inout..at_inout + n_inout]);
+                apply_step(
+                    step,
+                    yd,
+                    first,
+                    &ins[at..at + n_in],
+                    &mut inouts[at_inout..at_inout + n_inout],
+                );
                 at += n_in;
                 at_inout += n_inout;
             }
         }
-        Kernel::BatchNorm { spec, training, c, hw } => {
+        Kernel::BatchNorm {
+            spec,
+            training,
+            c,
+            hw,
+        } => {
             let d = Dims4::new(n, *c, 1, *hw);
             let (x, gamma, beta) = (ins[0], ins[1], ins[2]);
             if *training {
                 let mut mean = vec![0.0; *c];
                 let mut var = vec![0.0; *c];
-                k::batch_norm_train(x, d, gamma, beta, spec.eps, &mut outs[0], &mut mean, &mut var);
+                k::batch_norm_train(
+                    x,
+                    d,
+                    gamma,
+                    beta,
+                    spec.eps,
+                    &mut outs[0],
+                    &mut mean,
+                    &mut var,
+                );
                 let (rm, rv) = inouts.split_at_mut(1);
-                k::batch_norm_update_running(&mut rm[0], &mut rv[0], &mean, &var, n * hw, spec.momentum);
+                k::batch_norm_update_running(
+                    &mut rm[0],
+                    &mut rv[0],
+                    &mean,
+                    &var,
+                    n * hw,
+                    spec.momentum,
+                );
             } else {
-                k::batch_norm_eval(x, d, gamma, beta, &inouts[0], &inouts[1], spec.eps, &mut outs[0]);
+                k::batch_norm_eval(
+                    x,
+                    d,
+                    gamma,
+                    beta,
+                    &inouts[0],
+                    &inouts[1],
+                    spec.eps,
+                    &mut outs[0],
+                );
             }
         }
         Kernel::Relu => k::relu(ins[0], &mut outs[0]),
         Kernel::Add => k::add(ins[0], ins[1], &mut outs[0]),
-        Kernel::MaxPool { spec, c, in_hw } => {
-            k::max_pool2d(ins[0], Dims4::new(n, *c, in_hw[0], in_hw[1]), spec, &mut outs[0])
+        Kernel::MaxPool { spec, c, in_hw } => k::max_pool2d(
+            ins[0],
+            Dims4::new(n, *c, in_hw[0], in_hw[1]),
+            spec,
+            &mut outs[0],
+        ),
+        Kernel::AvgPool { spec, c, in_hw } => k::avg_pool2d(
+            ins[0],
+            Dims4::new(n, *c, in_hw[0], in_hw[1]),
+            spec,
+            &mut outs[0],
+        ),
+        Kernel::GlobalAvgPool { c, hw } => {
+            k::global_avg_pool(ins[0], Dims4::new(n, *c, 1, *hw), &mut outs[0])
         }
-        Kernel::AvgPool { spec, c, in_hw } => {
-            k::avg_pool2d(ins[0], Dims4::new(n, *c, in_hw[0], in_hw[1]), spec, &mut outs[0])
-        }
-        Kernel::GlobalAvgPool { c, hw } => k::global_avg_pool(ins[0], Dims4::new(n, *c, 1, *hw), &mut outs[0]),
-        Kernel::ShortcutA { spec, in_hw } => {
-            k::shortcut_a(ins[0], Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]), spec, &mut outs[0])
-        }
-        Kernel::Linear { in_features, out_features, bias } => k::linear(
+        Kernel::ShortcutA { spec, in_hw } => k::shortcut_a(
+            ins[0],
+            Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]),
+            spec,
+            &mut outs[0],
+        ),
+        Kernel::Linear {
+            in_features,
+            out_features,
+            bias,
+        } => k::linear(
             ins[0],
             n,
             *in_features,
@@ -316,30 +456,51 @@ fn exec(kernel: &Kernel, ctx: &Ctx, ins: &[&[f32]], inouts: &mut [Vec<f32>], out
             k::softmax_cross_entropy_backward(ins[0], n, *classes, &labels_of(ins[1]), &mut outs[0])
         }
         Kernel::ConvGradInput { spec, in_hw } => {
-            let (oh, ow) = spec.out_hw(in_hw[0], in_hw[1]).expect("checked by the compiler");
+            let (oh, ow) = spec
+                .out_hw(in_hw[0], in_hw[1])
+                .expect("checked by the compiler");
             let yd = Dims4::new(n, spec.out_channels, oh, ow);
             let xd = Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]);
             k::conv2d_backward_data(ins[0], yd, ins[1], spec, &mut outs[0], xd);
         }
         Kernel::ConvGradWeight { spec, in_hw } => {
-            let (oh, ow) = spec.out_hw(in_hw[0], in_hw[1]).expect("checked by the compiler");
+            let (oh, ow) = spec
+                .out_hw(in_hw[0], in_hw[1])
+                .expect("checked by the compiler");
             let yd = Dims4::new(n, spec.out_channels, oh, ow);
             let xd = Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]);
             let (dw, db) = outs.split_first_mut().expect("conv grad has an output");
-            k::conv2d_backward_weight(ins[0], xd, ins[1], yd, spec, dw, db.first_mut().map(|v| v.as_mut_slice()));
+            k::conv2d_backward_weight(
+                ins[0],
+                xd,
+                ins[1],
+                yd,
+                spec,
+                dw,
+                db.first_mut().map(|v| v.as_mut_slice()),
+            );
         }
         Kernel::BatchNormGrad { spec, c, hw } => {
             let d = Dims4::new(n, *c, 1, *hw);
-            let [dx, dgamma, dbeta] = outs else { unreachable!("batch norm grad has three outputs") };
+            let [dx, dgamma, dbeta] = outs else {
+                unreachable!("batch norm grad has three outputs")
+            };
             k::batch_norm_backward(ins[0], d, ins[1], spec.eps, ins[2], dx, dgamma, dbeta);
         }
         Kernel::ReluGrad => k::relu_backward(ins[0], ins[1], &mut outs[0]),
-        Kernel::MaxPoolGrad { spec, c, in_hw } => {
-            k::max_pool2d_backward(ins[0], Dims4::new(n, *c, in_hw[0], in_hw[1]), ins[1], spec, &mut outs[0])
-        }
-        Kernel::AvgPoolGrad { spec, c, in_hw } => {
-            k::avg_pool2d_backward(ins[0], Dims4::new(n, *c, in_hw[0], in_hw[1]), spec, &mut outs[0])
-        }
+        Kernel::MaxPoolGrad { spec, c, in_hw } => k::max_pool2d_backward(
+            ins[0],
+            Dims4::new(n, *c, in_hw[0], in_hw[1]),
+            ins[1],
+            spec,
+            &mut outs[0],
+        ),
+        Kernel::AvgPoolGrad { spec, c, in_hw } => k::avg_pool2d_backward(
+            ins[0],
+            Dims4::new(n, *c, in_hw[0], in_hw[1]),
+            spec,
+            &mut outs[0],
+        ),
         Kernel::GlobalAvgPoolGrad { c, hw } => {
             k::global_avg_pool_backward(ins[0], Dims4::new(n, *c, 1, *hw), &mut outs[0])
         }
@@ -349,15 +510,40 @@ fn exec(kernel: &Kernel, ctx: &Ctx, ins: &[&[f32]], inouts: &mut [Vec<f32>], out
             spec,
             &mut outs[0],
         ),
-        Kernel::LinearGrad { in_features, out_features, bias } => {
+        Kernel::LinearGrad {
+            in_features,
+            out_features,
+            bias,
+        } => {
             let (dx, rest) = outs.split_first_mut().expect("linear grad outputs");
             let (dw, rest) = rest.split_first_mut().expect("linear grad outputs");
-            let db = if *bias { rest.first_mut().map(|v| v.as_mut_slice()) } else { None };
-            k::linear_backward(ins[0], ins[1], ins[2], n, *in_features, *out_features, Some(dx), dw, db);
+            let db = if *bias {
+                rest.first_mut().map(|v| v.as_mut_slice())
+            } else {
+                None
+            };
+            k::linear_backward(
+                ins[0],
+                ins[1],
+                ins[2],
+                n,
+                *in_features,
+                *out_features,
+                Some(dx),
+                dw,
+                db,
+            );
         }
         Kernel::SgdUpdate { spec } => {
             let (p, v) = inouts.split_at_mut(1);
-            k::sgd_step(&mut p[0], ins[0], &mut v[0], ctx.lr, spec, ctx.first_sgd_step);
+            k::sgd_step(
+                &mut p[0],
+                ins[0],
+                &mut v[0],
+                ctx.lr,
+                spec,
+                ctx.first_sgd_step,
+            );
         }
     }
 }

@@ -44,7 +44,8 @@ impl TrainConfig {
         let warm = (self.warmup_epochs * steps_per_epoch as f32).round() as u64;
         let total = (self.epochs * steps_per_epoch) as u64;
         if step < warm {
-            let f = self.warmup_start_factor + (1.0 - self.warmup_start_factor) * step as f32 / warm as f32;
+            let f = self.warmup_start_factor
+                + (1.0 - self.warmup_start_factor) * step as f32 / warm as f32;
             return self.lr * f;
         }
         match self.schedule {
@@ -87,14 +88,22 @@ pub struct Quiet;
 impl Observer for Quiet {}
 
 /// Counts correct top-1 predictions of an inference executor over a data set.
-pub fn evaluate(exec: &mut Executor, data: Arc<ImageSet>, cfg: LoaderConfig) -> Result<(usize, usize)> {
+pub fn evaluate(
+    exec: &mut Executor,
+    data: Arc<ImageSet>,
+    cfg: LoaderConfig,
+) -> Result<(usize, usize)> {
     let classes = exec.program.classes;
     let loader = BatchLoader::new(data, cfg)?;
     let (mut correct, mut total) = (0, 0);
     for batch in loader.epoch(0) {
         let out = exec.run(&batch.images, None)?;
         let pred = argmax_rows(out[0], batch.n, classes);
-        correct += pred.iter().zip(&batch.labels).filter(|(p, l)| p == l).count();
+        correct += pred
+            .iter()
+            .zip(&batch.labels)
+            .filter(|(p, l)| p == l)
+            .count();
         total += batch.n;
     }
     Ok((correct, total))
@@ -118,7 +127,8 @@ pub fn train(
     let steps_per_epoch = loader.num_batches();
     let classes = exec.program.classes;
     let mut history = vec![];
-    let mut csv = String::from("epoch,train_loss,train_accuracy,test_accuracy,images_per_s,lr,seconds\n");
+    let mut csv =
+        String::from("epoch,train_loss,train_accuracy,test_accuracy,images_per_s,lr,seconds\n");
     for epoch in cfg.start_epoch..cfg.epochs {
         observer.epoch_start(epoch, steps_per_epoch);
         let start = Instant::now();
@@ -137,7 +147,11 @@ pub fn train(
                 )));
             }
             let pred = argmax_rows(out[1], batch.n, classes);
-            correct += pred.iter().zip(&batch.labels).filter(|(p, l)| p == l).count();
+            correct += pred
+                .iter()
+                .zip(&batch.labels)
+                .filter(|(p, l)| p == l)
+                .count();
             loss_sum += loss as f64 * batch.n as f64;
             seen += batch.n;
             observer.step(i, loss, seen as f32 / start.elapsed().as_secs_f32());
@@ -146,7 +160,11 @@ pub fn train(
         let (test_accuracy, test_correct) = match eval.as_mut() {
             Some((ev, set)) => {
                 ev.load_weights(&exec.weights())?;
-                let (c, t) = evaluate(ev, set.clone(), LoaderConfig::eval(cfg.batch.max(256), normalize.clone()))?;
+                let (c, t) = evaluate(
+                    ev,
+                    set.clone(),
+                    LoaderConfig::eval(cfg.batch.max(256), normalize.clone()),
+                )?;
                 (Some(c as f32 / t as f32), Some(c))
             }
             None => (None, None),
@@ -167,7 +185,9 @@ pub fn train(
             stats.epoch,
             stats.train_loss,
             stats.train_accuracy,
-            stats.test_accuracy.map_or(String::new(), |a| format!("{a:.6}")),
+            stats
+                .test_accuracy
+                .map_or(String::new(), |a| format!("{a:.6}")),
             stats.images_per_s,
             stats.lr,
             stats.seconds

@@ -185,7 +185,10 @@ fn conv_out(conv: &ConvSpec, x: &Shape, w: &Shape) -> Result<Shape, ShapeError> 
             conv.in_channels
         ));
     }
-    if conv.groups == 0 || !c.is_multiple_of(conv.groups) || !conv.out_channels.is_multiple_of(conv.groups) {
+    if conv.groups == 0
+        || !c.is_multiple_of(conv.groups)
+        || !conv.out_channels.is_multiple_of(conv.groups)
+    {
         return Err(format!(
             "conv groups {} must divide the input ({c}) and output ({}) channels",
             conv.groups, conv.out_channels

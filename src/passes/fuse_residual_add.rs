@@ -50,7 +50,9 @@ pub fn fuse_residual_add(g: &mut Graph) -> Result<bool, IrError> {
                     .map(|(u, _)| u)
                     .collect();
                 let [u] = next[..] else { break };
-                epilogue.steps.push(as_step(&g.dag[u].op).expect("filtered above"));
+                epilogue
+                    .steps
+                    .push(as_step(&g.dag[u].op).expect("filtered above"));
                 operands.extend(g.inputs(u).into_iter().skip(1));
                 values.push(Value::from(u));
                 chain.push(u);

@@ -176,7 +176,10 @@ pub fn argmax_rows<T: Real>(x: &[T], n: usize, k: usize) -> Vec<usize> {
 
 /// Row-wise softmax of an `n x k` matrix (max-shifted for stability).
 pub fn softmax_rows<T: Real>(x: &[T], n: usize, k: usize, y: &mut [T]) {
-    assert!(x.len() == n * k && y.len() == n * k, "softmax_rows: bad lengths");
+    assert!(
+        x.len() == n * k && y.len() == n * k,
+        "softmax_rows: bad lengths"
+    );
     for (xr, yr) in x.chunks(k).zip(y.chunks_mut(k)) {
         let m = xr.iter().copied().fold(T::neg_infinity(), T::max);
         let mut s = T::zero();

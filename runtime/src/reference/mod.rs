@@ -25,7 +25,8 @@ pub use elementwise::{
     add, add_inplace, bias_inplace, relu, relu_backward, relu_inplace, scale_shift_inplace,
 };
 pub use linear::{
-    argmax_rows, softmax_rows, linear, linear_backward, softmax_cross_entropy, softmax_cross_entropy_backward,
+    argmax_rows, linear, linear_backward, softmax_cross_entropy, softmax_cross_entropy_backward,
+    softmax_rows,
 };
 pub use pool::{
     avg_pool2d, avg_pool2d_backward, global_avg_pool, global_avg_pool_backward, max_pool2d,
