@@ -1,0 +1,396 @@
+//! The `resnetc` command end to end: reports, exit codes and messages for bad input, tensor
+//! and image inference, single-step mode, and a short real training run.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn resnetc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_resnetc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("resnetc-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn shared(rel: &str) -> Option<PathBuf> {
+    let p = root().join("../shared").join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("skipped: {} is not here (CI has ../shared)", p.display());
+        None
+    }
+}
+
+fn json_line(stdout: &str) -> serde_json::Value {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn build_json_reports_resnet50_counts() {
+    let o = resnetc(&["build", "models/resnet50.resnet", "--json"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let j = json_line(&text(&o).0);
+    assert_eq!(j["model"], "resnet50");
+    assert_eq!(j["params"], 25_557_032u64);
+    assert_eq!(j["macs"], 4_089_184_256u64);
+    assert_eq!(j["input"], serde_json::json!([3, 224, 224]));
+    assert_eq!(j["output"], serde_json::json!([1000]));
+    // 53 convs, max pool, global pool, fc.
+    assert_eq!(j["kernels"], 56);
+}
+
+#[test]
+fn build_summary_ir_and_dot() {
+    let (out, _) = text(&resnetc(&["build", "models/resnet20.resnet"]));
+    assert!(
+        out.contains("layer3.2.conv2") && out.contains("Total params: 269,722"),
+        "{out}"
+    );
+    assert!(out.contains("MACs per image: 40,551,040"), "{out}");
+    let (ir, _) = text(&resnetc(&[
+        "build",
+        "models/resnet20.resnet",
+        "--emit",
+        "ir",
+        "--stage",
+        "fused",
+    ]));
+    assert!(
+        ir.contains("fused_conv") && !ir.contains("= batch_norm"),
+        "{ir}"
+    );
+    let (lowered, _) = text(&resnetc(&[
+        "build",
+        "models/resnet20.resnet",
+        "--emit",
+        "ir",
+        "--stage",
+        "lowered",
+    ]));
+    assert!(lowered.contains("= batch_norm"));
+    let (parsed, _) = text(&resnetc(&[
+        "build",
+        "models/resnet20.resnet",
+        "--emit",
+        "ir",
+        "--stage",
+        "parsed",
+    ]));
+    assert!(parsed.contains("stages basic"), "{parsed}");
+    let (dot, _) = text(&resnetc(&[
+        "build",
+        "models/resnet20.resnet",
+        "--emit",
+        "dot",
+    ]));
+    assert!(dot.starts_with("digraph") && dot.contains("->"));
+    let o = resnetc(&["build", "models/resnet20.resnet", "-D", "n=9", "--json"]);
+    assert_eq!(json_line(&text(&o).0)["params"], 853_018u64);
+    let o = resnetc(&["build", "models/resnet20.resnet", "--passes", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("unknown pass `nope`"));
+}
+
+#[test]
+fn malformed_model_is_a_diagnostic_with_exit_code_2() {
+    let d = tmp("bad-model");
+    let f = d.join("bad.resnet");
+    std::fs::write(&f, "model m {\n  input 3 x 32 x 32\n  classes 10\n  stem { conv 16 3x3 -> bnn }\n  head { avgpool; fc classes }\n}\n")
+        .unwrap();
+    let o = resnetc(&["build", f.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.resnet:4:"), "{err}");
+    let o = resnetc(&["build", "models/no-such-model.resnet"]);
+    assert_eq!(o.status.code(), Some(3));
+}
+
+#[test]
+fn wrong_weights_list_every_problem() {
+    let d = tmp("weights");
+    let w = d.join("w.safetensors");
+    // A file with one wrong-shaped tensor and every other tensor missing.
+    let mut tensors = std::collections::BTreeMap::new();
+    tensors.insert(
+        "conv1.weight".to_string(),
+        resnetc_runtime::weights::Tensor::zeros(vec![16, 3, 5, 5]),
+    );
+    resnetc_runtime::weights::save_safetensors(&w, &tensors, None).unwrap();
+    let o = resnetc(&[
+        "run",
+        "models/resnet20.resnet",
+        "--eval",
+        "--weights",
+        w.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    if shared("data/cifar10").is_none() {
+        return;
+    }
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("w.safetensors") && err.contains("missing") && err.contains("linear.weight"),
+        "{err}"
+    );
+    assert!(
+        err.contains("conv1.weight") && err.contains("[16, 3, 3, 3]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_data_is_a_clear_error() {
+    let Some(data) = shared("data/cifar10") else {
+        return;
+    };
+    let d = tmp("truncated");
+    let bytes = std::fs::read(data.join("test_batch.bin")).unwrap();
+    std::fs::write(d.join("test_batch.bin"), &bytes[..3073 * 10 + 100]).unwrap();
+    let w = shared("data/weights/resnet20-cifar10.safetensors").unwrap();
+    let o = resnetc(&[
+        "run",
+        "models/resnet20.resnet",
+        "--eval",
+        "--weights",
+        w.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("test_batch.bin") && err.contains("record 10"),
+        "{err}"
+    );
+}
+
+#[test]
+fn eval_json_reports_the_known_answer() {
+    let (Some(w), Some(_)) = (
+        shared("data/weights/resnet20-cifar10.safetensors"),
+        shared("data/cifar10"),
+    ) else {
+        return;
+    };
+    let o = resnetc(&[
+        "run",
+        "models/resnet20.resnet",
+        "--eval",
+        "--weights",
+        w.to_str().unwrap(),
+        "--json",
+    ]);
+    let j = json_line(&text(&o).0);
+    assert_eq!(
+        (j["correct"].as_u64(), j["total"].as_u64()),
+        (Some(915), Some(1000))
+    );
+}
+
+#[test]
+fn tensor_inference_writes_logits_and_single_step_saves_weights() {
+    let d = tmp("tensor");
+    let x = d.join("x.npy");
+    let y = d.join("y.npy");
+    let labels = d.join("labels.npy");
+    let data: Vec<f32> = (0..2 * 3 * 32 * 32)
+        .map(|i| ((i % 97) as f32 - 48.0) / 48.0)
+        .collect();
+    resnetc_runtime::npy::write_npy_f32(&x, &[2, 3, 32, 32], &data).unwrap();
+    let o = resnetc(&[
+        "run",
+        "models/resnet20.resnet",
+        "--input",
+        x.to_str().unwrap(),
+        "--output",
+        y.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let (shape, logits) = resnetc_runtime::npy::read_npy_f32(&y).unwrap();
+    assert_eq!(shape, vec![2, 10]);
+    assert!(logits.iter().all(|v| v.is_finite()));
+    // Labels as int64, the way numpy saves them.
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let header = "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }";
+    let pad = 64 - (10 + header.len() + 1) % 64;
+    let header = format!("{header}{}\n", " ".repeat(pad));
+    npy.extend((header.len() as u16).to_le_bytes());
+    npy.extend(header.as_bytes());
+    npy.extend(3i64.to_le_bytes());
+    npy.extend(7i64.to_le_bytes());
+    std::fs::write(&labels, npy).unwrap();
+    let after = d.join("after.safetensors");
+    let o = resnetc(&[
+        "run",
+        "models/resnet20.resnet",
+        "--train",
+        "--steps",
+        "2",
+        "--input",
+        x.to_str().unwrap(),
+        "--labels",
+        labels.to_str().unwrap(),
+        "--lr",
+        "0.05",
+        "--save",
+        after.to_str().unwrap(),
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let losses = json_line(&out)["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(losses.len(), 2);
+    assert!(
+        losses[1] < losses[0],
+        "a second step on the same batch lowers the loss: {losses:?}"
+    );
+    let saved = resnetc_runtime::weights::load_safetensors(&after).unwrap();
+    assert_eq!(
+        saved.len(),
+        19 * 5 + 2,
+        "weights and running statistics, no optimizer state"
+    );
+}
+
+#[test]
+fn image_inference_prints_top5_with_class_names() {
+    let (Some(img), Some(index)) = (
+        shared("data/imagenet/imagenet_00_243.jpg"),
+        shared("data/imagenet/imagenet_class_index.json"),
+    ) else {
+        return;
+    };
+    let o = resnetc(&[
+        "run",
+        "models/resnet18.resnet",
+        "--input",
+        img.to_str().unwrap(),
+        "--labels",
+        index.to_str().unwrap(),
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let j = json_line(&out);
+    let top = j["predictions"][0]["top5"].as_array().unwrap();
+    assert_eq!(top.len(), 5);
+    let p: Vec<f64> = top
+        .iter()
+        .map(|t| t["probability"].as_f64().unwrap())
+        .collect();
+    assert!(
+        p.windows(2).all(|w| w[0] >= w[1]),
+        "sorted by probability: {p:?}"
+    );
+    assert!(top.iter().all(|t| !t["name"].as_str().unwrap().is_empty()));
+}
+
+/// One short run on a slice of the real data: the loss goes down and the test accuracy beats
+/// chance (10 %) by a margin far outside sampling noise (sd about 1 % on 1,000 images).
+#[test]
+fn training_smoke_on_real_cifar() {
+    let Some(data) = shared("data/cifar10") else {
+        return;
+    };
+    let d = tmp("train");
+    let ckpt = d.join("ckpt.safetensors");
+    let o = resnetc(&[
+        "run",
+        "models/resnet20.resnet",
+        "--train",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "1024",
+        "--data",
+        data.to_str().unwrap(),
+        "--save",
+        ckpt.to_str().unwrap(),
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let j = json_line(&out);
+    let h = j["history"].as_array().unwrap();
+    let l0 = h[0]["train_loss"].as_f64().unwrap();
+    let l1 = h[1]["train_loss"].as_f64().unwrap();
+    assert!(l1 < l0, "train loss goes down: {l0} -> {l1}");
+    assert!(j["test_accuracy"].as_f64().unwrap() > 0.14, "{j}");
+    assert!(j["images_per_s"].as_f64().unwrap() > 0.0);
+    // The checkpoint and the CSV log are there; resuming continues from epoch 2.
+    let ck = resnetc_runtime::checkpoint::Checkpoint::load(&ckpt).unwrap();
+    assert_eq!(ck.epoch, 2);
+    assert_eq!(ck.step, 16);
+    let csv = std::fs::read_to_string(ckpt.with_extension("csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let o = resnetc(&[
+        "run",
+        "models/resnet20.resnet",
+        "--train",
+        "--epochs",
+        "3",
+        "--train-limit",
+        "1024",
+        "--data",
+        data.to_str().unwrap(),
+        "--resume",
+        ckpt.to_str().unwrap(),
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(json_line(&out)["history"][0]["epoch"], 3);
+}
+
+#[test]
+fn divergence_is_reported_not_hidden() {
+    let Some(data) = shared("data/cifar10") else {
+        return;
+    };
+    let o = resnetc(&[
+        "run",
+        "models/resnet20.resnet",
+        "--train",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "512",
+        "--lr",
+        "1e9",
+        "--warmup",
+        "0",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(5), "{err}");
+    assert!(err.contains("lower --lr"), "{err}");
+}
