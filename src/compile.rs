@@ -2,24 +2,12 @@
 //! numbered buffers, a once-per-load weight-preparation schedule, the parameter table and a
 //! buffer plan that reuses activation memory by liveness.
 
-use crate::ir::{EpilogueStep, Graph, IrError, Mode, Op, ParamKind, Shape, Value};
+use crate::ir::{EpilogueStep, Graph, IrError, Mode, Op, Shape, Value};
 use petgraph::stable_graph::NodeIndex;
 use resnetc_runtime::program::{
-    BufId, BufferDesc, Kernel, ParamRole, ParamSlot, Preprocessing, Program, Step,
+    BufId, BufferDesc, Kernel, ParamSlot, Preprocessing, Program, Step,
 };
 use std::collections::HashMap;
-
-fn role(kind: ParamKind) -> ParamRole {
-    match kind {
-        ParamKind::Weight => ParamRole::Weight,
-        ParamKind::Bias => ParamRole::Bias,
-        ParamKind::BnGamma => ParamRole::BnGamma,
-        ParamKind::BnBeta => ParamRole::BnBeta,
-        ParamKind::RunningMean => ParamRole::RunningMean,
-        ParamKind::RunningVar => ParamRole::RunningVar,
-        ParamKind::Momentum => ParamRole::Momentum,
-    }
-}
 
 fn hw(s: &Shape) -> [usize; 2] {
     match s.chw() {
@@ -251,7 +239,7 @@ pub fn compile(g: &Graph) -> Result<Program, IrError> {
                 params.push(ParamSlot {
                     name: node.name.clone(),
                     shape: node.shape().dims.clone(),
-                    role: role(kind),
+                    role: kind,
                     buffer: b,
                 });
             }
@@ -294,8 +282,15 @@ pub fn compile(g: &Graph) -> Result<Program, IrError> {
     let mut free: HashMap<BufferDesc, Vec<BufId>> = HashMap::new();
     let mut dying: Vec<Vec<Value>> = vec![vec![]; run_nodes.len()];
     let mut steps = vec![];
+    let mut unplanned = 0;
     for (i, &n) in run_nodes.iter().enumerate() {
         let node = &g.dag[n];
+        unplanned += node
+            .outputs
+            .iter()
+            .filter(|s| s.batched)
+            .map(|s| s.numel())
+            .sum::<usize>();
         for port in 0..node.outputs.len() {
             let v = Value { node: n, port };
             let d = desc(&node.outputs[port]);
@@ -350,6 +345,7 @@ pub fn compile(g: &Graph) -> Result<Program, IrError> {
         input,
         labels,
         outputs: g.outputs.iter().map(|v| buf_of[v]).collect(),
+        unplanned_elems_per_item: unplanned,
     })
 }
 

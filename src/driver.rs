@@ -9,7 +9,8 @@ use crate::ir::{print, Graph, IrError, Mode};
 use crate::passes::Pipeline;
 use crate::summary;
 use resnetc_runtime::data::{
-    load_cifar_dir, load_image_chw, ClassIndex, ImageSet, LoaderConfig, Normalize, Split,
+    load_cifar_dir, load_image_chw, ClassIndex, ImageFolder, ImageSet, LoaderConfig, Normalize,
+    Split,
 };
 use resnetc_runtime::executor::Executor;
 use resnetc_runtime::program::Program;
@@ -243,6 +244,42 @@ pub fn find_data_dir(explicit: Option<&Path>) -> Result<PathBuf, CliError> {
     )))
 }
 
+/// Loads a split of a data directory for a model: CIFAR-10 binary files
+/// (`data_batch_*.bin`, `test_batch.bin`), or image folders in the Keras
+/// `flow_from_directory` layout, `DIR/train/<class>/*.jpg` and `DIR/test/<class>/*.jpg`
+/// (or `DIR/val/...`), resized and center-cropped to the model's input.
+pub fn load_split(dir: &Path, split: Split, program: &Program) -> Result<ImageSet, CliError> {
+    let cifar_file = match split {
+        Split::Train => "data_batch_1.bin",
+        Split::Test => "test_batch.bin",
+    };
+    if dir.join(cifar_file).is_file() || !dir.is_dir() {
+        return Ok(ImageSet::from(load_cifar_dir(dir, split)?));
+    }
+    let names: &[&str] = match split {
+        Split::Train => &["train"],
+        Split::Test => &["test", "val"],
+    };
+    let Some(folder) = names.iter().map(|n| dir.join(n)).find(|d| d.is_dir()) else {
+        return Err(CliError::Runtime(RuntimeError::format(
+            dir,
+            format!(
+                "has neither CIFAR-10 files ({cifar_file}) nor an image folder ({}/<class>/*.jpg)",
+                names.join(" or ")
+            ),
+        )));
+    };
+    let [c, h, w] = program.input_shape;
+    if c != 3 {
+        return Err(CliError::Usage(format!(
+            "image folders hold RGB images; the model takes {c} channels"
+        )));
+    }
+    let images = ImageFolder::open(&folder)?;
+    let (pixels, labels) = images.load_all(h, w)?;
+    Ok(ImageSet::new(pixels, labels, [c, h, w])?)
+}
+
 fn check_input_size(p: &Program, set: &ImageSet) -> Result<(), CliError> {
     if set.chw != p.input_shape {
         return Err(CliError::Usage(format!(
@@ -262,7 +299,7 @@ pub fn evaluate(
 ) -> Result<(usize, usize), CliError> {
     let program = inference_program(opts)?;
     let dir = find_data_dir(data)?;
-    let set = Arc::new(ImageSet::from(load_cifar_dir(&dir, Split::Test)?));
+    let set = Arc::new(load_split(&dir, Split::Test, &program)?);
     check_input_size(&program, &set)?;
     let norm = normalize_of(&program)?;
     let mut exec = Executor::new(program, batch);
@@ -386,15 +423,16 @@ pub fn train(
     observer: &mut dyn Observer,
 ) -> Result<TrainSummary, CliError> {
     let dir = find_data_dir(data)?;
-    let mut train_cifar = load_cifar_dir(&dir, Split::Train)?;
-    if let Some(limit) = t.train_limit {
-        let keep = limit.min(train_cifar.labels.len());
-        train_cifar.labels.truncate(keep);
-        train_cifar.images.truncate(keep * 3072);
-    }
-    let train_set = Arc::new(ImageSet::from(train_cifar));
-    let test_set = Arc::new(ImageSet::from(load_cifar_dir(&dir, Split::Test)?));
     let program = training_program(opts, t.sgd)?;
+    let mut train_data = load_split(&dir, Split::Train, &program)?;
+    if let Some(limit) = t.train_limit {
+        let keep = limit.min(train_data.labels.len());
+        let per: usize = train_data.chw.iter().product();
+        train_data.labels.truncate(keep);
+        train_data.images.truncate(keep * per);
+    }
+    let train_set = Arc::new(train_data);
+    let test_set = Arc::new(load_split(&dir, Split::Test, &program)?);
     check_input_size(&program, &train_set)?;
     let norm = normalize_of(&program)?;
     let name = program.name.clone();
@@ -570,14 +608,24 @@ pub fn bench(
         } else {
             "inference"
         };
+        let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+        let planned = exec.program.planned_bytes(n);
+        let activations = exec.program.activation_bytes(n);
+        let unplanned = exec.program.unplanned_elems_per_item * n * 4;
         out += &format!(
-            "{name} {what} batch {n}: median {median:.2} ms ({:.1} images/s), min {:.2} ms, {} runs, {} threads\n",
+            "{name} {what} batch {n}: median {median:.2} ms ({:.1} images/s), min {:.2} ms, {} runs, {} threads; \
+             memory plan {:.1} MiB ({:.1} MiB activations, {:.1} MiB without reuse)\n",
             n as f64 * 1e3 / median,
             times[0],
             times.len(),
-            rayon::current_num_threads()
+            rayon::current_num_threads(),
+            mib(planned),
+            mib(activations),
+            mib(unplanned)
         );
-        rows.push(serde_json::json!({"model": name, "mode": what, "batch": n, "median_ms": median, "min_ms": times[0], "images_per_s": n as f64 * 1e3 / median, "threads": rayon::current_num_threads()}));
+        rows.push(serde_json::json!({"model": name, "mode": what, "batch": n, "median_ms": median, "min_ms": times[0],
+            "images_per_s": n as f64 * 1e3 / median, "threads": rayon::current_num_threads(),
+            "planned_bytes": planned, "activation_bytes": activations, "unplanned_activation_bytes": unplanned}));
     }
     if json {
         out += &format!("{}\n", serde_json::json!({ "bench": rows }));

@@ -394,3 +394,44 @@ fn divergence_is_reported_not_hidden() {
     assert_eq!(o.status.code(), Some(5), "{err}");
     assert!(err.contains("lower --lr"), "{err}");
 }
+
+/// Training and evaluation also read image folders (`DIR/train/<class>/*.png`,
+/// `DIR/test/<class>/*.png`), resized to the model's input.
+#[test]
+fn image_folders_train_and_evaluate() {
+    let d = tmp("folders");
+    for (split, count) in [("train", 12), ("test", 4)] {
+        for (class, shade) in [("dark", 40u8), ("light", 210u8)] {
+            let dir = d.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..count {
+                let img = image::RgbImage::from_fn(40, 36, |x, y| {
+                    let v = shade.wrapping_add(((x + y + i) % 7) as u8);
+                    image::Rgb([v, v / 2, 255 - v])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    let o = resnetc(&[
+        "run",
+        "models/resnet20.resnet",
+        "--train",
+        "--epochs",
+        "3",
+        "--batch",
+        "8",
+        "--data",
+        d.to_str().unwrap(),
+        "--log",
+        d.join("log.csv").to_str().unwrap(),
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let j = json_line(&out);
+    assert_eq!(j["train_images"], 24);
+    assert_eq!(j["test_total"], 8);
+    // Two trivially separable classes: three epochs learn them.
+    assert!(j["test_accuracy"].as_f64().unwrap() >= 0.75, "{j}");
+}

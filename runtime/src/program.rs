@@ -138,7 +138,7 @@ impl BufferDesc {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ParamRole {
     Weight,
     Bias,
@@ -151,11 +151,27 @@ pub enum ParamRole {
 }
 
 impl ParamRole {
+    /// Learned by gradient descent (counted in the parameter total).
     pub fn trainable(self) -> bool {
         matches!(
             self,
             ParamRole::Weight | ParamRole::Bias | ParamRole::BnGamma | ParamRole::BnBeta
         )
+    }
+    /// Part of the model's weights file (trainable tensors and BN running statistics).
+    pub fn is_model_weight(self) -> bool {
+        self != ParamRole::Momentum
+    }
+    pub fn keyword(self) -> &'static str {
+        match self {
+            ParamRole::Weight => "weight",
+            ParamRole::Bias => "bias",
+            ParamRole::BnGamma => "bn_gamma",
+            ParamRole::BnBeta => "bn_beta",
+            ParamRole::RunningMean => "running_mean",
+            ParamRole::RunningVar => "running_var",
+            ParamRole::Momentum => "momentum",
+        }
     }
 }
 
@@ -192,6 +208,9 @@ pub struct Program {
     pub labels: Option<BufId>,
     /// Logits in inference; `[loss, logits]` in training.
     pub outputs: Vec<BufId>,
+    /// Elements per image that the activations would take with one buffer per value (no
+    /// reuse): the baseline the buffer plan is measured against.
+    pub unplanned_elems_per_item: usize,
 }
 
 impl Program {
@@ -215,7 +234,7 @@ impl Program {
     pub fn weight_table(&self) -> Vec<(String, Vec<usize>)> {
         self.params
             .iter()
-            .filter(|p| p.role != ParamRole::Momentum)
+            .filter(|p| p.role.is_model_weight())
             .map(|p| (p.name.clone(), p.shape.clone()))
             .collect()
     }

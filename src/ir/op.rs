@@ -6,43 +6,9 @@ pub use resnetc_runtime::spec::EpilogueStep;
 use resnetc_runtime::spec::{BnSpec, ConvSpec, PoolSpec, SgdSpec, ShortcutASpec};
 use std::fmt;
 
-/// What a parameter node holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ParamKind {
-    Weight,
-    Bias,
-    BnGamma,
-    BnBeta,
-    RunningMean,
-    RunningVar,
-    /// Optimizer state (SGD momentum buffer); not saved as a model weight.
-    Momentum,
-}
-
-impl ParamKind {
-    /// Learned by gradient descent (counted in the parameter total).
-    pub fn trainable(self) -> bool {
-        matches!(
-            self,
-            ParamKind::Weight | ParamKind::Bias | ParamKind::BnGamma | ParamKind::BnBeta
-        )
-    }
-    /// Part of the model's weights file (trainable tensors and BN running statistics).
-    pub fn is_model_weight(self) -> bool {
-        self != ParamKind::Momentum
-    }
-    pub fn keyword(self) -> &'static str {
-        match self {
-            ParamKind::Weight => "weight",
-            ParamKind::Bias => "bias",
-            ParamKind::BnGamma => "bn_gamma",
-            ParamKind::BnBeta => "bn_beta",
-            ParamKind::RunningMean => "running_mean",
-            ParamKind::RunningVar => "running_var",
-            ParamKind::Momentum => "momentum",
-        }
-    }
-}
+/// What a parameter node holds: the runtime's parameter roles, so the IR and the program's
+/// parameter table speak of the same thing.
+pub use resnetc_runtime::program::ParamRole as ParamKind;
 
 /// How an op composes with its neighbours under fusion (TVM's pattern kinds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

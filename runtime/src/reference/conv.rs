@@ -215,6 +215,48 @@ pub fn conv2d<T: Real>(x: &[T], xd: Dims4, w: &[T], bias: Option<&[T]>, s: &Conv
     }
     let (in_chw, out_chw) = (g.in_chw(), g.out_chw());
     let gin = g.cin_g * g.h * g.w;
+    if xd.n < rayon::current_num_threads() {
+        // Too few images to keep every thread busy (inference at batch 1): split each GEMM
+        // over blocks of output channels instead, which are contiguous rows of the output.
+        let mut col = vec![T::zero(); g.col_len()];
+        for (yi, xi) in y.chunks_mut(out_chw).zip(x.chunks(in_chw.max(1))) {
+            for gi in 0..g.groups {
+                let xg = &xi[gi * gin..(gi + 1) * gin];
+                let wg = &w[gi * g.cout_g * g.kdim..(gi + 1) * g.cout_g * g.kdim];
+                let yg = &mut yi[gi * g.cout_g * g.p..(gi + 1) * g.cout_g * g.p];
+                let b: &[T] = if g.pointwise {
+                    xg
+                } else {
+                    im2col(xg, &g, &mut col);
+                    &col
+                };
+                let rows = g.cout_g.div_ceil(4 * rayon::current_num_threads()).max(1);
+                yg.par_chunks_mut(rows * g.p)
+                    .zip(wg.par_chunks(rows * g.kdim))
+                    .for_each(|(yr, wr)| {
+                        let m = yr.len() / g.p;
+                        gemm(
+                            m,
+                            g.kdim,
+                            g.p,
+                            T::one(),
+                            (wr, g.kdim, 1),
+                            (b, g.p, 1),
+                            T::zero(),
+                            yr,
+                            g.p,
+                            1,
+                        );
+                    });
+            }
+            if let Some(bias) = bias {
+                for (plane, &bv) in yi.chunks_exact_mut(g.p).zip(bias) {
+                    plane.iter_mut().for_each(|v| *v = *v + bv);
+                }
+            }
+        }
+        return;
+    }
     y.par_chunks_mut(out_chw)
         .zip(x.par_chunks(in_chw.max(1)))
         .for_each_init(
