@@ -575,6 +575,7 @@ pub fn bench(
     train_mode: bool,
     iters: usize,
     json: bool,
+    profile: bool,
 ) -> Result<String, CliError> {
     let program = if train_mode {
         training_program(opts, DEFAULT_SGD)?
@@ -603,6 +604,23 @@ pub fn bench(
         }
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
+        if profile {
+            exec.enable_profile();
+            exec.run(&x, labels)?;
+            let prof = exec.take_profile();
+            let total: f64 = prof.iter().map(|p| p.2.as_secs_f64()).sum();
+            out += &format!(
+                "profile of one run at batch {n} ({:.2} ms in kernels):\n",
+                total * 1e3
+            );
+            for (kind, calls, t) in prof {
+                let ms = t.as_secs_f64() * 1e3;
+                out += &format!(
+                    "  {kind:<24} {calls:>4} calls {ms:>9.2} ms {:>5.1} %\n",
+                    100.0 * ms / (total * 1e3)
+                );
+            }
+        }
         let what = if train_mode {
             "train step"
         } else {

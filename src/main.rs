@@ -172,6 +172,9 @@ struct BenchArgs {
     threads: Option<usize>,
     #[arg(long)]
     json: bool,
+    /// Also print the time spent per kernel kind in one run.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn build_options(c: &CompileArgs) -> Result<BuildOptions, CliError> {
@@ -390,7 +393,8 @@ fn main() -> ExitCode {
             let batches = batches.map_err(|_| {
                 CliError::usage(format!("--batch {}: expected sizes like 1,16", b.batch))
             })?;
-            driver::bench(&opts, &batches, b.train, b.iters, b.json).map(|t| print!("{t}"))
+            driver::bench(&opts, &batches, b.train, b.iters, b.json, b.profile)
+                .map(|t| print!("{t}"))
         }),
     };
     match result {

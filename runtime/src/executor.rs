@@ -18,9 +18,30 @@ pub struct Executor {
     /// Optimizer steps taken so far (the first one initializes the momentum buffers).
     pub sgd_steps: u64,
     prepared: bool,
+    /// Per-kernel-kind wall time, when profiling is on.
+    profile: Option<std::collections::BTreeMap<&'static str, (u32, std::time::Duration)>>,
 }
 
 impl Executor {
+    /// Starts collecting time per kernel kind (see [`Executor::take_profile`]).
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(Default::default());
+    }
+
+    /// Kernel kind -> (calls, total time), sorted by time, and resets the counters.
+    pub fn take_profile(&mut self) -> Vec<(&'static str, u32, std::time::Duration)> {
+        let mut v: Vec<_> = self
+            .profile
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, (n, t))| (k, n, t))
+            .collect();
+        v.sort_by(|a, b| b.2.cmp(&a.2));
+        v
+    }
+
     /// Allocates every buffer for `batch` images; parameters start at zero.
     pub fn new(program: Program, batch: usize) -> Self {
         let bufs = program
@@ -35,6 +56,7 @@ impl Executor {
             lr: 0.0,
             sgd_steps: 0,
             prepared: false,
+            profile: None,
         }
     }
 
@@ -237,7 +259,13 @@ impl Executor {
                 lr: self.lr,
                 first_sgd_step: self.sgd_steps == 0,
             };
+            let start = self.profile.is_some().then(std::time::Instant::now);
             exec(&step.kernel, &ctx, &ins, &mut inouts, &mut outs);
+            if let (Some(p), Some(t)) = (self.profile.as_mut(), start) {
+                let e = p.entry(step.kernel.kind()).or_default();
+                e.0 += 1;
+                e.1 += t.elapsed();
+            }
         }
         for (&b, v) in step.outs.iter().zip(outs) {
             self.bufs[b] = v;
@@ -289,10 +317,9 @@ fn apply_step(
             k::scale_shift_inplace(y, d, &scale, &shift);
         }
         EpilogueStep::BatchNormTrain(spec) => {
-            let x = y.to_vec();
             let mut mean = vec![0.0; d.c];
             let mut var = vec![0.0; d.c];
-            k::batch_norm_train(&x, d, ins[0], ins[1], spec.eps, y, &mut mean, &mut var);
+            k::batch_norm_train_inplace(y, d, ins[0], ins[1], spec.eps, &mut mean, &mut var);
             let (rm, rv) = inouts.split_at_mut(1);
             k::batch_norm_update_running(
                 &mut rm[0],

@@ -109,6 +109,47 @@ pub enum Kernel {
     },
 }
 
+impl Kernel {
+    /// A short name for profiles; convolutions are split by their epilogue.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Kernel::Conv { epilogue, .. } if epilogue.is_empty() => "conv",
+            Kernel::Conv { epilogue, .. }
+                if epilogue
+                    .iter()
+                    .any(|s| matches!(s, EpilogueStep::BatchNormTrain(_))) =>
+            {
+                "conv+bn_train epilogue"
+            }
+            Kernel::Conv { .. } => "conv+epilogue",
+            Kernel::BatchNorm { training: true, .. } => "batch_norm_train",
+            Kernel::BatchNorm { .. } => "batch_norm",
+            Kernel::Relu => "relu",
+            Kernel::Add => "add",
+            Kernel::MaxPool { .. } => "max_pool",
+            Kernel::AvgPool { .. } => "avg_pool",
+            Kernel::GlobalAvgPool { .. } => "global_avg_pool",
+            Kernel::ShortcutA { .. } => "shortcut_a",
+            Kernel::Linear { .. } => "linear",
+            Kernel::Softmax { .. } => "softmax",
+            Kernel::FoldBnWeight { .. } | Kernel::FoldBnBias { .. } => "fold_bn",
+            Kernel::SoftmaxCrossEntropy { .. } | Kernel::SoftmaxCrossEntropyGrad { .. } => {
+                "softmax_cross_entropy"
+            }
+            Kernel::ConvGradInput { .. } => "conv_grad_input",
+            Kernel::ConvGradWeight { .. } => "conv_grad_weight",
+            Kernel::BatchNormGrad { .. } => "batch_norm_grad",
+            Kernel::ReluGrad => "relu_grad",
+            Kernel::MaxPoolGrad { .. } => "max_pool_grad",
+            Kernel::AvgPoolGrad { .. } => "avg_pool_grad",
+            Kernel::GlobalAvgPoolGrad { .. } => "global_avg_pool_grad",
+            Kernel::ShortcutAGrad { .. } => "shortcut_a_grad",
+            Kernel::LinearGrad { .. } => "linear_grad",
+            Kernel::SgdUpdate { .. } => "sgd_update",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     /// The IR node's name, for profiles and errors.

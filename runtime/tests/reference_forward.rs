@@ -365,3 +365,19 @@ fn argmax_and_linear_forward() {
         }
     }
 }
+
+#[test]
+fn bn_train_inplace_equals_out_of_place() {
+    let d = Dims4::new(2, 3, 5, 4);
+    let mut rng = Rng::new(7);
+    let x: Vec<f64> = rng.vec(d.len(), -3.0, 5.0);
+    let gamma = rng.vec(d.c, 0.5, 2.0);
+    let beta = rng.vec(d.c, -1.0, 1.0);
+    let (mut y, mut bm, mut bv) = (vec![0.0; d.len()], vec![0.0; d.c], vec![0.0; d.c]);
+    batch_norm_train(&x, d, &gamma, &beta, 1e-5, &mut y, &mut bm, &mut bv);
+    let (mut z, mut zm, mut zv) = (x.clone(), vec![0.0; d.c], vec![0.0; d.c]);
+    batch_norm_train_inplace(&mut z, d, &gamma, &beta, 1e-5, &mut zm, &mut zv);
+    assert_close("in place y", &z, &y, 0.0, 0.0);
+    assert_close("in place mean", &zm, &bm, 0.0, 0.0);
+    assert_close("in place var", &zv, &bv, 0.0, 0.0);
+}

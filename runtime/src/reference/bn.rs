@@ -120,6 +120,45 @@ pub fn batch_norm_train<T: Real>(
     apply_affine(x, d, batch_mean_out, &scale, beta, y);
 }
 
+/// [`batch_norm_train`] in place: `y` is both the input and the output (a fused conv's
+/// epilogue normalizes the conv result where it lies, without a copy).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train_inplace<T: Real>(
+    y: &mut [T],
+    d: Dims4,
+    gamma: &[T],
+    beta: &[T],
+    eps: T,
+    batch_mean_out: &mut [T],
+    batch_var_out: &mut [T],
+) {
+    check_lens(
+        "batch_norm_train_inplace",
+        d,
+        y,
+        y,
+        &[gamma, beta, batch_mean_out, batch_var_out],
+    );
+    assert!(d.n * d.hw() > 0, "batch_norm_train_inplace: empty batch");
+    let stats = channel_stats(y, d);
+    let eps = eps.to_f64_lossy();
+    let mut scale = vec![T::zero(); d.c];
+    for (ci, &(mean, var)) in stats.iter().enumerate() {
+        batch_mean_out[ci] = T::from_f64_lossy(mean);
+        batch_var_out[ci] = T::from_f64_lossy(var);
+        scale[ci] = T::from_f64_lossy(gamma[ci].to_f64_lossy() / (var + eps).sqrt());
+    }
+    let hw = d.hw();
+    let mean: &[T] = batch_mean_out;
+    y.par_chunks_mut(hw).enumerate().for_each(|(i, yp)| {
+        let ci = i % d.c;
+        let (m, a, b) = (mean[ci], scale[ci], beta[ci]);
+        for v in yp.iter_mut() {
+            *v = (*v - m) * a + b;
+        }
+    });
+}
+
 /// Updates running statistics in place with PyTorch semantics:
 /// `running_mean = (1 - m) * running_mean + m * batch_mean` and
 /// `running_var = (1 - m) * running_var + m * batch_var_biased * count / (count - 1)`

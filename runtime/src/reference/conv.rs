@@ -478,19 +478,19 @@ pub fn conv2d_backward_weight<T: Real>(
                         &col
                     };
                     let accg = &mut acc[gi * g.cout_g * g.kdim..(gi + 1) * g.cout_g * g.kdim];
-                    // dW_g^T [kdim, cout_g] += col [kdim, p] * dy_g^T [p, cout_g], stored
-                    // transposed into the row-major dW_g (row stride 1, column stride kdim).
+                    // dW_g [cout_g, kdim] += dy_g [cout_g, p] * col^T [p, kdim]: the result
+                    // is row-major like dW, so the GEMM writes contiguous rows.
                     gemm(
-                        g.kdim,
-                        g.p,
                         g.cout_g,
+                        g.p,
+                        g.kdim,
                         T::one(),
-                        (b, g.p, 1),
-                        (dyg, 1, g.p),
+                        (dyg, g.p, 1),
+                        (b, 1, g.p),
                         T::one(),
                         accg,
-                        1,
                         g.kdim,
+                        1,
                     );
                 }
             }

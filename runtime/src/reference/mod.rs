@@ -19,7 +19,10 @@ mod pool;
 mod sgd;
 pub mod testing;
 
-pub use bn::{batch_norm_backward, batch_norm_eval, batch_norm_train, batch_norm_update_running};
+pub use bn::{
+    batch_norm_backward, batch_norm_eval, batch_norm_train, batch_norm_train_inplace,
+    batch_norm_update_running,
+};
 pub use conv::{conv2d, conv2d_backward_data, conv2d_backward_weight, conv2d_naive};
 pub use elementwise::{
     add, add_inplace, bias_inplace, relu, relu_backward, relu_inplace, scale_shift_inplace,
