@@ -492,12 +492,18 @@ pub fn train(
         ))
     })?;
     let images = history.len() * train_set.len();
-    let ips = images as f64 / history.iter().map(|s| s.seconds as f64).sum::<f64>();
+    // Training throughput over the whole run (evaluation time excluded), as PyTorch's figure.
+    let ips = images as f64
+        / history
+            .iter()
+            .map(|s| train_set.len() as f64 / s.images_per_s as f64)
+            .sum::<f64>();
     let human = format!(
-        "{name}: {} epochs on {} images in {:.0} s; test accuracy {:.2} % ({} / {}), final train loss {:.4}; log {}",
+        "{name}: {} epochs on {} images in {:.0} s ({:.0} images/s training); test accuracy {:.2} % ({} / {}), final train loss {:.4}; log {}",
         history.len(),
         train_set.len(),
         secs,
+        ips,
         last.test_accuracy.unwrap_or(0.0) * 100.0,
         last.test_correct.unwrap_or(0),
         test_set.len(),
@@ -513,8 +519,8 @@ pub fn train(
         "test_total": test_set.len(),
         "train_loss": last.train_loss,
         "train_accuracy": last.train_accuracy,
-        "images_per_s": last.images_per_s,
-        "mean_images_per_s": ips,
+        "images_per_s": ips,
+        "last_epoch_images_per_s": last.images_per_s,
         "seconds": secs,
         "history": history,
     })
