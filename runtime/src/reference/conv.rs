@@ -230,7 +230,10 @@ pub fn conv2d<T: Real>(x: &[T], xd: Dims4, w: &[T], bias: Option<&[T]>, s: &Conv
                     im2col(xg, &g, &mut col);
                     &col
                 };
-                let rows = g.cout_g.div_ceil(4 * rayon::current_num_threads()).max(1);
+                // One block per thread, of at least 16 rows: thinner GEMMs run below the
+                // micro-kernel's tile height and lose more than the extra thread gains.
+                let parts = rayon::current_num_threads().min(g.cout_g / 16).max(1);
+                let rows = g.cout_g.div_ceil(parts);
                 yg.par_chunks_mut(rows * g.p)
                     .zip(wg.par_chunks(rows * g.kdim))
                     .for_each(|(yr, wr)| {
