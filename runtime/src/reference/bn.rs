@@ -84,6 +84,28 @@ fn check_lens<T>(what: &str, d: Dims4, x: &[T], y: &[T], per_channel: &[&[T]]) {
     }
 }
 
+/// Batch statistics of `x` into `mean_out` and `var_out` (biased), and the per-channel
+/// scale `gamma / sqrt(var + eps)`.
+fn batch_scale<T: Real>(
+    x: &[T],
+    d: Dims4,
+    gamma: &[T],
+    eps: T,
+    mean_out: &mut [T],
+    var_out: &mut [T],
+) -> Vec<T> {
+    let eps = eps.to_f64_lossy();
+    channel_stats(x, d)
+        .iter()
+        .enumerate()
+        .map(|(ci, &(mean, var))| {
+            mean_out[ci] = T::from_f64_lossy(mean);
+            var_out[ci] = T::from_f64_lossy(var);
+            T::from_f64_lossy(gamma[ci].to_f64_lossy() / (var + eps).sqrt())
+        })
+        .collect()
+}
+
 /// Training-mode batch norm forward: normalizes each channel with the batch mean and the
 /// BIASED batch variance (divide by `N*H*W`): `y = gamma * (x - mean) / sqrt(var + eps) + beta`.
 ///
@@ -109,14 +131,7 @@ pub fn batch_norm_train<T: Real>(
         &[gamma, beta, batch_mean_out, batch_var_out],
     );
     assert!(d.n * d.hw() > 0, "batch_norm_train: empty batch");
-    let stats = channel_stats(x, d);
-    let eps = eps.to_f64_lossy();
-    let mut scale = vec![T::zero(); d.c];
-    for (ci, &(mean, var)) in stats.iter().enumerate() {
-        batch_mean_out[ci] = T::from_f64_lossy(mean);
-        batch_var_out[ci] = T::from_f64_lossy(var);
-        scale[ci] = T::from_f64_lossy(gamma[ci].to_f64_lossy() / (var + eps).sqrt());
-    }
+    let scale = batch_scale(x, d, gamma, eps, batch_mean_out, batch_var_out);
     apply_affine(x, d, batch_mean_out, &scale, beta, y);
 }
 
@@ -140,14 +155,7 @@ pub fn batch_norm_train_inplace<T: Real>(
         &[gamma, beta, batch_mean_out, batch_var_out],
     );
     assert!(d.n * d.hw() > 0, "batch_norm_train_inplace: empty batch");
-    let stats = channel_stats(y, d);
-    let eps = eps.to_f64_lossy();
-    let mut scale = vec![T::zero(); d.c];
-    for (ci, &(mean, var)) in stats.iter().enumerate() {
-        batch_mean_out[ci] = T::from_f64_lossy(mean);
-        batch_var_out[ci] = T::from_f64_lossy(var);
-        scale[ci] = T::from_f64_lossy(gamma[ci].to_f64_lossy() / (var + eps).sqrt());
-    }
+    let scale = batch_scale(y, d, gamma, eps, batch_mean_out, batch_var_out);
     let hw = d.hw();
     let mean: &[T] = batch_mean_out;
     y.par_chunks_mut(hw).enumerate().for_each(|(i, yp)| {

@@ -214,87 +214,81 @@ pub fn conv2d<T: Real>(x: &[T], xd: Dims4, w: &[T], bias: Option<&[T]>, s: &Conv
         return;
     }
     let (in_chw, out_chw) = (g.in_chw(), g.out_chw());
-    let gin = g.cin_g * g.h * g.w;
     if xd.n < rayon::current_num_threads() {
         // Too few images to keep every thread busy (inference at batch 1): split each GEMM
         // over blocks of output channels instead, which are contiguous rows of the output.
         let mut col = vec![T::zero(); g.col_len()];
         for (yi, xi) in y.chunks_mut(out_chw).zip(x.chunks(in_chw.max(1))) {
-            for gi in 0..g.groups {
-                let xg = &xi[gi * gin..(gi + 1) * gin];
-                let wg = &w[gi * g.cout_g * g.kdim..(gi + 1) * g.cout_g * g.kdim];
-                let yg = &mut yi[gi * g.cout_g * g.p..(gi + 1) * g.cout_g * g.p];
-                let b: &[T] = if g.pointwise {
-                    xg
-                } else {
-                    im2col(xg, &g, &mut col);
-                    &col
-                };
-                // One block per thread, of at least 16 rows: thinner GEMMs run below the
-                // micro-kernel's tile height and lose more than the extra thread gains.
-                let parts = rayon::current_num_threads().min(g.cout_g / 16).max(1);
-                let rows = g.cout_g.div_ceil(parts);
-                yg.par_chunks_mut(rows * g.p)
-                    .zip(wg.par_chunks(rows * g.kdim))
-                    .for_each(|(yr, wr)| {
-                        let m = yr.len() / g.p;
-                        gemm(
-                            m,
-                            g.kdim,
-                            g.p,
-                            T::one(),
-                            (wr, g.kdim, 1),
-                            (b, g.p, 1),
-                            T::zero(),
-                            yr,
-                            g.p,
-                            1,
-                        );
-                    });
-            }
-            if let Some(bias) = bias {
-                for (plane, &bv) in yi.chunks_exact_mut(g.p).zip(bias) {
-                    plane.iter_mut().for_each(|v| *v = *v + bv);
-                }
-            }
+            conv_image(xi, w, bias, &g, &mut col, yi, true);
         }
-        return;
+    } else {
+        y.par_chunks_mut(out_chw)
+            .zip(x.par_chunks(in_chw.max(1)))
+            .for_each_init(
+                || vec![T::zero(); g.col_len()],
+                |col, (yi, xi)| conv_image(xi, w, bias, &g, col, yi, false),
+            );
     }
-    y.par_chunks_mut(out_chw)
-        .zip(x.par_chunks(in_chw.max(1)))
-        .for_each_init(
-            || vec![T::zero(); g.col_len()],
-            |col, (yi, xi)| {
-                for gi in 0..g.groups {
-                    let xg = &xi[gi * gin..(gi + 1) * gin];
-                    let wg = &w[gi * g.cout_g * g.kdim..(gi + 1) * g.cout_g * g.kdim];
-                    let yg = &mut yi[gi * g.cout_g * g.p..(gi + 1) * g.cout_g * g.p];
-                    let b: &[T] = if g.pointwise {
-                        xg
-                    } else {
-                        im2col(xg, &g, col);
-                        col
-                    };
-                    gemm(
-                        g.cout_g,
-                        g.kdim,
-                        g.p,
-                        T::one(),
-                        (wg, g.kdim, 1),
-                        (b, g.p, 1),
-                        T::zero(),
-                        yg,
-                        g.p,
-                        1,
-                    );
-                }
-                if let Some(bias) = bias {
-                    for (plane, &bv) in yi.chunks_exact_mut(g.p).zip(bias) {
-                        plane.iter_mut().for_each(|v| *v = *v + bv);
-                    }
-                }
-            },
-        );
+}
+
+/// One image of [`conv2d`]: im2col and a GEMM per group, then the bias. With `split_rows`
+/// the GEMM runs in parallel over blocks of output channels.
+fn conv_image<T: Real>(
+    xi: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    g: &Geom,
+    col: &mut [T],
+    yi: &mut [T],
+    split_rows: bool,
+) {
+    let gin = g.cin_g * g.h * g.w;
+    // One block per thread, of at least 16 rows: thinner GEMMs run below the micro-kernel's
+    // tile height and lose more than the extra thread gains.
+    let parts = if split_rows {
+        rayon::current_num_threads().min(g.cout_g / 16).max(1)
+    } else {
+        1
+    };
+    let rows = g.cout_g.div_ceil(parts);
+    for gi in 0..g.groups {
+        let xg = &xi[gi * gin..(gi + 1) * gin];
+        let wg = &w[gi * g.cout_g * g.kdim..(gi + 1) * g.cout_g * g.kdim];
+        let yg = &mut yi[gi * g.cout_g * g.p..(gi + 1) * g.cout_g * g.p];
+        let b: &[T] = if g.pointwise {
+            xg
+        } else {
+            im2col(xg, g, col);
+            col
+        };
+        let block = |(yr, wr): (&mut [T], &[T])| {
+            let m = yr.len() / g.p;
+            gemm(
+                m,
+                g.kdim,
+                g.p,
+                T::one(),
+                (wr, g.kdim, 1),
+                (b, g.p, 1),
+                T::zero(),
+                yr,
+                g.p,
+                1,
+            );
+        };
+        if parts == 1 {
+            block((yg, wg));
+        } else {
+            yg.par_chunks_mut(rows * g.p)
+                .zip(wg.par_chunks(rows * g.kdim))
+                .for_each(block);
+        }
+    }
+    if let Some(bias) = bias {
+        for (plane, &bv) in yi.chunks_exact_mut(g.p).zip(bias) {
+            plane.iter_mut().for_each(|v| *v = *v + bv);
+        }
+    }
 }
 
 /// Direct 7-loop convolution with the same contract as [`conv2d`]. Slow; the test twin only.
