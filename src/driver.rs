@@ -475,6 +475,17 @@ pub fn train(
         csv: Some(log.clone()),
         start_epoch,
     };
+    observer.start(&format!(
+        "training {name} on {} images from {}, testing on {}; {} epochs of {} steps, batch {}, lr {}, {} threads",
+        train_set.len(),
+        dir.display(),
+        test_set.len(),
+        t.epochs.saturating_sub(start_epoch),
+        train_set.len().div_ceil(t.batch.max(1)),
+        t.batch,
+        t.lr,
+        rayon::current_num_threads()
+    ));
     let started = Instant::now();
     let history = train::train(
         &mut exec,

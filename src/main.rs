@@ -213,6 +213,11 @@ struct Progress {
 }
 
 impl Observer for Progress {
+    fn start(&mut self, what: &str) {
+        if !self.quiet {
+            println!("{what}");
+        }
+    }
     fn epoch_start(&mut self, epoch: usize, batches: usize) {
         if self.quiet {
             return;

@@ -78,6 +78,8 @@ pub struct EpochStats {
 
 /// Progress callbacks (the CLI draws a progress bar with them).
 pub trait Observer {
+    /// A one-line description of the run before it starts.
+    fn start(&mut self, _what: &str) {}
     fn epoch_start(&mut self, _epoch: usize, _batches: usize) {}
     fn step(&mut self, _batch: usize, _loss: f32, _images_per_s: f32) {}
     fn epoch_end(&mut self, _stats: &EpochStats) {}
