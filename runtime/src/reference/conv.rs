@@ -244,8 +244,10 @@ fn conv_image<T: Real>(
 ) {
     let gin = g.cin_g * g.h * g.w;
     // One block per thread, of at least 16 rows: thinner GEMMs run below the micro-kernel's
-    // tile height and lose more than the extra thread gains.
-    let parts = if split_rows {
+    // tile height, and GEMMs under ~4M MACs (ResNet-20's) lose more to the hand-off than the
+    // second thread gains.
+    let big = g.cout_g * g.kdim * g.p >= 1 << 22;
+    let parts = if split_rows && big {
         rayon::current_num_threads().min(g.cout_g / 16).max(1)
     } else {
         1
