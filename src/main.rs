@@ -91,7 +91,8 @@ struct RunArgs {
     /// Weights (safetensors; PyTorch state-dict names).
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// CIFAR-10 binary directory (data_batch_*.bin, test_batch.bin).
+    /// Data directory: CIFAR-10 binary files (data_batch_*.bin, test_batch.bin), or image
+    /// folders DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg (or val/).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Inputs: one .npy NCHW float32 tensor, or image files (JPEG, PNG).
@@ -104,26 +105,32 @@ struct RunArgs {
     /// for single-step mode.
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Training epochs.
     #[arg(long, default_value_t = 5)]
     epochs: usize,
     /// Single-step mode: optimizer steps on --input/--labels, no augmentation or shuffling.
     #[arg(long)]
     steps: Option<usize>,
+    /// Batch size (the last partial batch is kept).
     #[arg(long, default_value_t = 128)]
     batch: usize,
+    /// Peak learning rate.
     #[arg(long, default_value_t = 0.1)]
     lr: f32,
     #[arg(long, default_value_t = 0.9)]
     momentum: f32,
     #[arg(long = "weight-decay", default_value_t = 1e-4)]
     weight_decay: f32,
+    /// Nesterov momentum.
     #[arg(long)]
     nesterov: bool,
+    /// Learning-rate schedule after the warm-up: per-iteration cosine to 0, or /10 at 50 % and 75 %.
     #[arg(long, value_enum, default_value = "cosine")]
     schedule: ScheduleArg,
     /// Linear warm-up in epochs, from lr/5.
     #[arg(long, default_value_t = 1.0)]
     warmup: f32,
+    /// Seed for initialization, shuffling and augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Disable the pad-4 crop and flip augmentation.
