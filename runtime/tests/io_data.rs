@@ -1,7 +1,10 @@
 //! Data pipeline: CIFAR-10 binary files (real and damaged), preprocessing, augmentation,
 //! the background loader, and image decoding / image folders / the ImageNet class index.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{shared, temp_dir};
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use resnetc_runtime::data::augment::crop_flip;
@@ -13,32 +16,6 @@ use resnetc_runtime::data::{
 };
 use resnetc_runtime::rng::Rng;
 use resnetc_runtime::RuntimeError;
-
-fn shared() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "notice: {} not found, skipping the real-data part of this test",
-            p.display()
-        );
-        None
-    }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "resnetc-io-{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// `n` synthetic CIFAR records; record i has label i % 10 and pixels (i + j) % 251.
 fn records(n: usize, first: usize) -> Vec<u8> {

@@ -1,22 +1,12 @@
 //! .npy reading/writing: round trips, all supported dtypes and header versions, and clear errors.
 
+mod common;
+use common::temp_dir;
+
 use std::path::PathBuf;
 
 use resnetc_runtime::npy::{encode_npy_f32, parse_npy, read_npy, write_npy_f32, NpyData};
 use resnetc_runtime::RuntimeError;
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "resnetc-io-{tag}-{}-{:?}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Builds an .npy file the way numpy does: header padded with spaces to a 64-byte boundary.
 fn npy_bytes(major: u8, dict: &str, body: &[u8]) -> Vec<u8> {

@@ -1,8 +1,11 @@
 //! safetensors weights: the real ResNet-20 file, dtype conversion, check_weights reports,
 //! atomic round trips; and checkpoints.
 
+mod common;
+use common::{shared, temp_dir};
+
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use resnetc_runtime::checkpoint::Checkpoint;
 use resnetc_runtime::weights::{
@@ -10,32 +13,6 @@ use resnetc_runtime::weights::{
 };
 use resnetc_runtime::RuntimeError;
 use safetensors::tensor::{Dtype, TensorView};
-
-fn shared() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "notice: {} not found, skipping the real-data part of this test",
-            p.display()
-        );
-        None
-    }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "resnetc-io-{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn t(shape: &[usize], start: f32) -> Tensor {
     let n = shape.iter().product::<usize>();

@@ -255,6 +255,11 @@ impl<'c, 'a> Lower<'c, 'a> {
             groups: 1,
             bias: false,
         };
+        self.plain_conv(x, spec, name, span)
+    }
+
+    /// A bias-free conv node and its weight parameter under `name`.
+    fn plain_conv(&mut self, x: Value, spec: ConvSpec, name: String, span: Span) -> R<Value> {
         self.claim(&name, span)?;
         let wt = self.param(
             ParamKind::Weight,
@@ -295,16 +300,7 @@ impl<'c, 'a> Lower<'c, 'a> {
             )
             .help("use fewer stride-2 stages or a larger input"));
         }
-        self.claim(&name, span)?;
-        let wt = self.param(
-            ParamKind::Weight,
-            format!("{name}.weight"),
-            &spec.weight_shape(),
-            span,
-        );
-        self.g
-            .add(Op::Conv(spec), name, &[x, wt], Some(span))
-            .map_err(|e| ir_err(e, span))
+        self.plain_conv(x, spec, name, span)
     }
 
     fn bn(&mut self, x: Value, opts: Option<&BnOpts>, name: String, span: Span) -> R<Value> {

@@ -378,33 +378,26 @@ pub fn conv2d_backward_data<T: Real>(
                     let dxg = &mut dxi[gi * gin..(gi + 1) * gin];
                     let wg = &w[gi * g.cout_g * g.kdim..(gi + 1) * g.cout_g * g.kdim];
                     let dyg = &dyi[gi * g.cout_g * g.p..(gi + 1) * g.cout_g * g.p];
-                    // W_g^T: [kdim, cout_g] viewed with row stride 1, column stride kdim.
+                    // cols = W_g^T dy_g, with W_g^T [kdim, cout_g] viewed with row stride 1,
+                    // column stride kdim. A pointwise conv's columns are dx itself.
+                    let cols_into = |out: &mut [T]| {
+                        gemm(
+                            g.kdim,
+                            g.cout_g,
+                            g.p,
+                            T::one(),
+                            (wg, 1, g.kdim),
+                            (dyg, g.p, 1),
+                            T::zero(),
+                            out,
+                            g.p,
+                            1,
+                        )
+                    };
                     if g.pointwise {
-                        gemm(
-                            g.kdim,
-                            g.cout_g,
-                            g.p,
-                            T::one(),
-                            (wg, 1, g.kdim),
-                            (dyg, g.p, 1),
-                            T::zero(),
-                            dxg,
-                            g.p,
-                            1,
-                        );
+                        cols_into(dxg);
                     } else {
-                        gemm(
-                            g.kdim,
-                            g.cout_g,
-                            g.p,
-                            T::one(),
-                            (wg, 1, g.kdim),
-                            (dyg, g.p, 1),
-                            T::zero(),
-                            col,
-                            g.p,
-                            1,
-                        );
+                        cols_into(col);
                         dxg.fill(T::zero());
                         col2im(col, &g, dxg);
                     }

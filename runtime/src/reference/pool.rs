@@ -23,9 +23,29 @@ fn pool_out(xd: Dims4, s: &PoolSpec) -> (usize, usize) {
 /// `[n, c, oh, ow]` with `(oh, ow) = s.out_hw(h, w)`, fully overwritten. A window lying entirely
 /// in padding yields `-inf`. NaN propagates as in PyTorch.
 pub fn max_pool2d<T: Real>(x: &[T], xd: Dims4, s: &PoolSpec, y: &mut [T]) {
+    pool_forward("max_pool2d", x, xd, s, y, |window| {
+        let mut best = T::neg_infinity();
+        for v in window {
+            if v > best || v.is_nan() {
+                best = v;
+            }
+        }
+        best
+    });
+}
+
+/// Applies `reduce` to the in-bounds values of every window, plane by plane in parallel.
+fn pool_forward<T: Real>(
+    what: &str,
+    x: &[T],
+    xd: Dims4,
+    s: &PoolSpec,
+    y: &mut [T],
+    reduce: impl Fn(&mut dyn Iterator<Item = T>) -> T + Sync,
+) {
     let (oh, ow) = pool_out(xd, s);
-    assert_eq!(x.len(), xd.len(), "max_pool2d: x length");
-    assert_eq!(y.len(), xd.n * xd.c * oh * ow, "max_pool2d: y length");
+    assert_eq!(x.len(), xd.len(), "{what}: x length");
+    assert_eq!(y.len(), xd.n * xd.c * oh * ow, "{what}: y length");
     if y.is_empty() {
         return;
     }
@@ -37,15 +57,9 @@ pub fn max_pool2d<T: Real>(x: &[T], xd: Dims4, s: &PoolSpec, y: &mut [T]) {
                 let (y0, y1) = window(oy, s.stride[0], s.pad[0], s.kernel[0], h);
                 for ox in 0..ow {
                     let (x0, x1) = window(ox, s.stride[1], s.pad[1], s.kernel[1], w);
-                    let mut best = T::neg_infinity();
-                    for iy in y0..y1 {
-                        for &v in &xp[iy * w + x0..iy * w + x1] {
-                            if v > best || v.is_nan() {
-                                best = v;
-                            }
-                        }
-                    }
-                    yp[oy * ow + ox] = best;
+                    let mut values =
+                        (y0..y1).flat_map(|iy| xp[iy * w + x0..iy * w + x1].iter().copied());
+                    yp[oy * ow + ox] = reduce(&mut values);
                 }
             }
         });
@@ -96,31 +110,10 @@ pub fn max_pool2d_backward<T: Real>(x: &[T], xd: Dims4, dy: &[T], s: &PoolSpec, 
 /// Average pooling with `count_include_pad = true`: every window divides by `kh * kw`
 /// (floor-mode windows always lie inside the padded input). `y` fully overwritten.
 pub fn avg_pool2d<T: Real>(x: &[T], xd: Dims4, s: &PoolSpec, y: &mut [T]) {
-    let (oh, ow) = pool_out(xd, s);
-    assert_eq!(x.len(), xd.len(), "avg_pool2d: x length");
-    assert_eq!(y.len(), xd.n * xd.c * oh * ow, "avg_pool2d: y length");
-    if y.is_empty() {
-        return;
-    }
-    let (h, w) = (xd.h, xd.w);
     let inv = T::one() / T::from_usize(s.kernel[0] * s.kernel[1]).unwrap();
-    y.par_chunks_mut(oh * ow)
-        .zip(x.par_chunks(h * w))
-        .for_each(|(yp, xp)| {
-            for oy in 0..oh {
-                let (y0, y1) = window(oy, s.stride[0], s.pad[0], s.kernel[0], h);
-                for ox in 0..ow {
-                    let (x0, x1) = window(ox, s.stride[1], s.pad[1], s.kernel[1], w);
-                    let mut acc = T::zero();
-                    for iy in y0..y1 {
-                        for &v in &xp[iy * w + x0..iy * w + x1] {
-                            acc = acc + v;
-                        }
-                    }
-                    yp[oy * ow + ox] = acc * inv;
-                }
-            }
-        });
+    pool_forward("avg_pool2d", x, xd, s, y, |window| {
+        window.fold(T::zero(), |a, v| a + v) * inv
+    });
 }
 
 /// Average pooling backward (`count_include_pad = true`): every input in a window receives
