@@ -94,6 +94,38 @@ pub struct BuildOptions {
     pub opt_level: u8,
     pub passes: Option<String>,
     pub overrides: Vec<(String, i64)>,
+    /// Which kernels run the compiled program.
+    pub engine: EngineKind,
+}
+
+/// The kernels a program runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Cranelift-generated native kernels where the JIT has them, reference kernels for the
+    /// rest; falls back to the reference engine (with a warning) on a CPU the JIT cannot use.
+    #[default]
+    Jit,
+    /// The plain-Rust reference kernels: the oracle.
+    Reference,
+}
+
+/// An executor for `program` on the chosen engine.
+pub fn executor(program: Program, batch: usize, engine: EngineKind) -> Result<Executor, CliError> {
+    match engine {
+        EngineKind::Reference => Ok(Executor::new(program, batch)),
+        EngineKind::Jit => {
+            if let Some(why) = crate::codegen::jit::cpu_unsupported() {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!("warning: {why}; running on the reference engine");
+                });
+                return Ok(Executor::new(program, batch));
+            }
+            let jit = crate::codegen::JitEngine::new(&program)
+                .map_err(|e| CliError::Internal(format!("JIT compilation failed: {e}")))?;
+            Ok(Executor::with_engine(program, batch, &jit))
+        }
+    }
 }
 
 impl BuildOptions {
@@ -103,6 +135,7 @@ impl BuildOptions {
             opt_level: 1,
             passes: None,
             overrides: vec![],
+            engine: EngineKind::default(),
         }
     }
 }
@@ -302,7 +335,7 @@ pub fn evaluate(
     let set = Arc::new(load_split(&dir, Split::Test, &program)?);
     check_input_size(&program, &set)?;
     let norm = normalize_of(&program)?;
-    let mut exec = Executor::new(program, batch);
+    let mut exec = executor(program, batch, opts.engine)?;
     load_weights(&mut exec, weights)?;
     Ok(train::evaluate(
         &mut exec,
@@ -354,7 +387,7 @@ pub fn infer(
         }
         (data, inputs.len())
     };
-    let mut exec = Executor::new(program, n.max(1));
+    let mut exec = executor(program, n.max(1), opts.engine)?;
     match weights {
         Some(p) => load_weights(&mut exec, p)?,
         None => {
@@ -436,7 +469,7 @@ pub fn train(
     check_input_size(&program, &train_set)?;
     let norm = normalize_of(&program)?;
     let name = program.name.clone();
-    let mut exec = Executor::new(program, t.batch);
+    let mut exec = executor(program, t.batch, opts.engine)?;
     exec.init_he(t.seed);
     let mut start_epoch = 0;
     if let Some(w) = &t.weights {
@@ -452,7 +485,7 @@ pub fn train(
         exec.sgd_steps = ck.step;
         start_epoch = ck.epoch;
     }
-    let mut eval_exec = Executor::new(inference_program(opts)?, 256);
+    let mut eval_exec = executor(inference_program(opts)?, 256, opts.engine)?;
     let log = t.log.clone().unwrap_or_else(|| match &t.save {
         Some(s) => s.with_extension("csv"),
         None => PathBuf::from(format!("runs/{name}.csv")),
@@ -569,7 +602,7 @@ pub fn single_steps(
             format!("has {} labels for {} images", y.len(), shape[0]),
         )));
     }
-    let mut exec = Executor::new(program, shape[0]);
+    let mut exec = executor(program, shape[0], opts.engine)?;
     match weights {
         Some(p) => load_weights(&mut exec, p)?,
         None => exec.init_he(seed),
@@ -602,7 +635,7 @@ pub fn bench(
     let per: usize = program.input_shape.iter().product();
     let classes = program.classes;
     let name = program.name.clone();
-    let mut exec = Executor::new(program, 1);
+    let mut exec = executor(program, 1, opts.engine)?;
     exec.init_he(0);
     exec.lr = 1e-4;
     let mut out = String::new();

@@ -4,6 +4,7 @@
 //! ([`passes`], [`autodiff`]) -> a program the runtime executes.
 
 pub mod autodiff;
+pub mod codegen;
 pub mod compile;
 pub mod diag;
 pub mod driver;

@@ -38,6 +38,12 @@ enum Emit {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum EngineArg {
+    Jit,
+    Reference,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum Stage {
     Parsed,
     Lowered,
@@ -58,6 +64,10 @@ struct CompileArgs {
     /// Override a model parameter: -D n=9 (repeatable).
     #[arg(short = 'D', value_name = "NAME=VALUE")]
     define: Vec<String>,
+    /// Kernels to run on: `jit` (native code generated with Cranelift, the default) or
+    /// `reference` (the plain-Rust oracle).
+    #[arg(long, value_enum, default_value_t = EngineArg::Jit)]
+    engine: EngineArg,
 }
 
 #[derive(Args)]
@@ -201,6 +211,10 @@ fn build_options(c: &CompileArgs) -> Result<BuildOptions, CliError> {
         opt_level: c.opt,
         passes: c.passes.clone(),
         overrides,
+        engine: match c.engine {
+            EngineArg::Jit => driver::EngineKind::Jit,
+            EngineArg::Reference => driver::EngineKind::Reference,
+        },
     })
 }
 

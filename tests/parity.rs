@@ -8,7 +8,7 @@
 
 use resnetc::autodiff::append_training;
 use resnetc::compile::compile;
-use resnetc::driver::{self, BuildOptions};
+use resnetc::driver::{self, BuildOptions, EngineKind};
 use resnetc::frontend::compile_file;
 use resnetc::ir::Mode;
 use resnetc::passes::Pipeline;
@@ -65,10 +65,19 @@ fn assert_close(what: &str, a: &[f32], b: &[f32], rtol: f32, atol: f32) {
     );
 }
 
+/// Both engines: the reference kernels (the oracle) and the JIT (the default).
+const ENGINES: [EngineKind; 2] = [EngineKind::Reference, EngineKind::Jit];
+
 fn eval_parity(name: &str, batch: usize) {
+    for engine in ENGINES {
+        eval_parity_on(name, batch, engine);
+    }
+}
+
+fn eval_parity_on(name: &str, batch: usize, engine: EngineKind) {
     let program = driver::inference_program(&model(name)).unwrap();
     let [c, h, w] = program.input_shape;
-    let mut exec = Executor::new(program, batch);
+    let mut exec = driver::executor(program, batch, engine).unwrap();
     bind_synthetic(&mut exec, name);
     let x = synthetic_input(0, &[batch, c, h, w]);
     let y = exec.run(&x, None).unwrap()[0].to_vec();
@@ -76,7 +85,7 @@ fn eval_parity(name: &str, batch: usize) {
     assert_eq!(want.shape, vec![batch, exec.program.classes]);
     // Different summation orders in f32 (and BN folded here, not in ORT): 1e-4 relative.
     assert_close(
-        &format!("{name} logits vs ONNX Runtime"),
+        &format!("{name} logits vs ONNX Runtime ({engine:?} engine)"),
         &y,
         &want.into_f32(),
         1e-4,
@@ -132,9 +141,15 @@ const SGD: SgdSpec = SgdSpec {
 
 #[test]
 fn resnet20_sgd_step_matches_pytorch() {
+    for engine in ENGINES {
+        sgd_step_parity(engine);
+    }
+}
+
+fn sgd_step_parity(engine: EngineKind) {
     let want = fixture("resnet20_sgd_step.safetensors");
     let program = driver::training_program(&model("resnet20"), SGD).unwrap();
-    let mut exec = Executor::new(program, 8);
+    let mut exec = driver::executor(program, 8, engine).unwrap();
     bind_synthetic(&mut exec, "resnet20");
     let x = synthetic_input(0, &[8, 3, 32, 32]);
     let labels = synthetic_labels(0, 8, 10);

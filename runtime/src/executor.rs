@@ -1,6 +1,7 @@
 //! The reference executor: runs a [`Program`] step by step with the plain-Rust kernels of
 //! [`crate::reference`], parallel inside each kernel with rayon.
 
+use crate::engine::{Engine, KernelCtx, ReferenceEngine, StepKernel};
 use crate::error::{Result, RuntimeError};
 use crate::program::{Kernel, ParamRole, Program, Step};
 use crate::reference as k;
@@ -11,6 +12,12 @@ use std::collections::BTreeMap;
 
 pub struct Executor {
     pub program: Program,
+    /// One kernel per step of `program.steps`, and per step of `program.prep`.
+    kernels: Vec<Box<dyn StepKernel>>,
+    prep_kernels: Vec<Box<dyn StepKernel>>,
+    engine: &'static str,
+    /// Bumped whenever parameters may change; see [`KernelCtx::params_version`].
+    params_version: u64,
     bufs: Vec<Vec<f32>>,
     batch: usize,
     /// Learning rate used by optimizer steps.
@@ -42,15 +49,27 @@ impl Executor {
         v
     }
 
-    /// Allocates every buffer for `batch` images; parameters start at zero.
+    /// Allocates every buffer for `batch` images, with reference kernels; parameters start
+    /// at zero.
     pub fn new(program: Program, batch: usize) -> Self {
+        Self::with_engine(program, batch, &ReferenceEngine)
+    }
+
+    /// Like [`Executor::new`], with the kernels of `engine`.
+    pub fn with_engine(program: Program, batch: usize, engine: &dyn Engine) -> Self {
         let bufs = program
             .buffers
             .iter()
             .map(|b| vec![0.0; b.len(batch)])
             .collect();
+        let kernels = program.steps.iter().map(|s| engine.kernel(s)).collect();
+        let prep_kernels = program.prep.iter().map(|s| engine.kernel(s)).collect();
         Executor {
             program,
+            kernels,
+            prep_kernels,
+            engine: engine.name(),
+            params_version: 0,
             bufs,
             batch,
             lr: 0.0,
@@ -62,6 +81,21 @@ impl Executor {
 
     pub fn batch(&self) -> usize {
         self.batch
+    }
+
+    /// The engine that produced the kernels.
+    pub fn engine(&self) -> &'static str {
+        self.engine
+    }
+
+    /// `(step name, engine, description)` of every step's kernel, in schedule order.
+    pub fn kernel_table(&self) -> Vec<(String, &'static str, String)> {
+        self.program
+            .steps
+            .iter()
+            .zip(&self.kernels)
+            .map(|(s, k)| (s.name.clone(), k.engine(), k.describe()))
+            .collect()
     }
 
     /// Resizes the batch-dependent buffers (parameters are kept).
@@ -119,6 +153,7 @@ impl Executor {
         }
         self.sgd_steps = 0;
         self.prepared = false;
+        self.params_version += 1;
     }
 
     /// Binds model weights by name; `tensors` must hold exactly the program's weight table
@@ -140,6 +175,7 @@ impl Executor {
             self.bufs[p.buffer].copy_from_slice(&t.data);
         }
         self.prepared = false;
+        self.params_version += 1;
         Ok(())
     }
 
@@ -159,6 +195,7 @@ impl Executor {
         }
         buf.copy_from_slice(data);
         self.prepared = false;
+        self.params_version += 1;
         Ok(())
     }
 
@@ -198,9 +235,13 @@ impl Executor {
         }
         self.set_batch(input.len() / per);
         if !self.prepared {
-            for step in self.program.prep.clone() {
-                self.run_step(&step)?;
+            let steps = std::mem::take(&mut self.program.prep);
+            let mut kernels = std::mem::take(&mut self.prep_kernels);
+            for (step, kernel) in steps.iter().zip(kernels.iter_mut()) {
+                self.run_step(step, kernel.as_mut());
             }
+            self.program.prep = steps;
+            self.prep_kernels = kernels;
             self.prepared = true;
         }
         self.bufs[self.program.input].copy_from_slice(input);
@@ -225,11 +266,15 @@ impl Executor {
             }
         }
         let steps = std::mem::take(&mut self.program.steps);
-        let result = steps.iter().try_for_each(|s| self.run_step(s));
+        let mut kernels = std::mem::take(&mut self.kernels);
+        for (step, kernel) in steps.iter().zip(kernels.iter_mut()) {
+            self.run_step(step, kernel.as_mut());
+        }
         self.program.steps = steps;
-        result?;
+        self.kernels = kernels;
         if self.program.training {
             self.sgd_steps += 1;
+            self.params_version += 1;
             // Parameters changed: folded weights (if any) are stale.
             self.prepared = self.program.prep.is_empty();
         }
@@ -241,7 +286,7 @@ impl Executor {
             .collect())
     }
 
-    fn run_step(&mut self, step: &Step) -> Result<()> {
+    fn run_step(&mut self, step: &Step, kernel: &mut dyn StepKernel) {
         let mut outs: Vec<Vec<f32>> = step
             .outs
             .iter()
@@ -254,13 +299,14 @@ impl Executor {
             .collect();
         {
             let ins: Vec<&[f32]> = step.ins.iter().map(|&b| self.bufs[b].as_slice()).collect();
-            let ctx = Ctx {
+            let ctx = KernelCtx {
                 n: self.batch,
                 lr: self.lr,
                 first_sgd_step: self.sgd_steps == 0,
+                params_version: self.params_version,
             };
             let start = self.profile.is_some().then(std::time::Instant::now);
-            exec(&step.kernel, &ctx, &ins, &mut inouts, &mut outs);
+            kernel.run(&ctx, &ins, &mut inouts, &mut outs);
             if let (Some(p), Some(t)) = (self.profile.as_mut(), start) {
                 let e = p.entry(step.kernel.kind()).or_default();
                 e.0 += 1;
@@ -273,7 +319,6 @@ impl Executor {
         for (&b, v) in step.inouts.iter().zip(inouts) {
             self.bufs[b] = v;
         }
-        Ok(())
     }
 
     /// A buffer's contents (for tests and debugging).
@@ -282,18 +327,40 @@ impl Executor {
     }
 }
 
-struct Ctx {
-    n: usize,
-    lr: f32,
-    first_sgd_step: bool,
+/// A step's reference kernel behind the common [`StepKernel`] interface.
+pub struct ReferenceKernel {
+    kernel: Kernel,
+}
+
+impl ReferenceKernel {
+    pub fn new(kernel: Kernel) -> Self {
+        ReferenceKernel { kernel }
+    }
+}
+
+impl StepKernel for ReferenceKernel {
+    fn run(
+        &mut self,
+        ctx: &KernelCtx,
+        ins: &[&[f32]],
+        inouts: &mut [Vec<f32>],
+        outs: &mut [Vec<f32>],
+    ) {
+        exec(&self.kernel, ctx, ins, inouts, outs);
+    }
+    fn engine(&self) -> &'static str {
+        "reference"
+    }
 }
 
 fn labels_of(buf: &[f32]) -> Vec<usize> {
     buf.iter().map(|&v| v as usize).collect()
 }
 
-/// Applies one epilogue step in place. `ins`/`inouts` are the step's operands.
-fn apply_step(
+/// Applies one epilogue step of a fused conv in place, over the whole output. `ins` and
+/// `inouts` are the step's own operands (two and two for training BN, whose running
+/// statistics are in-outs).
+pub fn apply_epilogue_step(
     step: &EpilogueStep,
     d: Dims4,
     y: &mut [f32],
@@ -337,7 +404,7 @@ fn apply_step(
 
 fn exec(
     kernel: &Kernel,
-    ctx: &Ctx,
+    ctx: &KernelCtx,
     ins: &[&[f32]],
     inouts: &mut [Vec<f32>],
     outs: &mut [Vec<f32>],
@@ -370,7 +437,7 @@ fn exec(
                     EpilogueStep::BatchNormTrain(_) => (2, 2),
                     other => (other.operands(), 0),
                 };
-                apply_step(
+                apply_epilogue_step(
                     step,
                     yd,
                     first,

@@ -6,6 +6,7 @@
 pub mod atomic;
 pub mod checkpoint;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod executor;
 

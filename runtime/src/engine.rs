@@ -1,0 +1,60 @@
+//! One kernel interface for every step of a [`Program`], whichever engine produced it.
+//!
+//! An [`Engine`] turns each [`Step`] into a [`StepKernel`]. The reference engine wraps the
+//! plain-Rust kernels of [`crate::reference`]; the compiler's JIT engine (in the `resnetc`
+//! crate, so that the runtime never links Cranelift) returns native kernels for the steps it
+//! generates code for and the reference kernel for the rest. Because both sit behind the same
+//! trait, any step can run on either engine, which is how tests compare them.
+
+use crate::program::Step;
+
+/// Values every kernel may need besides its buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelCtx {
+    /// Batch size bound for this run.
+    pub n: usize,
+    /// Learning rate of optimizer steps.
+    pub lr: f32,
+    /// The first optimizer step initializes momentum buffers.
+    pub first_sgd_step: bool,
+    /// Bumped by the executor whenever parameters may have changed (weights loaded, a
+    /// training step taken), so kernels that pre-pack weights know when to pack again.
+    pub params_version: u64,
+}
+
+/// A compiled step: reads `ins`, updates `inouts` in place, overwrites `outs`, in the order
+/// the step lists its buffers.
+pub trait StepKernel: Send {
+    fn run(
+        &mut self,
+        ctx: &KernelCtx,
+        ins: &[&[f32]],
+        inouts: &mut [Vec<f32>],
+        outs: &mut [Vec<f32>],
+    );
+    /// `"jit"` or `"reference"`, for profiles and tests.
+    fn engine(&self) -> &'static str;
+    /// A short description of the specialization (tile, algorithm), for `bench --layers`.
+    fn describe(&self) -> String {
+        String::new()
+    }
+}
+
+/// Produces one kernel per step.
+pub trait Engine {
+    fn name(&self) -> &'static str;
+    fn kernel(&self, step: &Step) -> Box<dyn StepKernel>;
+}
+
+/// The reference engine: plain-Rust kernels, the oracle for every other engine.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReferenceEngine;
+
+impl Engine for ReferenceEngine {
+    fn name(&self) -> &'static str {
+        "reference"
+    }
+    fn kernel(&self, step: &Step) -> Box<dyn StepKernel> {
+        Box::new(crate::executor::ReferenceKernel::new(step.kernel.clone()))
+    }
+}

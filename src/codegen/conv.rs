@@ -1,0 +1,568 @@
+//! The JIT's convolution: a fused conv step as a grid of JIT tiles over the input itself.
+//!
+//! - Weights are packed once per parameter version into row panels: `MR` output channels by
+//!   `K = in_channels * kh * kw`, `K`-major, so a tile streams them with unit stride.
+//! - There is no im2col matrix. Each image's input is copied once into zero-padded planes,
+//!   split into `stride x stride` phases, so that the input pixels under every kernel tap of
+//!   four consecutive output pixels are four consecutive floats. The tile's reduction loop
+//!   runs over input channels, with the kernel's taps unrolled as constant offsets.
+//! - A tile writes `MR` output channels x 4 pixels of one output row of the NCHW output once,
+//!   with the epilogue (bias, folded or running-statistics BN, residual add, ReLU) applied
+//!   in registers. Steps that need the whole output (training BN's batch statistics) and
+//!   the values exported for the backward pass run after, over the tensor, with the
+//!   reference epilogue.
+//! - Row remainders (output channels not a multiple of `MR`) get a tile specialized to the
+//!   remaining rows. When the output width is not a multiple of 4, the last tile of each
+//!   output row writes to scratch, and its valid part is copied out by the plain-Rust
+//!   epilogue twin.
+//! - Parallel over images when there are enough of them, else over output-channel panels.
+
+use super::jit::{CompiledTiles, JitCode, TileSet};
+use super::microkernel::{apply_tile_ops, TileFn, TileOp, TileSpec};
+use rayon::prelude::*;
+use resnetc_runtime::engine::{KernelCtx, StepKernel};
+use resnetc_runtime::executor::apply_epilogue_step;
+use resnetc_runtime::program::Kernel;
+use resnetc_runtime::spec::{ConvSpec, Dims4, EpilogueStep};
+use std::sync::Arc;
+
+/// Most output channels per tile: 14 rows of one f32x4 each leave two of the sixteen vector
+/// registers for the column vector and the broadcast, and measured near the 128-bit peak.
+pub const MR: usize = 14;
+
+/// Rows per tile for `oc` output channels: the tallest of 14, 12 and 8 that divides `oc` (a
+/// thin remainder tile runs far below peak), else 14 with a remainder.
+pub fn rows_per_tile(oc: usize) -> usize {
+    [MR, 12, 8]
+        .into_iter()
+        .find(|&m| oc.is_multiple_of(m))
+        .unwrap_or(MR)
+}
+/// f32x4 vectors per tile row.
+pub const NV: usize = 1;
+const NR: usize = 4 * NV;
+/// Floats past the last plane, read (and discarded) by the unused lanes of edge tiles.
+const SLACK: usize = 2 * NR;
+/// Weights up to this size stay in L2 while the output rows sweep over them; larger ones
+/// are swept panel by panel instead.
+const L2_WEIGHT_BYTES: usize = 256 * 1024;
+
+/// The shape-specialized plan of one conv step: what to compile and how to run it.
+#[derive(Clone, Debug)]
+pub struct ConvPlan {
+    pub spec: ConvSpec,
+    pub in_hw: [usize; 2],
+    pub out_hw: [usize; 2],
+    /// Reduction length `in_channels * kh * kw`.
+    pub k: usize,
+    /// Output pixels per image.
+    pub p: usize,
+    /// Output channels per main tile.
+    pub mr: usize,
+    /// Rows and columns of one phase plane of the padded input.
+    pub plane_hw: [usize; 2],
+    /// The IR epilogue and which of its steps run inside the tiles (`steps[..fused]`).
+    pub epilogue: Vec<EpilogueStep>,
+    pub exports: Vec<usize>,
+    pub fused: usize,
+    pub tile_ops: Vec<TileOp>,
+    /// Main tile (MR rows) and the row-remainder tile, when there are such rows.
+    pub main: Option<TileSpec>,
+    pub rem: Option<TileSpec>,
+    /// Scratch variants (`ldc = NR`, no epilogue) for the partial last tile of output rows.
+    pub main_edge: Option<TileSpec>,
+    pub rem_edge: Option<TileSpec>,
+}
+
+impl ConvPlan {
+    /// The plan for a conv kernel, or `None` when the JIT does not handle it (grouped convs).
+    pub fn new(kernel: &Kernel) -> Option<ConvPlan> {
+        let Kernel::Conv {
+            spec,
+            in_hw,
+            epilogue,
+            exports,
+        } = kernel
+        else {
+            return None;
+        };
+        if spec.groups != 1 {
+            return None;
+        }
+        let (oh, ow) = spec.out_hw(in_hw[0], in_hw[1])?;
+        let k = spec.in_channels * spec.kernel[0] * spec.kernel[1];
+        let p = oh * ow;
+        if k == 0 || p == 0 || spec.out_channels == 0 {
+            return None;
+        }
+        // Fuse the leading steps that act per element with per-channel constants; stop at
+        // training BN (a reduction over the whole output) and at the first exported value.
+        let stop = epilogue
+            .iter()
+            .position(|s| matches!(s, EpilogueStep::BatchNormTrain(_)))
+            .unwrap_or(epilogue.len())
+            .min(exports.iter().copied().min().unwrap_or(usize::MAX));
+        let mut tile_ops = vec![];
+        if spec.bias {
+            tile_ops.push(TileOp::Shift);
+        }
+        for step in &epilogue[..stop] {
+            tile_ops.push(match step {
+                EpilogueStep::BatchNormEval(_) => TileOp::ScaleShift,
+                EpilogueStep::Add => TileOp::Add,
+                EpilogueStep::Relu => TileOp::Relu,
+                EpilogueStep::BatchNormTrain(_) => unreachable!("stops before training BN"),
+            });
+        }
+        let [sh, sw] = spec.stride;
+        let [kh, kw] = spec.kernel;
+        let hp = in_hw[0] + spec.pad[0] + spec.pad[2];
+        let wp = in_hw[1] + spec.pad[1] + spec.pad[3];
+        let plane_hw = [hp.div_ceil(sh), wp.div_ceil(sw)];
+        let phase = plane_hw[0] * plane_hw[1];
+        let mut taps = vec![];
+        for ki in 0..kh {
+            for kj in 0..kw {
+                taps.push(((ki % sh) * sw + kj % sw) * phase + (ki / sh) * plane_hw[1] + kj / sw);
+            }
+        }
+        let oc = spec.out_channels;
+        let mr_main = rows_per_tile(oc);
+        let tile = |mr: usize, edge: bool| TileSpec {
+            mr,
+            nv: NV,
+            cin: spec.in_channels,
+            taps: taps.clone(),
+            cstride: sh * sw * phase,
+            ldc: if edge { NR } else { p },
+            accumulate: false,
+            epilogue: if edge { vec![] } else { tile_ops.clone() },
+        };
+        let full_cols = ow / NR > 0;
+        let partial_col = !ow.is_multiple_of(NR);
+        let rem_rows = oc % mr_main;
+        Some(ConvPlan {
+            mr: mr_main,
+            spec: *spec,
+            in_hw: *in_hw,
+            out_hw: [oh, ow],
+            k,
+            p,
+            plane_hw,
+            epilogue: epilogue.clone(),
+            exports: exports.clone(),
+            fused: stop,
+            main: (oc >= mr_main && full_cols).then(|| tile(mr_main, false)),
+            rem: (rem_rows > 0 && full_cols).then(|| tile(rem_rows, false)),
+            main_edge: (oc >= mr_main && partial_col).then(|| tile(mr_main, true)),
+            rem_edge: (rem_rows > 0 && partial_col).then(|| tile(rem_rows, true)),
+            tile_ops,
+        })
+    }
+
+    pub fn tiles(&self) -> impl Iterator<Item = &TileSpec> {
+        [&self.main, &self.rem, &self.main_edge, &self.rem_edge]
+            .into_iter()
+            .flatten()
+    }
+
+    pub fn add_tiles(&self, set: &mut TileSet) {
+        for t in self.tiles() {
+            set.add(t.clone());
+        }
+    }
+
+    fn row_panels(&self) -> usize {
+        self.spec.out_channels.div_ceil(self.mr)
+    }
+    /// Floats of one channel's phase planes.
+    fn channel_len(&self) -> usize {
+        self.spec.stride[0] * self.spec.stride[1] * self.plane_hw[0] * self.plane_hw[1]
+    }
+    /// Floats of one image's padded, phase-split input.
+    pub fn planes_len(&self) -> usize {
+        self.spec.in_channels * self.channel_len() + SLACK
+    }
+}
+
+/// Packs OIHW weights (`[oc, k]`) into row panels of `rows`: panel `t` holds rows
+/// `t*rows..`, `K`-major.
+pub fn pack_weights(w: &[f32], oc: usize, k: usize, rows: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(oc * k, 0.0);
+    let mut at = 0;
+    let mut r0 = 0;
+    while r0 < oc {
+        let mr = rows.min(oc - r0);
+        for kk in 0..k {
+            for r in 0..mr {
+                out[at + kk * mr + r] = w[(r0 + r) * k + kk];
+            }
+        }
+        at += mr * k;
+        r0 += mr;
+    }
+}
+
+/// Copies one image `x: [c, h, w]` into zero-padded planes split by stride phase: phase
+/// `(py, px)` of channel `c` holds padded pixels `(i * sh + py, j * sw + px)`.
+pub fn pack_planes(plan: &ConvPlan, x: &[f32], out: &mut [f32]) {
+    let s = &plan.spec;
+    let (h, w) = (plan.in_hw[0], plan.in_hw[1]);
+    let [sh, sw] = s.stride;
+    let [ph, pw] = plan.plane_hw;
+    let (pt, pl) = (s.pad[0], s.pad[1]);
+    let chan = plan.channel_len();
+    for c in 0..s.in_channels {
+        let src = &x[c * h * w..(c + 1) * h * w];
+        for py in 0..sh {
+            for px in 0..sw {
+                let base = c * chan + (py * sw + px) * ph * pw;
+                for i in 0..ph {
+                    let row = &mut out[base + i * pw..base + (i + 1) * pw];
+                    let iy = i * sh + py;
+                    if iy < pt || iy - pt >= h {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    let srow = &src[(iy - pt) * w..(iy - pt + 1) * w];
+                    if sw == 1 {
+                        // Columns j read ix = j - pl: zeros left, the row, zeros right.
+                        let lo = pl.min(pw);
+                        let hi = (pl + w).min(pw);
+                        row[..lo].fill(0.0);
+                        row[lo..hi].copy_from_slice(&srow[..hi - lo]);
+                        row[hi..].fill(0.0);
+                    } else {
+                        for (j, d) in row.iter_mut().enumerate() {
+                            let ix = j * sw + px;
+                            *d = if ix >= pl && ix - pl < w {
+                                srow[ix - pl]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let n = out.len();
+    out[n - SLACK..].fill(0.0);
+}
+
+/// A raw pointer that may cross threads: tiles write disjoint regions of one output.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer `off` elements further (a method, so closures capture the whole wrapper).
+    ///
+    /// # Safety
+    /// As `pointer::add`.
+    unsafe fn at(self, off: usize) -> SendPtr {
+        SendPtr(self.0.add(off))
+    }
+}
+
+/// A conv step on JIT tiles.
+pub struct JitConv {
+    plan: ConvPlan,
+    main: Option<TileFn>,
+    rem: Option<TileFn>,
+    main_edge: Option<TileFn>,
+    rem_edge: Option<TileFn>,
+    packed: Vec<f32>,
+    packed_version: Option<u64>,
+    _code: Arc<JitCode>,
+}
+
+impl JitConv {
+    pub fn new(plan: ConvPlan, tiles: &CompiledTiles) -> JitConv {
+        let get = |t: &Option<TileSpec>| t.as_ref().map(|t| tiles.get(t));
+        JitConv {
+            main: get(&plan.main),
+            rem: get(&plan.rem),
+            main_edge: get(&plan.main_edge),
+            rem_edge: get(&plan.rem_edge),
+            plan,
+            packed: vec![],
+            packed_version: None,
+            _code: tiles.code.clone(),
+        }
+    }
+
+    /// Per-channel operand vectors of the fused ops, in tile-operand order.
+    fn tile_operands(&self, ins: &[&[f32]]) -> Vec<Vec<f32>> {
+        let s = &self.plan.spec;
+        let mut ops = vec![];
+        if s.bias {
+            ops.push(ins[2].to_vec());
+        }
+        let mut at = 2 + s.bias as usize;
+        for step in &self.plan.epilogue[..self.plan.fused] {
+            match step {
+                EpilogueStep::BatchNormEval(bn) => {
+                    let (gamma, beta, mean, var) = (ins[at], ins[at + 1], ins[at + 2], ins[at + 3]);
+                    let scale: Vec<f32> = gamma
+                        .iter()
+                        .zip(var)
+                        .map(|(g, v)| g / (v + bn.eps).sqrt())
+                        .collect();
+                    let shift = beta
+                        .iter()
+                        .zip(mean)
+                        .zip(&scale)
+                        .map(|((b, m), s)| b - m * s)
+                        .collect();
+                    ops.push(scale);
+                    ops.push(shift);
+                }
+                // Residual tensors are addressed per image below.
+                EpilogueStep::Add => ops.push(vec![]),
+                EpilogueStep::Relu => {}
+                EpilogueStep::BatchNormTrain(_) => unreachable!("not fused"),
+            }
+            at += step.operands();
+        }
+        ops
+    }
+
+    /// Indices into `ins` of the residual operands of the fused steps, in order.
+    fn residual_inputs(&self) -> Vec<usize> {
+        let mut at = 2 + self.plan.spec.bias as usize;
+        let mut v = vec![];
+        for step in &self.plan.epilogue[..self.plan.fused] {
+            if matches!(step, EpilogueStep::Add) {
+                v.push(at);
+            }
+            at += step.operands();
+        }
+        v
+    }
+
+    /// Runs the tiles of row panels `panels` of one image whose input planes are `planes`.
+    ///
+    /// # Safety
+    /// `y` points at the image's output; the panels' rows are written by this call only.
+    unsafe fn image_tiles(
+        &self,
+        planes: &[f32],
+        y: SendPtr,
+        channel_ops: &[Vec<f32>],
+        residuals: &[&[f32]],
+        panels: std::ops::Range<usize>,
+    ) {
+        let plan = &self.plan;
+        let (k, p, oc) = (plan.k, plan.p, plan.spec.out_channels);
+        let [oh, ow] = plan.out_hw;
+        let full = ow / NR;
+        let pw = plan.plane_hw[1];
+        let mut ptrs: Vec<*const f32> = Vec::with_capacity(plan.tile_ops.len() + 1);
+        let mut scratch = [0.0f32; MR * NR];
+        let mut edge_ops: Vec<&[f32]> = vec![];
+        let mut tile = |t: usize, oy: usize, ptrs: &mut Vec<*const f32>| {
+            let r0 = t * plan.mr;
+            let mr = plan.mr.min(oc - r0);
+            let (f, f_edge) = if mr == plan.mr {
+                (self.main, self.main_edge)
+            } else {
+                (self.rem, self.rem_edge)
+            };
+            let a = self.packed.as_ptr().add(r0 * k);
+            let b_row = planes.as_ptr().add(oy * pw);
+            let c_row = r0 * p + oy * ow;
+            if let Some(f) = f {
+                for q in 0..full {
+                    let col0 = q * NR;
+                    ptrs.clear();
+                    let mut res = residuals.iter();
+                    let mut chan = channel_ops.iter();
+                    for op in &plan.tile_ops {
+                        match op {
+                            TileOp::Shift => ptrs.push(chan.next().expect("op").as_ptr().add(r0)),
+                            TileOp::ScaleShift => {
+                                ptrs.push(chan.next().expect("op").as_ptr().add(r0));
+                                ptrs.push(chan.next().expect("op").as_ptr().add(r0));
+                            }
+                            TileOp::Add => {
+                                chan.next();
+                                let r = res.next().expect("residual");
+                                ptrs.push(r.as_ptr().add(c_row + col0))
+                            }
+                            TileOp::Relu => {}
+                        }
+                    }
+                    f(a, b_row.add(col0), y.0.add(c_row + col0), ptrs.as_ptr());
+                }
+            }
+            if let Some(f) = f_edge {
+                let col0 = full * NR;
+                let width = ow - col0;
+                f(a, b_row.add(col0), scratch.as_mut_ptr(), std::ptr::null());
+                // The plain-Rust epilogue twin on the valid part, then copy out.
+                edge_ops.clear();
+                let mut res = residuals.iter();
+                let mut chan = channel_ops.iter();
+                for op in &plan.tile_ops {
+                    match op {
+                        TileOp::Shift => edge_ops.push(&chan.next().expect("op")[r0..]),
+                        TileOp::ScaleShift => {
+                            edge_ops.push(&chan.next().expect("op")[r0..]);
+                            edge_ops.push(&chan.next().expect("op")[r0..]);
+                        }
+                        TileOp::Add => {
+                            chan.next();
+                            edge_ops.push(&res.next().expect("residual")[c_row + col0..])
+                        }
+                        TileOp::Relu => {}
+                    }
+                }
+                apply_tile_ops(&plan.tile_ops, mr, width, &mut scratch, NR, &edge_ops, p);
+                for r in 0..mr {
+                    std::ptr::copy_nonoverlapping(
+                        scratch.as_ptr().add(r * NR),
+                        y.0.add(c_row + r * p + col0),
+                        width,
+                    );
+                }
+            }
+        };
+        if plan.k * oc * 4 <= L2_WEIGHT_BYTES {
+            // All weights stay in L2; each output row's input rows stay in L1.
+            for oy in 0..oh {
+                for t in panels.clone() {
+                    tile(t, oy, &mut ptrs);
+                }
+            }
+        } else {
+            // One weight panel at a time stays in L1/L2 while the rows sweep over it.
+            for t in panels {
+                for oy in 0..oh {
+                    tile(t, oy, &mut ptrs);
+                }
+            }
+        }
+    }
+}
+
+impl StepKernel for JitConv {
+    fn run(
+        &mut self,
+        ctx: &KernelCtx,
+        ins: &[&[f32]],
+        inouts: &mut [Vec<f32>],
+        outs: &mut [Vec<f32>],
+    ) {
+        let plan = &self.plan;
+        let s = plan.spec;
+        let n = ctx.n;
+        if self.packed_version != Some(ctx.params_version) {
+            pack_weights(ins[1], s.out_channels, plan.k, plan.mr, &mut self.packed);
+            self.packed_version = Some(ctx.params_version);
+        }
+        let channel_ops = self.tile_operands(ins);
+        let res_idx = self.residual_inputs();
+        let in_chw = s.in_channels * plan.in_hw[0] * plan.in_hw[1];
+        let out_chw = s.out_channels * plan.p;
+        let (first, rest) = outs.split_first_mut().expect("conv has an output");
+        let x = ins[0];
+        let y = SendPtr(first.as_mut_ptr());
+        let panels = plan.row_panels();
+        let this = &*self;
+        if n >= rayon::current_num_threads() {
+            (0..n).into_par_iter().for_each_init(
+                || vec![0.0f32; this.plan.planes_len()],
+                |cols, i| {
+                    pack_planes(&this.plan, &x[i * in_chw..(i + 1) * in_chw], cols);
+                    let residuals: Vec<&[f32]> = res_idx
+                        .iter()
+                        .map(|&r| &ins[r][i * out_chw..(i + 1) * out_chw])
+                        .collect();
+                    // SAFETY: image `i` owns output elements `i*out_chw..(i+1)*out_chw`.
+                    unsafe {
+                        this.image_tiles(
+                            cols,
+                            y.at(i * out_chw),
+                            &channel_ops,
+                            &residuals,
+                            0..panels,
+                        )
+                    };
+                },
+            );
+        } else {
+            let mut cols = vec![0.0f32; plan.planes_len()];
+            for i in 0..n {
+                pack_planes(plan, &x[i * in_chw..(i + 1) * in_chw], &mut cols);
+                let residuals: Vec<&[f32]> = res_idx
+                    .iter()
+                    .map(|&r| &ins[r][i * out_chw..(i + 1) * out_chw])
+                    .collect();
+                let yi = unsafe { y.at(i * out_chw) };
+                let threads = rayon::current_num_threads().min(panels).max(1);
+                let cols = &cols;
+                let residuals = &residuals;
+                let channel_ops = &channel_ops;
+                (0..threads).into_par_iter().for_each(|t| {
+                    let lo = t * panels / threads;
+                    let hi = (t + 1) * panels / threads;
+                    // SAFETY: thread `t` owns the rows of panels `lo..hi`.
+                    unsafe { this.image_tiles(cols, yi, channel_ops, residuals, lo..hi) };
+                });
+            }
+        }
+        // The rest of the epilogue over the whole output, as the reference runs it.
+        let yd = Dims4::new(n, s.out_channels, plan.out_hw[0], plan.out_hw[1]);
+        let mut at = 2 + s.bias as usize;
+        let mut at_inout = 0;
+        for step in &plan.epilogue[..plan.fused] {
+            at += step.operands();
+        }
+        let mut export = plan
+            .exports
+            .iter()
+            .position(|&e| e >= plan.fused)
+            .unwrap_or(plan.exports.len());
+        for (i, step) in plan.epilogue.iter().enumerate().skip(plan.fused) {
+            if plan.exports.get(export) == Some(&i) {
+                rest[export].copy_from_slice(first);
+                export += 1;
+            }
+            let (n_in, n_inout) = match step {
+                EpilogueStep::BatchNormTrain(_) => (2, 2),
+                other => (other.operands(), 0),
+            };
+            apply_epilogue_step(
+                step,
+                yd,
+                first,
+                &ins[at..at + n_in],
+                &mut inouts[at_inout..at_inout + n_inout],
+            );
+            at += n_in;
+            at_inout += n_inout;
+        }
+    }
+
+    fn engine(&self) -> &'static str {
+        "jit"
+    }
+
+    fn describe(&self) -> String {
+        let p = &self.plan;
+        format!(
+            "direct tiles {}x{} k={} fused={}",
+            p.mr,
+            NR,
+            p.k,
+            p.tile_ops
+                .iter()
+                .map(|o| format!("{o:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join("+")
+        )
+    }
+}

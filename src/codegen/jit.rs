@@ -1,0 +1,165 @@
+//! The JIT module: compiles a set of tile specializations into one Cranelift JIT module and
+//! hands out native function pointers. Identical specializations share one function.
+
+use super::microkernel::{emit_tile, tile_signature, TileFn, TileSpec};
+use cranelift_codegen::ir::UserFuncName;
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::FunctionBuilderContext;
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Why the JIT cannot run on this CPU, if it cannot: Cranelift's x86-64 vector lowering needs
+/// SSE4.1, and the tiles assume AVX's unaligned memory operands to run at speed.
+pub fn cpu_unsupported() -> Option<String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let missing: Vec<&str> = [
+            ("sse4.1", std::arch::is_x86_feature_detected!("sse4.1")),
+            ("avx", std::arch::is_x86_feature_detected!("avx")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+        ]
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
+        if missing.is_empty() {
+            None
+        } else {
+            Some(format!(
+                "this CPU lacks {}; the JIT needs SSE4.1, AVX and FMA",
+                missing.join(", ")
+            ))
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Some("the JIT targets x86-64 only".to_string())
+    }
+}
+
+/// Finalized native code. The functions stay valid while this lives; kernels hold it in an
+/// `Arc` so the code outlives every pointer into it.
+pub struct JitCode {
+    module: Option<JITModule>,
+}
+
+// SAFETY: after `finalize_definitions` the module is only kept alive, never mutated; the code
+// pages are read-only and executable, and may be called from any thread.
+unsafe impl Send for JitCode {}
+unsafe impl Sync for JitCode {}
+
+impl Drop for JitCode {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: the last `Arc` is gone, so no kernel can call into the code any more.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// Collects tile specializations, compiles them together, and resolves them to pointers.
+#[derive(Default)]
+pub struct TileSet {
+    specs: BTreeMap<TileSpec, usize>,
+}
+
+/// The compiled tiles of a [`TileSet`].
+pub struct CompiledTiles {
+    pub code: Arc<JitCode>,
+    fns: BTreeMap<TileSpec, TileFn>,
+    /// Cranelift IR text per symbol (kept only when asked).
+    pub clif: BTreeMap<String, String>,
+    pub compile_time: std::time::Duration,
+}
+
+impl CompiledTiles {
+    pub fn get(&self, spec: &TileSpec) -> TileFn {
+        *self
+            .fns
+            .get(spec)
+            .unwrap_or_else(|| panic!("tile {} was not compiled", spec.symbol()))
+    }
+    pub fn len(&self) -> usize {
+        self.fns.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.fns.is_empty()
+    }
+}
+
+impl TileSet {
+    pub fn add(&mut self, spec: TileSpec) {
+        let n = self.specs.len();
+        self.specs.entry(spec).or_insert(n);
+    }
+
+    /// Compiles every tile into one module. `keep_clif` keeps the IR text for `--emit clif`.
+    pub fn compile(&self, keep_clif: bool) -> Result<CompiledTiles, String> {
+        let start = std::time::Instant::now();
+        let mut flags = settings::builder();
+        let set = |f: &mut settings::Builder, k: &str, v: &str| {
+            f.set(k, v).map_err(|e| format!("cranelift flag {k}: {e}"))
+        };
+        set(&mut flags, "use_colocated_libcalls", "false")?;
+        set(&mut flags, "is_pic", "false")?;
+        // `speed` reorders the hand-placed loads of the tile and measured slower here.
+        set(&mut flags, "opt_level", "none")?;
+        let verify = if cfg!(debug_assertions) {
+            "true"
+        } else {
+            "false"
+        };
+        set(&mut flags, "enable_verifier", verify)?;
+        let isa = cranelift_native::builder()
+            .map_err(|e| format!("host not supported by cranelift: {e}"))?
+            .finish(settings::Flags::new(flags))
+            .map_err(|e| format!("cranelift ISA: {e}"))?;
+        let call_conv = isa.default_call_conv();
+        let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+        let mut ctx = module.make_context();
+        let mut fctx = FunctionBuilderContext::new();
+        let mut ids: Vec<(TileSpec, FuncId)> = vec![];
+        let mut clif = BTreeMap::new();
+        for spec in self.specs.keys() {
+            let sig = tile_signature(call_conv);
+            let name = spec.symbol();
+            let id = module
+                .declare_function(&name, Linkage::Local, &sig)
+                .map_err(|e| format!("declare {name}: {e}"))?;
+            ctx.func.signature = sig;
+            ctx.func.name = UserFuncName::user(0, id.as_u32());
+            emit_tile(spec, &mut ctx.func, &mut fctx, module.target_config());
+            if keep_clif {
+                clif.insert(name.clone(), ctx.func.display().to_string());
+            }
+            module
+                .define_function(id, &mut ctx)
+                .map_err(|e| format!("compile {name}: {e:?}"))?;
+            module.clear_context(&mut ctx);
+            ids.push((spec.clone(), id));
+        }
+        module
+            .finalize_definitions()
+            .map_err(|e| format!("finalize: {e}"))?;
+        let fns = ids
+            .into_iter()
+            .map(|(spec, id)| {
+                let p = module.get_finalized_function(id);
+                // SAFETY: the function was emitted with `tile_signature`, which is `TileFn`'s
+                // C ABI on this target.
+                let f = unsafe { std::mem::transmute::<*const u8, TileFn>(p) };
+                (spec, f)
+            })
+            .collect();
+        Ok(CompiledTiles {
+            code: Arc::new(JitCode {
+                module: Some(module),
+            }),
+            fns,
+            clif,
+            compile_time: start.elapsed(),
+        })
+    }
+}

@@ -1,0 +1,12 @@
+//! Code generation: fused IR steps become native kernels built around one JIT-compiled,
+//! shape-specialized f32x4 micro-kernel ([`microkernel`]), with plain-Rust loops, packing and
+//! transforms around it ([`conv`]). [`JitEngine`] is the runtime's [`Engine`] for them.
+//!
+//! [`Engine`]: resnetc_runtime::engine::Engine
+
+pub mod conv;
+pub mod engine;
+pub mod jit;
+pub mod microkernel;
+
+pub use engine::JitEngine;
