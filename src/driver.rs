@@ -101,11 +101,13 @@ pub struct BuildOptions {
 /// The kernels a program runs on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EngineKind {
-    /// Cranelift-generated native kernels where the JIT has them, reference kernels for the
-    /// rest; falls back to the reference engine (with a warning) on a CPU the JIT cannot use.
-    #[default]
+    /// Cranelift-generated native kernels where the JIT has them (forward convolutions
+    /// today), reference kernels for the rest; falls back to the reference engine (with a
+    /// warning) on a CPU the JIT cannot use.
     Jit,
-    /// The plain-Rust reference kernels: the oracle.
+    /// The plain-Rust reference kernels: the oracle, and the default until the JIT measures
+    /// faster (its 128-bit tiles trail the reference's 256-bit GEMM on large batches).
+    #[default]
     Reference,
 }
 
@@ -618,7 +620,21 @@ pub fn single_steps(
     Ok(losses)
 }
 
+/// The 128-bit peak of this machine's cores, GFLOP/s per core: two f32x4 multiplies and two
+/// f32x4 adds per cycle at 3.1 GHz (Zen 3; GUIDE.md section 6). `bench --layers` reports
+/// each conv against it.
+pub const PEAK_128_GFLOPS_PER_CORE: f64 = 49.6;
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Median milliseconds per batch for each batch size.
+#[allow(clippy::too_many_arguments)]
 pub fn bench(
     opts: &BuildOptions,
     batches: &[usize],
@@ -626,6 +642,7 @@ pub fn bench(
     iters: usize,
     json: bool,
     profile: bool,
+    layers: bool,
 ) -> Result<String, CliError> {
     let program = if train_mode {
         training_program(opts, DEFAULT_SGD)?
@@ -635,7 +652,11 @@ pub fn bench(
     let per: usize = program.input_shape.iter().product();
     let classes = program.classes;
     let name = program.name.clone();
+    let setup = Instant::now();
     let mut exec = executor(program, 1, opts.engine)?;
+    // The JIT compile of the whole program (and the kernels' set-up); ~0 for the reference.
+    let compile_ms = setup.elapsed().as_secs_f64() * 1e3;
+    let engine = exec.engine();
     exec.init_he(0);
     exec.lr = 1e-4;
     let mut out = String::new();
@@ -654,6 +675,48 @@ pub fn bench(
         }
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
+        let max = times[times.len() - 1];
+        if layers {
+            exec.enable_profile();
+            exec.run(&x, labels)?;
+            exec.take_profile();
+            let threads = rayon::current_num_threads() as f64;
+            out += &format!(
+                "layers at batch {n} ({engine} engine; GFLOP/s counted as direct convolution, peak = {:.1} GFLOP/s at 128 bits on {threads} threads):\n",
+                PEAK_128_GFLOPS_PER_CORE * threads
+            );
+            out += &format!(
+                "  {:<34} {:<24} {:>9} {:>9} {:>7}  {}\n",
+                "step", "kernel", "ms", "GFLOP/s", "% peak", "specialization"
+            );
+            let table = exec.kernel_table();
+            for ((step, t), (_, eng, desc)) in
+                exec.program.steps.iter().zip(exec.step_times()).zip(&table)
+            {
+                let ms = t.as_secs_f64() * 1e3;
+                let flops = match &step.kernel {
+                    resnetc_runtime::program::Kernel::Conv { spec, in_hw, .. } => spec
+                        .out_hw(in_hw[0], in_hw[1])
+                        .map(|(oh, ow)| 2.0 * spec.macs(oh, ow) as f64 * n as f64),
+                    _ => None,
+                };
+                let (gf, pct) = match flops {
+                    Some(f) if ms > 0.0 => {
+                        let g = f / (ms * 1e-3) / 1e9;
+                        (
+                            format!("{g:.1}"),
+                            format!("{:.0}", 100.0 * g / (PEAK_128_GFLOPS_PER_CORE * threads)),
+                        )
+                    }
+                    _ => (String::new(), String::new()),
+                };
+                out += &format!(
+                    "  {:<34} {:<24} {ms:>9.3} {gf:>9} {pct:>7}  {eng} {desc}\n",
+                    step.name,
+                    step.kernel.kind()
+                );
+            }
+        }
         if profile {
             exec.enable_profile();
             exec.run(&x, labels)?;
@@ -680,19 +743,23 @@ pub fn bench(
         let planned = exec.program.planned_bytes(n);
         let activations = exec.program.activation_bytes(n);
         let unplanned = exec.program.unplanned_elems_per_item * n * 4;
+        let peak = peak_rss_bytes();
         out += &format!(
-            "{name} {what} batch {n}: median {median:.2} ms ({:.1} images/s), min {:.2} ms, {} runs, {} threads; \
-             memory plan {:.1} MiB ({:.1} MiB activations, {:.1} MiB without reuse)\n",
+            "{name} {what} batch {n} ({engine}): median {median:.2} ms ({:.1} images/s), min {:.2} ms, max {max:.2} ms, {} runs, {} threads; \
+             compile {compile_ms:.1} ms; memory plan {:.1} MiB ({:.1} MiB activations, {:.1} MiB without reuse), peak RSS {}\n",
             n as f64 * 1e3 / median,
             times[0],
             times.len(),
             rayon::current_num_threads(),
             mib(planned),
             mib(activations),
-            mib(unplanned)
+            mib(unplanned),
+            peak.map_or("unknown".to_string(), |b| format!("{:.1} MiB", mib(b as usize)))
         );
-        rows.push(serde_json::json!({"model": name, "mode": what, "batch": n, "median_ms": median, "min_ms": times[0],
+        rows.push(serde_json::json!({"model": name, "mode": what, "engine": engine, "batch": n,
+            "median_ms": median, "min_ms": times[0], "max_ms": max,
             "images_per_s": n as f64 * 1e3 / median, "threads": rayon::current_num_threads(),
+            "compile_ms": compile_ms, "peak_bytes": peak,
             "planned_bytes": planned, "activation_bytes": activations, "unplanned_activation_bytes": unplanned}));
     }
     if json {

@@ -64,9 +64,9 @@ struct CompileArgs {
     /// Override a model parameter: -D n=9 (repeatable).
     #[arg(short = 'D', value_name = "NAME=VALUE")]
     define: Vec<String>,
-    /// Kernels to run on: `jit` (native code generated with Cranelift, the default) or
-    /// `reference` (the plain-Rust oracle).
-    #[arg(long, value_enum, default_value_t = EngineArg::Jit)]
+    /// Kernels to run on: `reference` (plain Rust, the default) or `jit` (convolutions as
+    /// native code generated with Cranelift; experimental, see the README's figures).
+    #[arg(long, value_enum, default_value_t = EngineArg::Reference)]
     engine: EngineArg,
 }
 
@@ -192,6 +192,9 @@ struct BenchArgs {
     /// Also print the time spent per kernel kind in one run.
     #[arg(long)]
     profile: bool,
+    /// Also print each step's time, GFLOP/s and % of the 128-bit peak in one run.
+    #[arg(long)]
+    layers: bool,
 }
 
 fn build_options(c: &CompileArgs) -> Result<BuildOptions, CliError> {
@@ -419,8 +422,10 @@ fn main() -> ExitCode {
             let batches = batches.map_err(|_| {
                 CliError::usage(format!("--batch {}: expected sizes like 1,16", b.batch))
             })?;
-            driver::bench(&opts, &batches, b.train, b.iters, b.json, b.profile)
-                .map(|t| print!("{t}"))
+            driver::bench(
+                &opts, &batches, b.train, b.iters, b.json, b.profile, b.layers,
+            )
+            .map(|t| print!("{t}"))
         }),
     };
     match result {

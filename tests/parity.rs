@@ -224,8 +224,18 @@ fn known_answer(name: &str, weights: &str, expected: usize) {
     ) else {
         return;
     };
-    let (correct, total) = driver::evaluate(&model(name), &w, Some(Path::new(&data)), 250).unwrap();
-    assert_eq!((correct, total), (expected, 1000), "{name} with {weights}");
+    for engine in ENGINES {
+        let opts = BuildOptions {
+            engine,
+            ..model(name)
+        };
+        let (correct, total) = driver::evaluate(&opts, &w, Some(Path::new(&data)), 250).unwrap();
+        assert_eq!(
+            (correct, total),
+            (expected, 1000),
+            "{name} with {weights} on the {engine:?} engine"
+        );
+    }
 }
 
 #[test]

@@ -27,6 +27,8 @@ pub struct Executor {
     prepared: bool,
     /// Per-kernel-kind wall time, when profiling is on.
     profile: Option<std::collections::BTreeMap<&'static str, (u32, std::time::Duration)>>,
+    /// Per-step wall time of the last run, when profiling is on.
+    step_times: Vec<std::time::Duration>,
 }
 
 impl Executor {
@@ -76,6 +78,7 @@ impl Executor {
             sgd_steps: 0,
             prepared: false,
             profile: None,
+            step_times: vec![],
         }
     }
 
@@ -267,8 +270,13 @@ impl Executor {
         }
         let steps = std::mem::take(&mut self.program.steps);
         let mut kernels = std::mem::take(&mut self.kernels);
+        self.step_times.clear();
         for (step, kernel) in steps.iter().zip(kernels.iter_mut()) {
+            let start = self.profile.is_some().then(std::time::Instant::now);
             self.run_step(step, kernel.as_mut());
+            if let Some(t) = start {
+                self.step_times.push(t.elapsed());
+            }
         }
         self.program.steps = steps;
         self.kernels = kernels;
@@ -319,6 +327,11 @@ impl Executor {
         for (&b, v) in step.inouts.iter().zip(inouts) {
             self.bufs[b] = v;
         }
+    }
+
+    /// Wall time of each step of the last run (profiling on), in schedule order.
+    pub fn step_times(&self) -> &[std::time::Duration] {
+        &self.step_times
     }
 
     /// A buffer's contents (for tests and debugging).

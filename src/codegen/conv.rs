@@ -44,8 +44,15 @@ const NR: usize = 4 * NV;
 /// Floats past the last plane, read (and discarded) by the unused lanes of edge tiles.
 const SLACK: usize = 2 * NR;
 /// Weights up to this size stay in L2 while the output rows sweep over them; larger ones
-/// are swept panel by panel instead.
+/// are swept panel by panel, one reduction block at a time.
 const L2_WEIGHT_BYTES: usize = 256 * 1024;
+/// From this reduction length on, each image's columns are packed contiguously per tile
+/// (the taps of a direct tile otherwise touch `K` cache lines per tile). Off by default:
+/// measured on ResNet-20 and ResNet-50 with a threshold of 256 it did not beat direct tiles
+/// (see the JIT issue's note); tests force it on so the path stays correct for tuning.
+pub const PACK_FROM_K: usize = usize::MAX;
+/// Reduction block of packed mode: an `MR x KC` weight block stays in L1.
+const KC: usize = 256;
 
 /// The shape-specialized plan of one conv step: what to compile and how to run it.
 #[derive(Clone, Debug)]
@@ -72,11 +79,20 @@ pub struct ConvPlan {
     /// Scratch variants (`ldc = NR`, no epilogue) for the partial last tile of output rows.
     pub main_edge: Option<TileSpec>,
     pub rem_edge: Option<TileSpec>,
+    /// Packed mode (large reductions): `(k0, len)` of each reduction block, and per block
+    /// the main and remainder tiles over packed columns. Empty in direct mode.
+    pub kblocks: Vec<(usize, usize)>,
+    pub block_tiles: Vec<(Option<TileSpec>, Option<TileSpec>)>,
 }
 
 impl ConvPlan {
     /// The plan for a conv kernel, or `None` when the JIT does not handle it (grouped convs).
     pub fn new(kernel: &Kernel) -> Option<ConvPlan> {
+        Self::with_packing(kernel, PACK_FROM_K)
+    }
+
+    /// Like [`ConvPlan::new`], packing columns from reduction length `pack_from_k` on.
+    pub fn with_packing(kernel: &Kernel, pack_from_k: usize) -> Option<ConvPlan> {
         let Kernel::Conv {
             spec,
             in_hw,
@@ -141,7 +157,43 @@ impl ConvPlan {
         let full_cols = ow / NR > 0;
         let partial_col = !ow.is_multiple_of(NR);
         let rem_rows = oc % mr_main;
+        let packed = k >= pack_from_k;
+        let mut kblocks = vec![];
+        let mut block_tiles = vec![];
+        if packed {
+            let mut k0 = 0;
+            while k0 < k {
+                let len = KC.min(k - k0);
+                kblocks.push((k0, len));
+                k0 += len;
+            }
+            let nb = kblocks.len();
+            let block = |mr: usize, b: usize, len: usize| TileSpec {
+                accumulate: b > 0,
+                epilogue: if b + 1 == nb {
+                    tile_ops.clone()
+                } else {
+                    vec![]
+                },
+                ..TileSpec::gemm(mr, NV, len, NR, p)
+            };
+            for (b, &(_, len)) in kblocks.iter().enumerate() {
+                block_tiles.push((
+                    (oc >= mr_main && full_cols).then(|| block(mr_main, b, len)),
+                    (rem_rows > 0 && full_cols).then(|| block(rem_rows, b, len)),
+                ));
+            }
+        }
+        let edge = |mr: usize| {
+            if packed {
+                TileSpec::gemm(mr, NV, k, NR, NR)
+            } else {
+                tile(mr, true)
+            }
+        };
         Some(ConvPlan {
+            kblocks,
+            block_tiles,
             mr: mr_main,
             spec: *spec,
             in_hw: *in_hw,
@@ -152,10 +204,10 @@ impl ConvPlan {
             epilogue: epilogue.clone(),
             exports: exports.clone(),
             fused: stop,
-            main: (oc >= mr_main && full_cols).then(|| tile(mr_main, false)),
-            rem: (rem_rows > 0 && full_cols).then(|| tile(rem_rows, false)),
-            main_edge: (oc >= mr_main && partial_col).then(|| tile(mr_main, true)),
-            rem_edge: (rem_rows > 0 && partial_col).then(|| tile(rem_rows, true)),
+            main: (!packed && oc >= mr_main && full_cols).then(|| tile(mr_main, false)),
+            rem: (!packed && rem_rows > 0 && full_cols).then(|| tile(rem_rows, false)),
+            main_edge: (oc >= mr_main && partial_col).then(|| edge(mr_main)),
+            rem_edge: (rem_rows > 0 && partial_col).then(|| edge(rem_rows)),
             tile_ops,
         })
     }
@@ -163,7 +215,27 @@ impl ConvPlan {
     pub fn tiles(&self) -> impl Iterator<Item = &TileSpec> {
         [&self.main, &self.rem, &self.main_edge, &self.rem_edge]
             .into_iter()
+            .chain(self.block_tiles.iter().flat_map(|(m, r)| [m, r]))
             .flatten()
+    }
+
+    /// Whether each image's columns are packed per tile before the tiles run.
+    pub fn packs_columns(&self) -> bool {
+        !self.kblocks.is_empty()
+    }
+
+    /// Column tiles per output row.
+    fn col_tiles(&self) -> usize {
+        self.out_hw[1].div_ceil(NR)
+    }
+
+    /// Floats of one image's packed columns (packed mode), else 0.
+    pub fn packed_cols_len(&self) -> usize {
+        if self.packs_columns() {
+            self.out_hw[0] * self.col_tiles() * self.k * NR
+        } else {
+            0
+        }
     }
 
     pub fn add_tiles(&self, set: &mut TileSet) {
@@ -251,6 +323,45 @@ pub fn pack_planes(plan: &ConvPlan, x: &[f32], out: &mut [f32]) {
     out[n - SLACK..].fill(0.0);
 }
 
+/// Packed mode: gathers, for every tile `(oy, q)`, the `K x NR` floats its taps read from
+/// the phase-split planes into one contiguous block, so a tile streams its columns.
+pub fn pack_tile_columns(plan: &ConvPlan, planes: &[f32], out: &mut [f32]) {
+    let [oh, _] = plan.out_hw;
+    let nq = plan.col_tiles();
+    let pw = plan.plane_hw[1];
+    let cstride = plan.channel_len();
+    let taps = tap_offsets(&plan.spec, plan.plane_hw);
+    let k = plan.k;
+    for oy in 0..oh {
+        for q in 0..nq {
+            let dst = &mut out[(oy * nq + q) * k * NR..(oy * nq + q + 1) * k * NR];
+            let base = oy * pw + q * NR;
+            let mut at = 0;
+            for ci in 0..plan.spec.in_channels {
+                let cb = base + ci * cstride;
+                for &tap in &taps {
+                    dst[at..at + NR].copy_from_slice(&planes[cb + tap..cb + tap + NR]);
+                    at += NR;
+                }
+            }
+        }
+    }
+}
+
+/// Offsets of the kernel's taps in one channel's phase planes: tap `(ki, kj)` of output
+/// pixel `(oy, ox)` reads phase `(ki % sh, kj % sw)` at `(oy + ki / sh, ox + kj / sw)`.
+fn tap_offsets(spec: &ConvSpec, plane_hw: [usize; 2]) -> Vec<usize> {
+    let [sh, sw] = spec.stride;
+    let phase = plane_hw[0] * plane_hw[1];
+    let mut taps = vec![];
+    for ki in 0..spec.kernel[0] {
+        for kj in 0..spec.kernel[1] {
+            taps.push(((ki % sh) * sw + kj % sw) * phase + (ki / sh) * plane_hw[1] + kj / sw);
+        }
+    }
+    taps
+}
+
 /// A raw pointer that may cross threads: tiles write disjoint regions of one output.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -274,6 +385,8 @@ pub struct JitConv {
     rem: Option<TileFn>,
     main_edge: Option<TileFn>,
     rem_edge: Option<TileFn>,
+    /// Packed mode: main and remainder tile per reduction block.
+    blocks: Vec<(Option<TileFn>, Option<TileFn>)>,
     packed: Vec<f32>,
     packed_version: Option<u64>,
     _code: Arc<JitCode>,
@@ -287,6 +400,11 @@ impl JitConv {
             rem: get(&plan.rem),
             main_edge: get(&plan.main_edge),
             rem_edge: get(&plan.rem_edge),
+            blocks: plan
+                .block_tiles
+                .iter()
+                .map(|(m, r)| (get(m), get(r)))
+                .collect(),
             plan,
             packed: vec![],
             packed_version: None,
@@ -359,11 +477,18 @@ impl JitConv {
         let (k, p, oc) = (plan.k, plan.p, plan.spec.out_channels);
         let [oh, ow] = plan.out_hw;
         let full = ow / NR;
+        let nq = plan.col_tiles();
         let pw = plan.plane_hw[1];
         let mut ptrs: Vec<*const f32> = Vec::with_capacity(plan.tile_ops.len() + 1);
         let mut scratch = [0.0f32; MR * NR];
         let mut edge_ops: Vec<&[f32]> = vec![];
-        let mut tile = |t: usize, oy: usize, ptrs: &mut Vec<*const f32>| {
+        // `blocks_only`: the reduction blocks this call runs for full tiles; `edges`: whether
+        // it also runs the (full-reduction) edge tiles.
+        let mut tile = |t: usize,
+                        oy: usize,
+                        blocks_only: std::ops::Range<usize>,
+                        edges: bool,
+                        ptrs: &mut Vec<*const f32>| {
             let r0 = t * plan.mr;
             let mr = plan.mr.min(oc - r0);
             let (f, f_edge) = if mr == plan.mr {
@@ -372,36 +497,50 @@ impl JitConv {
                 (self.rem, self.rem_edge)
             };
             let a = self.packed.as_ptr().add(r0 * k);
-            let b_row = planes.as_ptr().add(oy * pw);
+            let packed_cols = plan.packs_columns();
+            // Direct mode reads the planes row; packed mode the row's packed tiles.
+            let b_row = if packed_cols {
+                planes.as_ptr().add(oy * nq * k * NR)
+            } else {
+                planes.as_ptr().add(oy * pw)
+            };
+            let b_tile = |q: usize| {
+                if packed_cols {
+                    b_row.add(q * k * NR)
+                } else {
+                    b_row.add(q * NR)
+                }
+            };
             let c_row = r0 * p + oy * ow;
+            let blocks = blocks_only.clone();
+            for (q, b) in (0..full).flat_map(|q| blocks.clone().map(move |b| (q, b))) {
+                let (fm, fr) = self.blocks[b];
+                let f = if mr == plan.mr { fm } else { fr }.expect("block tile");
+                let (k0, _) = plan.kblocks[b];
+                let col0 = q * NR;
+                ptrs.clear();
+                if b + 1 == plan.kblocks.len() {
+                    tile_operand_ptrs(plan, channel_ops, residuals, r0, c_row + col0, ptrs);
+                }
+                f(
+                    a.add(k0 * mr),
+                    b_tile(q).add(k0 * NR),
+                    y.0.add(c_row + col0),
+                    ptrs.as_ptr(),
+                );
+            }
             if let Some(f) = f {
                 for q in 0..full {
                     let col0 = q * NR;
                     ptrs.clear();
-                    let mut res = residuals.iter();
-                    let mut chan = channel_ops.iter();
-                    for op in &plan.tile_ops {
-                        match op {
-                            TileOp::Shift => ptrs.push(chan.next().expect("op").as_ptr().add(r0)),
-                            TileOp::ScaleShift => {
-                                ptrs.push(chan.next().expect("op").as_ptr().add(r0));
-                                ptrs.push(chan.next().expect("op").as_ptr().add(r0));
-                            }
-                            TileOp::Add => {
-                                chan.next();
-                                let r = res.next().expect("residual");
-                                ptrs.push(r.as_ptr().add(c_row + col0))
-                            }
-                            TileOp::Relu => {}
-                        }
-                    }
-                    f(a, b_row.add(col0), y.0.add(c_row + col0), ptrs.as_ptr());
+                    tile_operand_ptrs(plan, channel_ops, residuals, r0, c_row + col0, ptrs);
+                    f(a, b_tile(q), y.0.add(c_row + col0), ptrs.as_ptr());
                 }
             }
-            if let Some(f) = f_edge {
+            if let (Some(f), true) = (f_edge, edges) {
                 let col0 = full * NR;
                 let width = ow - col0;
-                f(a, b_row.add(col0), scratch.as_mut_ptr(), std::ptr::null());
+                f(a, b_tile(full), scratch.as_mut_ptr(), std::ptr::null());
                 // The plain-Rust epilogue twin on the valid part, then copy out.
                 edge_ops.clear();
                 let mut res = residuals.iter();
@@ -430,20 +569,61 @@ impl JitConv {
                 }
             }
         };
+        let nb = plan.kblocks.len();
         if plan.k * oc * 4 <= L2_WEIGHT_BYTES {
             // All weights stay in L2; each output row's input rows stay in L1.
             for oy in 0..oh {
                 for t in panels.clone() {
-                    tile(t, oy, &mut ptrs);
+                    tile(t, oy, 0..nb, true, &mut ptrs);
                 }
             }
         } else {
-            // One weight panel at a time stays in L1/L2 while the rows sweep over it.
+            // One weight panel at a time, one reduction block at a time (packed mode), stays
+            // in L1/L2 while the rows sweep over it.
             for t in panels {
-                for oy in 0..oh {
-                    tile(t, oy, &mut ptrs);
+                if nb == 0 {
+                    for oy in 0..oh {
+                        tile(t, oy, 0..0, true, &mut ptrs);
+                    }
+                    continue;
+                }
+                for b in 0..nb {
+                    for oy in 0..oh {
+                        tile(t, oy, b..b + 1, b + 1 == nb, &mut ptrs);
+                    }
                 }
             }
+        }
+    }
+}
+
+/// The epilogue operand pointers of the tile at output row `r0` and output offset `c_off`
+/// (within the image), in [`TileOp`] order.
+///
+/// # Safety
+/// `r0` and `c_off` must lie inside the operands.
+unsafe fn tile_operand_ptrs(
+    plan: &ConvPlan,
+    channel_ops: &[Vec<f32>],
+    residuals: &[&[f32]],
+    r0: usize,
+    c_off: usize,
+    ptrs: &mut Vec<*const f32>,
+) {
+    let mut res = residuals.iter();
+    let mut chan = channel_ops.iter();
+    for op in &plan.tile_ops {
+        match op {
+            TileOp::Shift => ptrs.push(chan.next().expect("op").as_ptr().add(r0)),
+            TileOp::ScaleShift => {
+                ptrs.push(chan.next().expect("op").as_ptr().add(r0));
+                ptrs.push(chan.next().expect("op").as_ptr().add(r0));
+            }
+            TileOp::Add => {
+                chan.next();
+                ptrs.push(res.next().expect("residual").as_ptr().add(c_off))
+            }
+            TileOp::Relu => {}
         }
     }
 }
@@ -474,9 +654,20 @@ impl StepKernel for JitConv {
         let this = &*self;
         if n >= rayon::current_num_threads() {
             (0..n).into_par_iter().for_each_init(
-                || vec![0.0f32; this.plan.planes_len()],
-                |cols, i| {
-                    pack_planes(&this.plan, &x[i * in_chw..(i + 1) * in_chw], cols);
+                || {
+                    (
+                        vec![0.0f32; this.plan.planes_len()],
+                        vec![0.0f32; this.plan.packed_cols_len()],
+                    )
+                },
+                |(planes, packed), i| {
+                    pack_planes(&this.plan, &x[i * in_chw..(i + 1) * in_chw], planes);
+                    let cols = if this.plan.packs_columns() {
+                        pack_tile_columns(&this.plan, planes, packed);
+                        &*packed
+                    } else {
+                        &*planes
+                    };
                     let residuals: Vec<&[f32]> = res_idx
                         .iter()
                         .map(|&r| &ins[r][i * out_chw..(i + 1) * out_chw])
@@ -494,9 +685,16 @@ impl StepKernel for JitConv {
                 },
             );
         } else {
-            let mut cols = vec![0.0f32; plan.planes_len()];
+            let mut planes = vec![0.0f32; plan.planes_len()];
+            let mut packed = vec![0.0f32; plan.packed_cols_len()];
             for i in 0..n {
-                pack_planes(plan, &x[i * in_chw..(i + 1) * in_chw], &mut cols);
+                pack_planes(plan, &x[i * in_chw..(i + 1) * in_chw], &mut planes);
+                let cols = if plan.packs_columns() {
+                    pack_tile_columns(plan, &planes, &mut packed);
+                    &packed
+                } else {
+                    &planes
+                };
                 let residuals: Vec<&[f32]> = res_idx
                     .iter()
                     .map(|&r| &ins[r][i * out_chw..(i + 1) * out_chw])

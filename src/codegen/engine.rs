@@ -1,13 +1,14 @@
 //! The JIT engine: compiles every conv step of a program into one module of tiles and serves
 //! native kernels for them, and the reference kernels for every other step.
 
-use super::conv::{ConvPlan, JitConv};
+use super::conv::{ConvPlan, JitConv, PACK_FROM_K};
 use super::jit::{cpu_unsupported, CompiledTiles, TileSet};
 use resnetc_runtime::engine::{Engine, ReferenceEngine, StepKernel};
 use resnetc_runtime::program::{Kernel, Program, Step};
 
 pub struct JitEngine {
     tiles: CompiledTiles,
+    pack_from_k: usize,
 }
 
 impl JitEngine {
@@ -34,17 +35,28 @@ impl JitEngine {
         kernels: impl IntoIterator<Item = &'a Kernel>,
         keep_clif: bool,
     ) -> Result<JitEngine, String> {
+        Self::for_kernels_packing(kernels, keep_clif, PACK_FROM_K)
+    }
+
+    /// Like [`JitEngine::for_kernels`], packing conv columns from reduction length
+    /// `pack_from_k` on (see [`PACK_FROM_K`]).
+    pub fn for_kernels_packing<'a>(
+        kernels: impl IntoIterator<Item = &'a Kernel>,
+        keep_clif: bool,
+        pack_from_k: usize,
+    ) -> Result<JitEngine, String> {
         if let Some(why) = cpu_unsupported() {
             return Err(why);
         }
         let mut set = TileSet::default();
         for kernel in kernels {
-            if let Some(plan) = ConvPlan::new(kernel) {
+            if let Some(plan) = ConvPlan::with_packing(kernel, pack_from_k) {
                 plan.add_tiles(&mut set);
             }
         }
         Ok(JitEngine {
             tiles: set.compile(keep_clif)?,
+            pack_from_k,
         })
     }
 
@@ -76,7 +88,7 @@ impl Engine for JitEngine {
         "jit"
     }
     fn kernel(&self, step: &Step) -> Box<dyn StepKernel> {
-        match ConvPlan::new(&step.kernel) {
+        match ConvPlan::with_packing(&step.kernel, self.pack_from_k) {
             Some(plan) => Box::new(JitConv::new(plan, &self.tiles)),
             None => ReferenceEngine.kernel(step),
         }
