@@ -196,6 +196,8 @@ pub enum BuildEmit {
     Json,
     Ir(IrStage),
     Dot,
+    /// The Cranelift IR of the JIT's tiles, all of them or those of the named steps.
+    Clif(Option<String>),
 }
 
 pub fn build(opts: &BuildOptions, mode: Mode, emit: BuildEmit) -> Result<String, CliError> {
@@ -204,6 +206,9 @@ pub fn build(opts: &BuildOptions, mode: Mode, emit: BuildEmit) -> Result<String,
         let src = std::fs::read_to_string(&opts.model)
             .map_err(|e| CliError::Runtime(RuntimeError::io(&opts.model, e)))?;
         return frontend::pretty_source(&name, &src).map_err(CliError::Model);
+    }
+    if let BuildEmit::Clif(step) = &emit {
+        return emit_clif(opts, mode, step.as_deref());
     }
     let c = compile_model(opts, mode, None)?;
     Ok(match emit {
@@ -217,7 +222,51 @@ pub fn build(opts: &BuildOptions, mode: Mode, emit: BuildEmit) -> Result<String,
         BuildEmit::Ir(IrStage::Lowered) => print::to_text(&c.lowered),
         BuildEmit::Ir(_) => print::to_text(&c.optimized),
         BuildEmit::Dot => print::to_dot(&c.optimized),
+        BuildEmit::Clif(_) => unreachable!("handled above"),
     })
+}
+
+/// `build --emit clif [--kernel STEP]`: the generated Cranelift IR, one function per tile
+/// specialization, each headed by the steps that use it.
+fn emit_clif(opts: &BuildOptions, mode: Mode, step: Option<&str>) -> Result<String, CliError> {
+    let program = match mode {
+        Mode::Training => training_program(opts, DEFAULT_SGD)?,
+        Mode::Inference => inference_program(opts)?,
+    };
+    let jit = crate::codegen::JitEngine::with_clif(&program)
+        .map_err(|e| CliError::Internal(format!("JIT compilation failed: {e}")))?;
+    let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for s in &program.steps {
+        if step.is_none_or(|name| name == s.name) {
+            for sym in crate::codegen::JitEngine::step_tiles(s) {
+                users.entry(sym).or_default().push(s.name.clone());
+            }
+        }
+    }
+    if let Some(name) = step {
+        if users.is_empty() {
+            let convs: Vec<&str> = program
+                .steps
+                .iter()
+                .filter(|s| !crate::codegen::JitEngine::step_tiles(s).is_empty())
+                .map(|s| s.name.as_str())
+                .collect();
+            return Err(CliError::usage(format!(
+                "no JIT kernel for a step named `{name}`; JIT-compiled steps: {}",
+                convs.join(", ")
+            )));
+        }
+    }
+    let mut out = format!(
+        "; {} tile specializations, compiled in {:.1} ms\n",
+        jit.tile_count(),
+        jit.compile_time().as_secs_f64() * 1e3
+    );
+    for (sym, steps) in &users {
+        out += &format!("\n; {sym}: used by {}\n", steps.join(", "));
+        out += jit.clif().get(sym).map_or("", String::as_str);
+    }
+    Ok(out)
 }
 
 pub fn inference_program(opts: &BuildOptions) -> Result<Program, CliError> {

@@ -35,6 +35,8 @@ enum Emit {
     Summary,
     Ir,
     Dot,
+    /// The Cranelift IR the JIT generates.
+    Clif,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -77,6 +79,9 @@ struct BuildArgs {
     /// What to print.
     #[arg(long, value_enum, default_value = "summary")]
     emit: Emit,
+    /// With `--emit clif`: only the tiles of this step (e.g. layer1.0.conv1).
+    #[arg(long, value_name = "STEP")]
+    kernel: Option<String>,
     /// Which stage `--emit ir` prints.
     #[arg(long, value_enum, default_value = "fused")]
     stage: Stage,
@@ -408,6 +413,7 @@ fn main() -> ExitCode {
                 Emit::Summary => driver::BuildEmit::Summary,
                 Emit::Ir => driver::BuildEmit::Ir(stage),
                 Emit::Dot => driver::BuildEmit::Dot,
+                Emit::Clif => driver::BuildEmit::Clif(b.kernel.clone()),
             };
             driver::build(&opts, mode, emit).map(|text| print!("{text}"))
         }),
