@@ -238,7 +238,7 @@ fn emit_clif(opts: &BuildOptions, mode: Mode, step: Option<&str>) -> Result<Stri
     let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for s in &program.steps {
         if step.is_none_or(|name| name == s.name) {
-            for sym in crate::codegen::JitEngine::step_tiles(s) {
+            for sym in jit.step_tiles(s) {
                 users.entry(sym).or_default().push(s.name.clone());
             }
         }
@@ -248,7 +248,7 @@ fn emit_clif(opts: &BuildOptions, mode: Mode, step: Option<&str>) -> Result<Stri
             let convs: Vec<&str> = program
                 .steps
                 .iter()
-                .filter(|s| !crate::codegen::JitEngine::step_tiles(s).is_empty())
+                .filter(|s| !jit.step_tiles(s).is_empty())
                 .map(|s| s.name.as_str())
                 .collect();
             return Err(CliError::usage(format!(

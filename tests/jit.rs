@@ -313,14 +313,16 @@ fn both_engines_infer(name: &str, batch: usize) {
     );
 }
 
-/// One training step on both engines. With `compare_updates` false only the loss and the
-/// training-mode logits are compared (see below for why deep ImageNet models need that).
-fn both_engines_train(name: &str, batch: usize, compare_updates: bool) {
+/// One training step on both engines: loss, training-mode logits and every tensor's update.
+fn both_engines_train(name: &str, batch: usize) {
     let program = driver::training_program(&model(name), driver::DEFAULT_SGD).unwrap();
     let [c, h, w] = program.input_shape;
     let x = random(9, batch * c * h * w);
-    // The same input moved by one part in a million: how sensitive the step itself is.
-    let x_moved: Vec<f32> = x.iter().map(|v| v * (1.0 + 1e-6)).collect();
+    // The same input with noise of 1e-5 of its scale added (not a scaling, which the first
+    // BN would normalize away): how sensitive the step itself is to perturbations the size
+    // of one layer's f32 rounding.
+    let noise = random(10, x.len());
+    let x_moved: Vec<f32> = x.iter().zip(&noise).map(|(v, e)| v + 1e-5 * e).collect();
     let labels: Vec<usize> = (0..batch).map(|i| (i * 7) % program.classes).collect();
     let mut runs = vec![];
     let mut before = None;
@@ -346,15 +348,14 @@ fn both_engines_train(name: &str, batch: usize, compare_updates: bool) {
     );
     assert_close(&format!("{name} train logits"), &j.1, &r.1, 1e-4, 1e-6);
     // Compare each tensor's update. Forward values that differ in the last bits (the JIT
-    // sums in another order) pass through dozens of batch-statistics BN backward steps and
-    // ReLU masks, and a deep untrained network amplifies them: in resnet50 a 1e-6 relative
-    // change of the input alone moves the stem BN's update by 10 %. So the JIT must agree
-    // with the reference to 1e-3 of the update's scale, or to within twice the reference's
-    // own spread under that 1e-6 input change, whichever is larger.
+    // sums in another order, and Winograd F(4x4) rounds differently in every 3x3 layer) pass
+    // through dozens of batch-statistics BN backward steps and ReLU masks, and a deep
+    // untrained network amplifies them. So the JIT must agree with the reference to 1e-3 of
+    // the update's scale, or to within 4x the reference's own spread under input noise of
+    // 1e-5, whichever is larger. (The noise is one draw at the input while the JIT's
+    // rounding enters every layer; the largest ratio seen was 3.3x, preact_resnet18's
+    // layer3.1.conv2.weight.)
     let before = before.expect("ran");
-    if !compare_updates {
-        return;
-    }
     for (key, t) in &r.2 {
         let delta = |w: &[f32]| -> Vec<f32> {
             w.iter()
@@ -377,7 +378,7 @@ fn both_engines_train(name: &str, batch: usize, compare_updates: bool) {
             &dj,
             &dr,
             1e-3,
-            1e-6 + 2.0 * spread,
+            1e-6 + 4.0 * spread,
         );
     }
 }
@@ -425,16 +426,12 @@ fn cifar_zoo_trains_alike_on_both_engines() {
         "preact_resnet18",
         "wrn_16_4",
     ] {
-        both_engines_train(name, 4, true);
+        both_engines_train(name, 4);
     }
 }
 
-/// ResNet-50's one-step update at batch 2 is more sensitive still: the JIT's update of
-/// `layer3.0.bn3.bias` differed from the reference's by 1.8e-4, 3.2 times the spread that a
-/// 1e-6 input change causes on the reference alone, while its loss and logits agree to 1e-4.
-/// So only those are compared for it; ResNet-18's update is compared in full.
 #[test]
 fn imagenet_models_train_alike_on_both_engines() {
-    both_engines_train("resnet18", 2, true);
-    both_engines_train("resnet50", 2, false);
+    both_engines_train("resnet18", 2);
+    both_engines_train("resnet50", 2);
 }

@@ -47,10 +47,10 @@ const SLACK: usize = 2 * NR;
 /// are swept panel by panel, one reduction block at a time.
 const L2_WEIGHT_BYTES: usize = 256 * 1024;
 /// From this reduction length on, each image's columns are packed contiguously per tile
-/// (the taps of a direct tile otherwise touch `K` cache lines per tile). Off by default:
-/// measured on ResNet-20 and ResNet-50 with a threshold of 256 it did not beat direct tiles
-/// (see the JIT issue's note); tests force it on so the path stays correct for tuning.
-pub const PACK_FROM_K: usize = usize::MAX;
+/// (the taps of a direct tile otherwise touch `K` cache lines per tile). Measured with
+/// `bench models/resnet50.resnet --batch 16 --layers`: ResNet-50's 1x1 convs with K of 256
+/// to 2048 went from 47-57 to 61-77 GFLOP/s; below 256 it did not pay.
+pub const PACK_FROM_K: usize = 256;
 /// Reduction block of packed mode: an `MR x KC` weight block stays in L1.
 const KC: usize = 256;
 
@@ -244,6 +244,97 @@ impl ConvPlan {
         }
     }
 
+    /// Per-channel operand vectors of the fused ops, in tile-operand order.
+    pub fn tile_operands(&self, ins: &[&[f32]]) -> Vec<Vec<f32>> {
+        let s = &self.spec;
+        let mut ops = vec![];
+        if s.bias {
+            ops.push(ins[2].to_vec());
+        }
+        let mut at = 2 + s.bias as usize;
+        for step in &self.epilogue[..self.fused] {
+            match step {
+                EpilogueStep::BatchNormEval(bn) => {
+                    let (gamma, beta, mean, var) = (ins[at], ins[at + 1], ins[at + 2], ins[at + 3]);
+                    let scale: Vec<f32> = gamma
+                        .iter()
+                        .zip(var)
+                        .map(|(g, v)| g / (v + bn.eps).sqrt())
+                        .collect();
+                    let shift = beta
+                        .iter()
+                        .zip(mean)
+                        .zip(&scale)
+                        .map(|((b, m), s)| b - m * s)
+                        .collect();
+                    ops.push(scale);
+                    ops.push(shift);
+                }
+                // Residual tensors are addressed per image below.
+                EpilogueStep::Add => ops.push(vec![]),
+                EpilogueStep::Relu => {}
+                EpilogueStep::BatchNormTrain(_) => unreachable!("not fused"),
+            }
+            at += step.operands();
+        }
+        ops
+    }
+
+    /// Indices into `ins` of the residual operands of the fused steps, in order.
+    pub fn residual_inputs(&self) -> Vec<usize> {
+        let mut at = 2 + self.spec.bias as usize;
+        let mut v = vec![];
+        for step in &self.epilogue[..self.fused] {
+            if matches!(step, EpilogueStep::Add) {
+                v.push(at);
+            }
+            at += step.operands();
+        }
+        v
+    }
+
+    /// Runs the epilogue steps the tiles did not fuse over the whole output `first` (and
+    /// copies the exported values into `rest`), as the reference executor runs them.
+    pub fn run_epilogue_tail(
+        &self,
+        n: usize,
+        ins: &[&[f32]],
+        inouts: &mut [Vec<f32>],
+        first: &mut [f32],
+        rest: &mut [Vec<f32>],
+    ) {
+        let yd = Dims4::new(n, self.spec.out_channels, self.out_hw[0], self.out_hw[1]);
+        let mut at = 2 + self.spec.bias as usize;
+        let mut at_inout = 0;
+        for step in &self.epilogue[..self.fused] {
+            at += step.operands();
+        }
+        let mut export = self
+            .exports
+            .iter()
+            .position(|&e| e >= self.fused)
+            .unwrap_or(self.exports.len());
+        for (i, step) in self.epilogue.iter().enumerate().skip(self.fused) {
+            if self.exports.get(export) == Some(&i) {
+                rest[export].copy_from_slice(first);
+                export += 1;
+            }
+            let (n_in, n_inout) = match step {
+                EpilogueStep::BatchNormTrain(_) => (2, 2),
+                other => (other.operands(), 0),
+            };
+            apply_epilogue_step(
+                step,
+                yd,
+                first,
+                &ins[at..at + n_in],
+                &mut inouts[at_inout..at_inout + n_inout],
+            );
+            at += n_in;
+            at_inout += n_inout;
+        }
+    }
+
     fn row_panels(&self) -> usize {
         self.spec.out_channels.div_ceil(self.mr)
     }
@@ -262,6 +353,11 @@ impl ConvPlan {
 pub fn pack_weights(w: &[f32], oc: usize, k: usize, rows: usize, out: &mut Vec<f32>) {
     out.clear();
     out.resize(oc * k, 0.0);
+    pack_weights_into(w, oc, k, rows, out);
+}
+
+/// [`pack_weights`] into a slice of exactly `oc * k` floats.
+pub fn pack_weights_into(w: &[f32], oc: usize, k: usize, rows: usize, out: &mut [f32]) {
     let mut at = 0;
     let mut r0 = 0;
     while r0 < oc {
@@ -410,55 +506,6 @@ impl JitConv {
             packed_version: None,
             _code: tiles.code.clone(),
         }
-    }
-
-    /// Per-channel operand vectors of the fused ops, in tile-operand order.
-    fn tile_operands(&self, ins: &[&[f32]]) -> Vec<Vec<f32>> {
-        let s = &self.plan.spec;
-        let mut ops = vec![];
-        if s.bias {
-            ops.push(ins[2].to_vec());
-        }
-        let mut at = 2 + s.bias as usize;
-        for step in &self.plan.epilogue[..self.plan.fused] {
-            match step {
-                EpilogueStep::BatchNormEval(bn) => {
-                    let (gamma, beta, mean, var) = (ins[at], ins[at + 1], ins[at + 2], ins[at + 3]);
-                    let scale: Vec<f32> = gamma
-                        .iter()
-                        .zip(var)
-                        .map(|(g, v)| g / (v + bn.eps).sqrt())
-                        .collect();
-                    let shift = beta
-                        .iter()
-                        .zip(mean)
-                        .zip(&scale)
-                        .map(|((b, m), s)| b - m * s)
-                        .collect();
-                    ops.push(scale);
-                    ops.push(shift);
-                }
-                // Residual tensors are addressed per image below.
-                EpilogueStep::Add => ops.push(vec![]),
-                EpilogueStep::Relu => {}
-                EpilogueStep::BatchNormTrain(_) => unreachable!("not fused"),
-            }
-            at += step.operands();
-        }
-        ops
-    }
-
-    /// Indices into `ins` of the residual operands of the fused steps, in order.
-    fn residual_inputs(&self) -> Vec<usize> {
-        let mut at = 2 + self.plan.spec.bias as usize;
-        let mut v = vec![];
-        for step in &self.plan.epilogue[..self.plan.fused] {
-            if matches!(step, EpilogueStep::Add) {
-                v.push(at);
-            }
-            at += step.operands();
-        }
-        v
     }
 
     /// Runs the tiles of row panels `panels` of one image whose input planes are `planes`.
@@ -643,8 +690,8 @@ impl StepKernel for JitConv {
             pack_weights(ins[1], s.out_channels, plan.k, plan.mr, &mut self.packed);
             self.packed_version = Some(ctx.params_version);
         }
-        let channel_ops = self.tile_operands(ins);
-        let res_idx = self.residual_inputs();
+        let channel_ops = self.plan.tile_operands(ins);
+        let res_idx = self.plan.residual_inputs();
         let in_chw = s.in_channels * plan.in_hw[0] * plan.in_hw[1];
         let out_chw = s.out_channels * plan.p;
         let (first, rest) = outs.split_first_mut().expect("conv has an output");
@@ -712,37 +759,7 @@ impl StepKernel for JitConv {
                 });
             }
         }
-        // The rest of the epilogue over the whole output, as the reference runs it.
-        let yd = Dims4::new(n, s.out_channels, plan.out_hw[0], plan.out_hw[1]);
-        let mut at = 2 + s.bias as usize;
-        let mut at_inout = 0;
-        for step in &plan.epilogue[..plan.fused] {
-            at += step.operands();
-        }
-        let mut export = plan
-            .exports
-            .iter()
-            .position(|&e| e >= plan.fused)
-            .unwrap_or(plan.exports.len());
-        for (i, step) in plan.epilogue.iter().enumerate().skip(plan.fused) {
-            if plan.exports.get(export) == Some(&i) {
-                rest[export].copy_from_slice(first);
-                export += 1;
-            }
-            let (n_in, n_inout) = match step {
-                EpilogueStep::BatchNormTrain(_) => (2, 2),
-                other => (other.operands(), 0),
-            };
-            apply_epilogue_step(
-                step,
-                yd,
-                first,
-                &ins[at..at + n_in],
-                &mut inouts[at_inout..at_inout + n_inout],
-            );
-            at += n_in;
-            at_inout += n_inout;
-        }
+        self.plan.run_epilogue_tail(n, ins, inouts, first, rest);
     }
 
     fn engine(&self) -> &'static str {

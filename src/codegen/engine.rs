@@ -3,12 +3,29 @@
 
 use super::conv::{ConvPlan, JitConv, PACK_FROM_K};
 use super::jit::{cpu_unsupported, CompiledTiles, TileSet};
+use super::winograd::{JitWinograd, WinogradPlan};
 use resnetc_runtime::engine::{Engine, ReferenceEngine, StepKernel};
 use resnetc_runtime::program::{Kernel, Program, Step};
 
 pub struct JitEngine {
     tiles: CompiledTiles,
     pack_from_k: usize,
+    winograd: bool,
+}
+
+/// How the JIT computes one conv step.
+enum ConvKernelPlan {
+    Direct(Box<ConvPlan>),
+    Winograd(Box<WinogradPlan>),
+}
+
+fn plan_conv(kernel: &Kernel, pack_from_k: usize, winograd: bool) -> Option<ConvKernelPlan> {
+    if winograd {
+        if let Some(w) = WinogradPlan::choose(kernel) {
+            return Some(ConvKernelPlan::Winograd(Box::new(w)));
+        }
+    }
+    ConvPlan::with_packing(kernel, pack_from_k).map(|p| ConvKernelPlan::Direct(Box::new(p)))
 }
 
 impl JitEngine {
@@ -35,28 +52,33 @@ impl JitEngine {
         kernels: impl IntoIterator<Item = &'a Kernel>,
         keep_clif: bool,
     ) -> Result<JitEngine, String> {
-        Self::for_kernels_packing(kernels, keep_clif, PACK_FROM_K)
+        Self::for_kernels_with(kernels, keep_clif, PACK_FROM_K, true)
     }
 
-    /// Like [`JitEngine::for_kernels`], packing conv columns from reduction length
-    /// `pack_from_k` on (see [`PACK_FROM_K`]).
-    pub fn for_kernels_packing<'a>(
+    /// Like [`JitEngine::for_kernels`], packing direct-conv columns from reduction length
+    /// `pack_from_k` on (see [`PACK_FROM_K`]), and with Winograd for 3x3 stride-1 convs or
+    /// not (tests run both algorithms).
+    pub fn for_kernels_with<'a>(
         kernels: impl IntoIterator<Item = &'a Kernel>,
         keep_clif: bool,
         pack_from_k: usize,
+        winograd: bool,
     ) -> Result<JitEngine, String> {
         if let Some(why) = cpu_unsupported() {
             return Err(why);
         }
         let mut set = TileSet::default();
         for kernel in kernels {
-            if let Some(plan) = ConvPlan::with_packing(kernel, pack_from_k) {
-                plan.add_tiles(&mut set);
+            match plan_conv(kernel, pack_from_k, winograd) {
+                Some(ConvKernelPlan::Direct(p)) => p.add_tiles(&mut set),
+                Some(ConvKernelPlan::Winograd(p)) => p.add_tiles(&mut set),
+                None => {}
             }
         }
         Ok(JitEngine {
             tiles: set.compile(keep_clif)?,
             pack_from_k,
+            winograd,
         })
     }
 
@@ -76,10 +98,12 @@ impl JitEngine {
     }
 
     /// The tile symbols a step's kernel uses (empty when it runs on the reference kernel).
-    pub fn step_tiles(step: &Step) -> Vec<String> {
-        ConvPlan::new(&step.kernel)
-            .map(|p| p.tiles().map(|t| t.symbol()).collect())
-            .unwrap_or_default()
+    pub fn step_tiles(&self, step: &Step) -> Vec<String> {
+        match plan_conv(&step.kernel, self.pack_from_k, self.winograd) {
+            Some(ConvKernelPlan::Direct(p)) => p.tiles().map(|t| t.symbol()).collect(),
+            Some(ConvKernelPlan::Winograd(p)) => p.tiles().map(|t| t.symbol()).collect(),
+            None => vec![],
+        }
     }
 }
 
@@ -88,8 +112,9 @@ impl Engine for JitEngine {
         "jit"
     }
     fn kernel(&self, step: &Step) -> Box<dyn StepKernel> {
-        match ConvPlan::with_packing(&step.kernel, self.pack_from_k) {
-            Some(plan) => Box::new(JitConv::new(plan, &self.tiles)),
+        match plan_conv(&step.kernel, self.pack_from_k, self.winograd) {
+            Some(ConvKernelPlan::Direct(plan)) => Box::new(JitConv::new(*plan, &self.tiles)),
+            Some(ConvKernelPlan::Winograd(plan)) => Box::new(JitWinograd::new(*plan, &self.tiles)),
             None => ReferenceEngine.kernel(step),
         }
     }

@@ -8,5 +8,6 @@ pub mod conv;
 pub mod engine;
 pub mod jit;
 pub mod microkernel;
+pub mod winograd;
 
 pub use engine::JitEngine;
