@@ -435,3 +435,97 @@ fn imagenet_models_train_alike_on_both_engines() {
     both_engines_train("resnet18", 2);
     both_engines_train("resnet50", 2);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The JIT's stride-1 input gradient (a forward conv of `dy` with flipped weights, direct
+    /// or Winograd) equals the reference's GEMM + col2im on odd shapes.
+    #[test]
+    fn conv_grad_input_matches_reference(
+        cin in 1usize..=40,
+        oc in 1usize..=40,
+        kernel in prop::sample::select(vec![1usize, 3, 5]),
+        pad_seed in prop::collection::vec(0usize..5, 4),
+        h in 1usize..=12,
+        w in 1usize..=12,
+        n in 1usize..=3,
+        seed in 0u64..1000,
+    ) {
+        let pad = pad_seed.iter().map(|p| p % kernel).collect::<Vec<_>>();
+        let spec = ConvSpec {
+            in_channels: cin, out_channels: oc, kernel: [kernel, kernel], stride: [1, 1],
+            pad: [pad[0], pad[1], pad[2], pad[3]], groups: 1, bias: false,
+        };
+        let Some((oh, ow)) = spec.out_hw(h, w) else { return Ok(()); };
+        let kernel_of = Kernel::ConvGradInput { spec, in_hw: [h, w] };
+        let step = Step { name: "dx".into(), kernel: kernel_of.clone(), ins: vec![], inouts: vec![], outs: vec![] };
+        let dy = random(seed, n * oc * oh * ow);
+        let wt = random(seed + 1, spec.weight_shape().iter().product());
+        let ins: Vec<&[f32]> = vec![&dy, &wt];
+        let ctx = KernelCtx { n, lr: 0.0, first_sgd_step: true, params_version: 1 };
+        let len = n * cin * h * w;
+        let mut want = vec![vec![0.0f32; len]];
+        ReferenceEngine.kernel(&step).run(&ctx, &ins, &mut [], &mut want);
+        for winograd in [false, true] {
+            let jit = JitEngine::for_kernels_with([&kernel_of], false, 256, winograd).unwrap();
+            let mut k = jit.kernel(&step);
+            prop_assert_eq!(k.engine(), "jit");
+            let mut got = vec![vec![f32::NAN; len]];
+            k.run(&ctx, &ins, &mut [], &mut got);
+            assert_close(&format!("dx {spec:?} n={n} in={h}x{w}: {}", k.describe()), &got[0], &want[0], 1e-5, 1e-5);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The JIT's weight (and bias) gradient equals the reference's on odd shapes: kernels 1
+    /// to 7, strides 1 to 3, padding, channel counts off the tile sizes, batch 1 to 9 (more
+    /// images than partial-sum chunks).
+    #[test]
+    fn conv_grad_weight_matches_reference(
+        cin in 1usize..=20,
+        oc in 1usize..=30,
+        kernel in prop::sample::select(vec![1usize, 3, 7]),
+        stride in 1usize..=3,
+        pad in 0usize..=3,
+        h in 1usize..=12,
+        w in 1usize..=12,
+        n in 1usize..=9,
+        bias in any::<bool>(),
+        seed in 0u64..1000,
+    ) {
+        let spec = ConvSpec {
+            in_channels: cin, out_channels: oc, kernel: [kernel, kernel], stride: [stride, stride],
+            pad: [pad; 4], groups: 1, bias,
+        };
+        let Some((oh, ow)) = spec.out_hw(h, w) else { return Ok(()); };
+        let kernel_of = Kernel::ConvGradWeight { spec, in_hw: [h, w] };
+        let step = Step { name: "dw".into(), kernel: kernel_of.clone(), ins: vec![], inouts: vec![], outs: vec![] };
+        let x = random(seed, n * cin * h * w);
+        let dy = random(seed + 1, n * oc * oh * ow);
+        let ins: Vec<&[f32]> = vec![&x, &dy];
+        let ctx = KernelCtx { n, lr: 0.0, first_sgd_step: true, params_version: 1 };
+        let wlen: usize = spec.weight_shape().iter().product();
+        let outs = |fill: f32| {
+            let mut v = vec![vec![fill; wlen]];
+            if bias {
+                v.push(vec![fill; oc]);
+            }
+            v
+        };
+        let mut want = outs(0.0);
+        ReferenceEngine.kernel(&step).run(&ctx, &ins, &mut [], &mut want);
+        let jit = JitEngine::for_kernels([&kernel_of], false).unwrap();
+        let mut k = jit.kernel(&step);
+        prop_assert_eq!(k.engine(), "jit");
+        let mut got = outs(f32::NAN);
+        k.run(&ctx, &ins, &mut [], &mut got);
+        assert_close(&format!("dW {spec:?} n={n} in={h}x{w}"), &got[0], &want[0], 1e-5, 1e-5);
+        if bias {
+            assert_close("db", &got[1], &want[1], 1e-6, 1e-6);
+        }
+    }
+}

@@ -339,7 +339,7 @@ impl ConvPlan {
         self.spec.out_channels.div_ceil(self.mr)
     }
     /// Floats of one channel's phase planes.
-    fn channel_len(&self) -> usize {
+    pub(crate) fn channel_len(&self) -> usize {
         self.spec.stride[0] * self.spec.stride[1] * self.plane_hw[0] * self.plane_hw[1]
     }
     /// Floats of one image's padded, phase-split input.
@@ -446,7 +446,7 @@ pub fn pack_tile_columns(plan: &ConvPlan, planes: &[f32], out: &mut [f32]) {
 
 /// Offsets of the kernel's taps in one channel's phase planes: tap `(ki, kj)` of output
 /// pixel `(oy, ox)` reads phase `(ki % sh, kj % sw)` at `(oy + ki / sh, ox + kj / sw)`.
-fn tap_offsets(spec: &ConvSpec, plane_hw: [usize; 2]) -> Vec<usize> {
+pub(crate) fn tap_offsets(spec: &ConvSpec, plane_hw: [usize; 2]) -> Vec<usize> {
     let [sh, sw] = spec.stride;
     let phase = plane_hw[0] * plane_hw[1];
     let mut taps = vec![];

@@ -1,6 +1,7 @@
 //! The JIT engine: compiles every conv step of a program into one module of tiles and serves
 //! native kernels for them, and the reference kernels for every other step.
 
+use super::backward::{grad_input_as_conv, GradWeightPlan, JitConvGradInput, JitConvGradWeight};
 use super::conv::{ConvPlan, JitConv, PACK_FROM_K};
 use super::jit::{cpu_unsupported, CompiledTiles, TileSet};
 use super::winograd::{JitWinograd, WinogradPlan};
@@ -69,7 +70,14 @@ impl JitEngine {
         }
         let mut set = TileSet::default();
         for kernel in kernels {
-            match plan_conv(kernel, pack_from_k, winograd) {
+            if let Some(plan) = GradWeightPlan::new(kernel) {
+                for t in plan.tiles() {
+                    set.add(t.clone());
+                }
+                continue;
+            }
+            let as_conv = grad_input_as_conv(kernel);
+            match plan_conv(as_conv.as_ref().unwrap_or(kernel), pack_from_k, winograd) {
                 Some(ConvKernelPlan::Direct(p)) => p.add_tiles(&mut set),
                 Some(ConvKernelPlan::Winograd(p)) => p.add_tiles(&mut set),
                 None => {}
@@ -99,7 +107,15 @@ impl JitEngine {
 
     /// The tile symbols a step's kernel uses (empty when it runs on the reference kernel).
     pub fn step_tiles(&self, step: &Step) -> Vec<String> {
-        match plan_conv(&step.kernel, self.pack_from_k, self.winograd) {
+        if let Some(plan) = GradWeightPlan::new(&step.kernel) {
+            return plan.tiles().map(|t| t.symbol()).collect();
+        }
+        let as_conv = grad_input_as_conv(&step.kernel);
+        match plan_conv(
+            as_conv.as_ref().unwrap_or(&step.kernel),
+            self.pack_from_k,
+            self.winograd,
+        ) {
             Some(ConvKernelPlan::Direct(p)) => p.tiles().map(|t| t.symbol()).collect(),
             Some(ConvKernelPlan::Winograd(p)) => p.tiles().map(|t| t.symbol()).collect(),
             None => vec![],
@@ -112,6 +128,18 @@ impl Engine for JitEngine {
         "jit"
     }
     fn kernel(&self, step: &Step) -> Box<dyn StepKernel> {
+        if let Some(plan) = GradWeightPlan::new(&step.kernel) {
+            return Box::new(JitConvGradWeight::new(plan, &self.tiles));
+        }
+        if let (Kernel::ConvGradInput { spec, .. }, Some(conv)) =
+            (&step.kernel, grad_input_as_conv(&step.kernel))
+        {
+            let forward = self.kernel(&Step {
+                kernel: conv,
+                ..step.clone()
+            });
+            return Box::new(JitConvGradInput::new(*spec, forward));
+        }
         match plan_conv(&step.kernel, self.pack_from_k, self.winograd) {
             Some(ConvKernelPlan::Direct(plan)) => Box::new(JitConv::new(*plan, &self.tiles)),
             Some(ConvKernelPlan::Winograd(plan)) => Box::new(JitWinograd::new(*plan, &self.tiles)),

@@ -4,6 +4,7 @@
 //!
 //! [`Engine`]: resnetc_runtime::engine::Engine
 
+pub mod backward;
 pub mod conv;
 pub mod engine;
 pub mod jit;

@@ -1,0 +1,314 @@
+//! Backward convolutions on the JIT's forward machinery.
+//!
+//! The input gradient of a stride-1 convolution is itself a stride-1 convolution of the
+//! output gradient: `dx = conv(dy, W')` with `W'[ci][co][i][j] = W[co][ci][kh-1-i][kw-1-j]`
+//! and padding `k - 1 - pad` on each side. So [`JitConvGradInput`] flips the weights once per
+//! parameter version and runs the same direct or Winograd kernel as a forward conv.
+
+use resnetc_runtime::engine::{KernelCtx, StepKernel};
+use resnetc_runtime::program::Kernel;
+use resnetc_runtime::spec::ConvSpec;
+
+/// The forward conv that computes a [`Kernel::ConvGradInput`], when the JIT handles it:
+/// stride 1, ungrouped, and padding below the kernel size (every ResNet conv).
+pub fn grad_input_as_conv(kernel: &Kernel) -> Option<Kernel> {
+    let Kernel::ConvGradInput { spec, in_hw } = kernel else {
+        return None;
+    };
+    let [kh, kw] = spec.kernel;
+    let [pt, pl, pb, pr] = spec.pad;
+    if spec.stride != [1, 1] || spec.groups != 1 || pt >= kh || pb >= kh || pl >= kw || pr >= kw {
+        return None;
+    }
+    let (oh, ow) = spec.out_hw(in_hw[0], in_hw[1])?;
+    Some(Kernel::Conv {
+        spec: ConvSpec {
+            in_channels: spec.out_channels,
+            out_channels: spec.in_channels,
+            kernel: spec.kernel,
+            stride: [1, 1],
+            pad: [kh - 1 - pt, kw - 1 - pl, kh - 1 - pb, kw - 1 - pr],
+            groups: 1,
+            bias: false,
+        },
+        in_hw: [oh, ow],
+        epilogue: vec![],
+        exports: vec![],
+    })
+}
+
+/// `W'[ci][co][i][j] = W[co][ci][kh-1-i][kw-1-j]` for OIHW weights `w` of `spec`.
+pub fn flip_weights(spec: &ConvSpec, w: &[f32], out: &mut Vec<f32>) {
+    let (oc, ic) = (spec.out_channels, spec.in_channels);
+    let [kh, kw] = spec.kernel;
+    out.clear();
+    out.resize(w.len(), 0.0);
+    for o in 0..oc {
+        for c in 0..ic {
+            for i in 0..kh {
+                for j in 0..kw {
+                    out[((c * oc + o) * kh + (kh - 1 - i)) * kw + (kw - 1 - j)] =
+                        w[((o * ic + c) * kh + i) * kw + j];
+                }
+            }
+        }
+    }
+}
+
+/// A stride-1 conv input gradient on a JIT forward conv kernel.
+pub struct JitConvGradInput {
+    spec: ConvSpec,
+    forward: Box<dyn StepKernel>,
+    flipped: Vec<f32>,
+    flipped_version: Option<u64>,
+}
+
+impl JitConvGradInput {
+    /// `forward` runs the conv that [`grad_input_as_conv`] returned for this step.
+    pub fn new(spec: ConvSpec, forward: Box<dyn StepKernel>) -> Self {
+        JitConvGradInput {
+            spec,
+            forward,
+            flipped: vec![],
+            flipped_version: None,
+        }
+    }
+}
+
+impl StepKernel for JitConvGradInput {
+    fn run(
+        &mut self,
+        ctx: &KernelCtx,
+        ins: &[&[f32]],
+        _inouts: &mut [Vec<f32>],
+        outs: &mut [Vec<f32>],
+    ) {
+        if self.flipped_version != Some(ctx.params_version) {
+            flip_weights(&self.spec, ins[1], &mut self.flipped);
+            self.flipped_version = Some(ctx.params_version);
+        }
+        self.forward
+            .run(ctx, &[ins[0], &self.flipped], &mut [], outs);
+    }
+    fn engine(&self) -> &'static str {
+        "jit"
+    }
+    fn describe(&self) -> String {
+        format!("as forward conv: {}", self.forward.describe())
+    }
+}
+
+/// Images per partial weight gradient are split into this many fixed chunks (as the reference
+/// does), so the sum is the same on any number of threads.
+const DW_CHUNKS: usize = 8;
+
+/// The plan of a JIT weight gradient `dW[co][k] = sum_{n,p} dy[n][co][p] * col[n][k][p]`:
+/// rows are output channels (broadcast from `dy`, packed per image as `[p][MR]` panels),
+/// columns are 4 consecutive `k = (ci, ki, kj)` (packed per image as `[k/4][p][4]` panels
+/// gathered from the phase-split planes), and the reduction runs over the image's pixels.
+#[derive(Clone, Debug)]
+pub struct GradWeightPlan {
+    /// The forward conv's geometry (padding, phases, taps).
+    pub conv: super::conv::ConvPlan,
+    /// `K` rounded up to the tile width.
+    pub kp: usize,
+    pub mr: usize,
+    pub main: Option<super::microkernel::TileSpec>,
+    pub rem: Option<super::microkernel::TileSpec>,
+}
+
+impl GradWeightPlan {
+    pub fn new(kernel: &Kernel) -> Option<GradWeightPlan> {
+        let Kernel::ConvGradWeight { spec, in_hw } = kernel else {
+            return None;
+        };
+        let forward = Kernel::Conv {
+            spec: *spec,
+            in_hw: *in_hw,
+            epilogue: vec![],
+            exports: vec![],
+        };
+        let conv = super::conv::ConvPlan::with_packing(&forward, usize::MAX)?;
+        let kp = conv.k.next_multiple_of(4);
+        let oc = spec.out_channels;
+        let mr = super::conv::rows_per_tile(oc);
+        let tile = |rows: usize| super::microkernel::TileSpec {
+            accumulate: true,
+            ..super::microkernel::TileSpec::gemm(rows, 1, conv.p, 4, kp)
+        };
+        Some(GradWeightPlan {
+            main: (oc >= mr).then(|| tile(mr)),
+            rem: (!oc.is_multiple_of(mr)).then(|| tile(oc % mr)),
+            conv,
+            kp,
+            mr,
+        })
+    }
+
+    pub fn tiles(&self) -> impl Iterator<Item = &super::microkernel::TileSpec> {
+        [&self.main, &self.rem].into_iter().flatten()
+    }
+}
+
+/// A conv weight gradient on JIT tiles.
+pub struct JitConvGradWeight {
+    plan: GradWeightPlan,
+    main: Option<super::microkernel::TileFn>,
+    rem: Option<super::microkernel::TileFn>,
+    _code: std::sync::Arc<super::jit::JitCode>,
+}
+
+impl JitConvGradWeight {
+    pub fn new(plan: GradWeightPlan, tiles: &super::jit::CompiledTiles) -> Self {
+        JitConvGradWeight {
+            main: plan.main.as_ref().map(|t| tiles.get(t)),
+            rem: plan.rem.as_ref().map(|t| tiles.get(t)),
+            plan,
+            _code: tiles.code.clone(),
+        }
+    }
+
+    /// Adds one image's contribution to `acc: [oc][kp]`.
+    fn image(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        bufs: &mut (Vec<f32>, Vec<f32>, Vec<f32>),
+        acc: &mut [f32],
+    ) {
+        let conv = &self.plan.conv;
+        let (p, k, kp) = (conv.p, conv.k, self.plan.kp);
+        let oc = conv.spec.out_channels;
+        let (planes, cols, dyt) = bufs;
+        super::conv::pack_planes(conv, x, planes);
+        // Columns: [k/4][p][4], zero past K.
+        let taps = super::conv::tap_offsets(&conv.spec, conv.plane_hw);
+        let cstride = conv.channel_len();
+        let [oh, ow] = conv.out_hw;
+        let pw = conv.plane_hw[1];
+        if k < kp {
+            let last = (kp / 4 - 1) * p * 4;
+            cols[last..last + p * 4].fill(0.0);
+        }
+        for ci in 0..conv.spec.in_channels {
+            for (t, &tap) in taps.iter().enumerate() {
+                let kk = ci * taps.len() + t;
+                let (kt, lane) = (kk / 4, kk % 4);
+                let dst = &mut cols[kt * p * 4..(kt + 1) * p * 4];
+                let src = &planes[ci * cstride + tap..];
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        dst[(oy * ow + ox) * 4 + lane] = src[oy * pw + ox];
+                    }
+                }
+            }
+        }
+        // dy as row panels `[p][mr]`.
+        let mut r0 = 0;
+        while r0 < oc {
+            let rows = self.plan.mr.min(oc - r0);
+            let panel = &mut dyt[r0 * p..(r0 + rows) * p];
+            for r in 0..rows {
+                let src = &dy[(r0 + r) * p..(r0 + r + 1) * p];
+                for (q, &v) in src.iter().enumerate() {
+                    panel[q * rows + r] = v;
+                }
+            }
+            r0 += rows;
+        }
+        let mut r0 = 0;
+        while r0 < oc {
+            let rows = self.plan.mr.min(oc - r0);
+            let f = if rows == self.plan.mr {
+                self.main
+            } else {
+                self.rem
+            }
+            .expect("planned tile");
+            for kt in 0..kp / 4 {
+                // SAFETY: the tile reads `p` rows of `rows` floats of the dy panel and `p`
+                // rows of 4 floats of column panel `kt`, and adds to a `rows x 4` block of
+                // `acc` with row stride `kp`: all inside the buffers sized above.
+                unsafe {
+                    f(
+                        dyt.as_ptr().add(r0 * p),
+                        cols.as_ptr().add(kt * p * 4),
+                        acc.as_mut_ptr().add(r0 * kp + kt * 4),
+                        std::ptr::null(),
+                    )
+                };
+            }
+            r0 += rows;
+        }
+    }
+}
+
+impl StepKernel for JitConvGradWeight {
+    fn run(
+        &mut self,
+        ctx: &KernelCtx,
+        ins: &[&[f32]],
+        _inouts: &mut [Vec<f32>],
+        outs: &mut [Vec<f32>],
+    ) {
+        use rayon::prelude::*;
+        let conv = &self.plan.conv;
+        let s = conv.spec;
+        let (n, p, k, kp, oc) = (ctx.n, conv.p, conv.k, self.plan.kp, s.out_channels);
+        let in_chw = s.in_channels * conv.in_hw[0] * conv.in_hw[1];
+        let out_chw = oc * p;
+        let (x, dy) = (ins[0], ins[1]);
+        let (dw, rest) = outs.split_first_mut().expect("weight gradient output");
+        if let Some(db) = rest.first_mut() {
+            for (o, d) in db.iter_mut().enumerate() {
+                let sum: f64 = (0..n)
+                    .flat_map(|i| &dy[i * out_chw + o * p..i * out_chw + (o + 1) * p])
+                    .map(|&v| v as f64)
+                    .sum();
+                *d = sum as f32;
+            }
+        }
+        let chunks = n.clamp(1, DW_CHUNKS);
+        let this = &*self;
+        let partials: Vec<Vec<f32>> = (0..chunks)
+            .into_par_iter()
+            .map(|c| {
+                let mut acc = vec![0.0f32; oc * kp];
+                let mut bufs = (
+                    vec![0.0f32; conv.planes_len()],
+                    vec![0.0f32; kp * p],
+                    vec![0.0f32; oc * p],
+                );
+                for i in c * n / chunks..(c + 1) * n / chunks {
+                    this.image(
+                        &x[i * in_chw..(i + 1) * in_chw],
+                        &dy[i * out_chw..(i + 1) * out_chw],
+                        &mut bufs,
+                        &mut acc,
+                    );
+                }
+                acc
+            })
+            .collect();
+        dw.fill(0.0);
+        for part in &partials {
+            for o in 0..oc {
+                for (d, v) in dw[o * k..(o + 1) * k]
+                    .iter_mut()
+                    .zip(&part[o * kp..o * kp + k])
+                {
+                    *d += v;
+                }
+            }
+        }
+    }
+    fn engine(&self) -> &'static str {
+        "jit"
+    }
+    fn describe(&self) -> String {
+        format!(
+            "weight gradient {}x4 tiles over {} pixels",
+            self.plan.mr, self.plan.conv.p
+        )
+    }
+}
