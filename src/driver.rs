@@ -743,8 +743,12 @@ pub fn bench(
                 exec.program.steps.iter().zip(exec.step_times()).zip(&table)
             {
                 let ms = t.as_secs_f64() * 1e3;
+                // Backward convolutions do the forward's multiply-accumulates.
+                use resnetc_runtime::program::Kernel as K;
                 let flops = match &step.kernel {
-                    resnetc_runtime::program::Kernel::Conv { spec, in_hw, .. } => spec
+                    K::Conv { spec, in_hw, .. }
+                    | K::ConvGradInput { spec, in_hw }
+                    | K::ConvGradWeight { spec, in_hw } => spec
                         .out_hw(in_hw[0], in_hw[1])
                         .map(|(oh, ow)| 2.0 * spec.macs(oh, ow) as f64 * n as f64),
                     _ => None,

@@ -113,6 +113,9 @@ pub struct GradWeightPlan {
     /// `K` rounded up to the tile width.
     pub kp: usize,
     pub mr: usize,
+    /// Images whose pixels one tile reduces over (small maps are grouped so that each tile
+    /// call runs a long reduction); a short last group is padded with zero gradients.
+    pub group: usize,
     pub main: Option<super::microkernel::TileSpec>,
     pub rem: Option<super::microkernel::TileSpec>,
 }
@@ -132,11 +135,13 @@ impl GradWeightPlan {
         let kp = conv.k.next_multiple_of(4);
         let oc = spec.out_channels;
         let mr = super::conv::rows_per_tile(oc);
+        let group = (1024 / conv.p).clamp(1, 16);
         let tile = |rows: usize| super::microkernel::TileSpec {
             accumulate: true,
-            ..super::microkernel::TileSpec::gemm(rows, 1, conv.p, 4, kp)
+            ..super::microkernel::TileSpec::gemm(rows, 1, group * conv.p, 4, kp)
         };
         Some(GradWeightPlan {
+            group,
             main: (oc >= mr).then(|| tile(mr)),
             rem: (!oc.is_multiple_of(mr)).then(|| tile(oc % mr)),
             conv,
@@ -168,50 +173,70 @@ impl JitConvGradWeight {
         }
     }
 
-    /// Adds one image's contribution to `acc: [oc][kp]`.
-    fn image(
+    /// Adds the contribution of a group of images (`xs` and `dys`, at most `group`) to
+    /// `acc: [oc][kp]`.
+    fn group(
         &self,
-        x: &[f32],
-        dy: &[f32],
+        xs: &[&[f32]],
+        dys: &[&[f32]],
         bufs: &mut (Vec<f32>, Vec<f32>, Vec<f32>),
         acc: &mut [f32],
     ) {
         let conv = &self.plan.conv;
-        let (p, k, kp) = (conv.p, conv.k, self.plan.kp);
+        let (p, kp, g) = (conv.p, self.plan.kp, self.plan.group);
+        let gp = g * p;
         let oc = conv.spec.out_channels;
         let (planes, cols, dyt) = bufs;
-        super::conv::pack_planes(conv, x, planes);
-        // Columns: [k/4][p][4], zero past K.
         let taps = super::conv::tap_offsets(&conv.spec, conv.plane_hw);
         let cstride = conv.channel_len();
         let [oh, ow] = conv.out_hw;
         let pw = conv.plane_hw[1];
-        if k < kp {
-            let last = (kp / 4 - 1) * p * 4;
-            cols[last..last + p * 4].fill(0.0);
+        // Columns: [k/4][g*p][4], zero past K and past the group's last image. Each write
+        // is the 4 lanes of one pixel, gathered from 4 rows of the planes.
+        let k = conv.k;
+        if xs.len() < g {
+            for kt in 0..kp / 4 {
+                cols[(kt * gp + xs.len() * p) * 4..(kt + 1) * gp * 4].fill(0.0);
+            }
         }
-        for ci in 0..conv.spec.in_channels {
-            for (t, &tap) in taps.iter().enumerate() {
-                let kk = ci * taps.len() + t;
-                let (kt, lane) = (kk / 4, kk % 4);
-                let dst = &mut cols[kt * p * 4..(kt + 1) * p * 4];
-                let src = &planes[ci * cstride + tap..];
+        let zeros = vec![0.0f32; ow];
+        for (j, x) in xs.iter().enumerate() {
+            super::conv::pack_planes(conv, x, planes);
+            let source = |kk: usize| -> Option<usize> {
+                (kk < k).then(|| (kk / taps.len()) * cstride + taps[kk % taps.len()])
+            };
+            for kt in 0..kp / 4 {
+                let base: [Option<usize>; 4] = std::array::from_fn(|l| source(kt * 4 + l));
+                let dst = &mut cols[(kt * gp + j * p) * 4..(kt * gp + (j + 1) * p) * 4];
                 for oy in 0..oh {
-                    for ox in 0..ow {
-                        dst[(oy * ow + ox) * 4 + lane] = src[oy * pw + ox];
+                    let row = |l: usize| -> &[f32] {
+                        match base[l] {
+                            Some(b) => &planes[b + oy * pw..b + oy * pw + ow],
+                            None => &zeros,
+                        }
+                    };
+                    let (s0, s1, s2, s3) = (row(0), row(1), row(2), row(3));
+                    let out = &mut dst[oy * ow * 4..(oy + 1) * ow * 4];
+                    for (ox, px) in out.chunks_exact_mut(4).enumerate() {
+                        px.copy_from_slice(&[s0[ox], s1[ox], s2[ox], s3[ox]]);
                     }
                 }
             }
         }
-        // dy as row panels `[p][mr]`.
+        // dy as row panels `[g*p][mr]`, zero past the group's last image.
+        if dys.len() < g {
+            dyt.fill(0.0);
+        }
         let mut r0 = 0;
         while r0 < oc {
             let rows = self.plan.mr.min(oc - r0);
-            let panel = &mut dyt[r0 * p..(r0 + rows) * p];
-            for r in 0..rows {
-                let src = &dy[(r0 + r) * p..(r0 + r + 1) * p];
-                for (q, &v) in src.iter().enumerate() {
-                    panel[q * rows + r] = v;
+            let panel = &mut dyt[r0 * gp..(r0 + rows) * gp];
+            for (j, dy) in dys.iter().enumerate() {
+                for r in 0..rows {
+                    let src = &dy[(r0 + r) * p..(r0 + r + 1) * p];
+                    for (q, &v) in src.iter().enumerate() {
+                        panel[(j * p + q) * rows + r] = v;
+                    }
                 }
             }
             r0 += rows;
@@ -226,13 +251,13 @@ impl JitConvGradWeight {
             }
             .expect("planned tile");
             for kt in 0..kp / 4 {
-                // SAFETY: the tile reads `p` rows of `rows` floats of the dy panel and `p`
-                // rows of 4 floats of column panel `kt`, and adds to a `rows x 4` block of
-                // `acc` with row stride `kp`: all inside the buffers sized above.
+                // SAFETY: the tile reads `g*p` rows of `rows` floats of the dy panel and
+                // `g*p` rows of 4 floats of column panel `kt`, and adds to a `rows x 4` block
+                // of `acc` with row stride `kp`: all inside the buffers sized in `run`.
                 unsafe {
                     f(
-                        dyt.as_ptr().add(r0 * p),
-                        cols.as_ptr().add(kt * p * 4),
+                        dyt.as_ptr().add(r0 * gp),
+                        cols.as_ptr().add(kt * gp * 4),
                         acc.as_mut_ptr().add(r0 * kp + kt * 4),
                         std::ptr::null(),
                     )
@@ -274,18 +299,23 @@ impl StepKernel for JitConvGradWeight {
             .into_par_iter()
             .map(|c| {
                 let mut acc = vec![0.0f32; oc * kp];
+                let g = this.plan.group;
                 let mut bufs = (
                     vec![0.0f32; conv.planes_len()],
-                    vec![0.0f32; kp * p],
-                    vec![0.0f32; oc * p],
+                    vec![0.0f32; kp * g * p],
+                    vec![0.0f32; oc * g * p],
                 );
-                for i in c * n / chunks..(c + 1) * n / chunks {
-                    this.image(
-                        &x[i * in_chw..(i + 1) * in_chw],
-                        &dy[i * out_chw..(i + 1) * out_chw],
-                        &mut bufs,
-                        &mut acc,
-                    );
+                let images: Vec<usize> = (c * n / chunks..(c + 1) * n / chunks).collect();
+                for ids in images.chunks(g) {
+                    let xs: Vec<&[f32]> = ids
+                        .iter()
+                        .map(|&i| &x[i * in_chw..(i + 1) * in_chw])
+                        .collect();
+                    let dys: Vec<&[f32]> = ids
+                        .iter()
+                        .map(|&i| &dy[i * out_chw..(i + 1) * out_chw])
+                        .collect();
+                    this.group(&xs, &dys, &mut bufs, &mut acc);
                 }
                 acc
             })
@@ -307,8 +337,8 @@ impl StepKernel for JitConvGradWeight {
     }
     fn describe(&self) -> String {
         format!(
-            "weight gradient {}x4 tiles over {} pixels",
-            self.plan.mr, self.plan.conv.p
+            "weight gradient {}x4 tiles over {} images of {} pixels",
+            self.plan.mr, self.plan.group, self.plan.conv.p
         )
     }
 }

@@ -131,12 +131,19 @@ impl TileSet {
             ctx.func.signature = sig;
             ctx.func.name = UserFuncName::user(0, id.as_u32());
             emit_tile(spec, &mut ctx.func, &mut fctx, module.target_config());
-            if keep_clif {
-                clif.insert(name.clone(), ctx.func.display().to_string());
-            }
+            ctx.set_disasm(keep_clif);
+            let ir = keep_clif.then(|| ctx.func.display().to_string());
             module
                 .define_function(id, &mut ctx)
                 .map_err(|e| format!("compile {name}: {e:?}"))?;
+            if let Some(ir) = ir {
+                // The IR, then the machine code Cranelift emitted for it.
+                let asm = ctx
+                    .compiled_code()
+                    .and_then(|c| c.vcode.clone())
+                    .unwrap_or_default();
+                clif.insert(name.clone(), format!("{ir}\n; x86-64:\n{asm}"));
+            }
             module.clear_context(&mut ctx);
             ids.push((spec.clone(), id));
         }
