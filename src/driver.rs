@@ -101,12 +101,15 @@ pub struct BuildOptions {
 /// The kernels a program runs on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EngineKind {
-    /// Cranelift-generated native kernels where the JIT has them (forward convolutions
-    /// today), reference kernels for the rest; falls back to the reference engine (with a
-    /// warning) on a CPU the JIT cannot use.
+    /// Cranelift-generated kernels for the conv families where they beat the reference
+    /// kernels ([`crate::codegen::engine::JitOptions::FASTEST`]), reference kernels for
+    /// the rest; falls back to the reference engine (with a warning) on a CPU the JIT
+    /// cannot use.
     Jit,
-    /// The plain-Rust reference kernels: the oracle, and the default until the JIT measures
-    /// faster (its 128-bit tiles trail the reference's 256-bit GEMM on large batches).
+    /// Every conv family the JIT has as JIT code, faster or not (for measuring them).
+    JitAll,
+    /// The plain-Rust reference kernels: the oracle, and the default until the JIT is
+    /// faster on every benchmark.
     #[default]
     Reference,
 }
@@ -115,7 +118,7 @@ pub enum EngineKind {
 pub fn executor(program: Program, batch: usize, engine: EngineKind) -> Result<Executor, CliError> {
     match engine {
         EngineKind::Reference => Ok(Executor::new(program, batch)),
-        EngineKind::Jit => {
+        EngineKind::Jit | EngineKind::JitAll => {
             if let Some(why) = crate::codegen::jit::cpu_unsupported() {
                 static WARNED: std::sync::Once = std::sync::Once::new();
                 WARNED.call_once(|| {
@@ -123,7 +126,11 @@ pub fn executor(program: Program, batch: usize, engine: EngineKind) -> Result<Ex
                 });
                 return Ok(Executor::new(program, batch));
             }
-            let jit = crate::codegen::JitEngine::new(&program)
+            let options = match engine {
+                EngineKind::JitAll => crate::codegen::engine::JitOptions::ALL,
+                _ => crate::codegen::engine::JitOptions::FASTEST,
+            };
+            let jit = crate::codegen::JitEngine::with_options(&program, options, false)
                 .map_err(|e| CliError::Internal(format!("JIT compilation failed: {e}")))?;
             Ok(Executor::with_engine(program, batch, &jit))
         }
@@ -233,7 +240,11 @@ fn emit_clif(opts: &BuildOptions, mode: Mode, step: Option<&str>) -> Result<Stri
         Mode::Training => training_program(opts, DEFAULT_SGD)?,
         Mode::Inference => inference_program(opts)?,
     };
-    let jit = crate::codegen::JitEngine::with_clif(&program)
+    let options = match opts.engine {
+        EngineKind::Jit => crate::codegen::engine::JitOptions::FASTEST,
+        _ => crate::codegen::engine::JitOptions::ALL,
+    };
+    let jit = crate::codegen::JitEngine::with_options(&program, options, true)
         .map_err(|e| CliError::Internal(format!("JIT compilation failed: {e}")))?;
     let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for s in &program.steps {

@@ -42,6 +42,7 @@ enum Emit {
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum EngineArg {
     Jit,
+    JitAll,
     Reference,
 }
 
@@ -66,8 +67,10 @@ struct CompileArgs {
     /// Override a model parameter: -D n=9 (repeatable).
     #[arg(short = 'D', value_name = "NAME=VALUE")]
     define: Vec<String>,
-    /// Kernels to run on: `reference` (plain Rust, the default) or `jit` (convolutions as
-    /// native code generated with Cranelift; experimental, see the README's figures).
+    /// Kernels to run on: `reference` (plain Rust, the default), `jit` (Cranelift-generated
+    /// code for the conv families where it is faster: Winograd 3x3 convs), or `jit-all`
+    /// (every conv family the JIT has). `build --emit clif` shows the tiles of `jit` when
+    /// it is given, else those of `jit-all`.
     #[arg(long, value_enum, default_value_t = EngineArg::Reference)]
     engine: EngineArg,
 }
@@ -221,6 +224,7 @@ fn build_options(c: &CompileArgs) -> Result<BuildOptions, CliError> {
         overrides,
         engine: match c.engine {
             EngineArg::Jit => driver::EngineKind::Jit,
+            EngineArg::JitAll => driver::EngineKind::JitAll,
             EngineArg::Reference => driver::EngineKind::Reference,
         },
     })

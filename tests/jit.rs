@@ -3,6 +3,7 @@
 //! on both engines, for inference and for one training step.
 
 use proptest::prelude::*;
+use resnetc::codegen::engine::JitOptions;
 use resnetc::codegen::jit::TileSet;
 use resnetc::codegen::microkernel::{tile_reference, TileOp, TileSpec};
 use resnetc::codegen::JitEngine;
@@ -314,6 +315,8 @@ fn both_engines_infer(name: &str, batch: usize) {
 }
 
 /// One training step on both engines: loss, training-mode logits and every tensor's update.
+/// The JIT runs every conv family (`jit-all`), so forward, input-gradient and
+/// weight-gradient kernels are all checked.
 fn both_engines_train(name: &str, batch: usize) {
     let program = driver::training_program(&model(name), driver::DEFAULT_SGD).unwrap();
     let [c, h, w] = program.input_shape;
@@ -328,7 +331,7 @@ fn both_engines_train(name: &str, batch: usize) {
     let mut before = None;
     for (engine, input) in [
         (EngineKind::Reference, &x),
-        (EngineKind::Jit, &x),
+        (EngineKind::JitAll, &x),
         (EngineKind::Reference, &x_moved),
     ] {
         let mut exec = driver::executor(program.clone(), batch, engine).unwrap();
@@ -468,7 +471,8 @@ proptest! {
         let mut want = vec![vec![0.0f32; len]];
         ReferenceEngine.kernel(&step).run(&ctx, &ins, &mut [], &mut want);
         for winograd in [false, true] {
-            let jit = JitEngine::for_kernels_with([&kernel_of], false, 256, winograd).unwrap();
+            let options = JitOptions { winograd, ..JitOptions::ALL };
+            let jit = JitEngine::for_kernels_with([&kernel_of], false, options).unwrap();
             let mut k = jit.kernel(&step);
             prop_assert_eq!(k.engine(), "jit");
             let mut got = vec![vec![f32::NAN; len]];

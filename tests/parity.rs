@@ -65,8 +65,9 @@ fn assert_close(what: &str, a: &[f32], b: &[f32], rtol: f32, atol: f32) {
     );
 }
 
-/// Both engines: the reference kernels (the oracle) and the JIT (the default).
-const ENGINES: [EngineKind; 2] = [EngineKind::Reference, EngineKind::Jit];
+/// Every engine: the reference kernels (the oracle), the JIT where it is faster, and every
+/// JIT kernel family.
+const ENGINES: [EngineKind; 3] = [EngineKind::Reference, EngineKind::Jit, EngineKind::JitAll];
 
 fn eval_parity(name: &str, batch: usize) {
     for engine in ENGINES {

@@ -1,5 +1,11 @@
-//! The JIT engine: compiles every conv step of a program into one module of tiles and serves
+//! The JIT engine: compiles the conv steps of a program into one module of tiles and serves
 //! native kernels for them, and the reference kernels for every other step.
+//!
+//! Which conv families run as JIT code is a [`JitOptions`] choice. The default,
+//! [`JitOptions::FASTEST`], keeps only the families that measured faster than the reference
+//! kernels on these machines: the reference GEMM (matrixmultiply) runs 512-bit AVX-512 code
+//! here, four times the width of Cranelift's 128-bit vectors, so the JIT wins where it does
+//! less work (Winograd), not where it does the same work in narrower vectors.
 
 use super::backward::{grad_input_as_conv, GradWeightPlan, JitConvGradInput, JitConvGradWeight};
 use super::conv::{ConvPlan, JitConv, PACK_FROM_K};
@@ -8,10 +14,43 @@ use super::winograd::{JitWinograd, WinogradPlan};
 use resnetc_runtime::engine::{Engine, ReferenceEngine, StepKernel};
 use resnetc_runtime::program::{Kernel, Program, Step};
 
+/// Which conv families the JIT generates code for; the rest run on the reference kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JitOptions {
+    /// Winograd for 3x3 stride-1 convs (and their input gradients) from
+    /// [`super::winograd::MIN_CHANNELS`] input channels on.
+    pub winograd: bool,
+    /// Direct tiles for every other forward conv and stride-1 input gradient.
+    pub direct: bool,
+    /// Weight gradients on accumulating tiles.
+    pub grad_weight: bool,
+    /// Direct tiles pack their columns from this reduction length on.
+    pub pack_from_k: usize,
+}
+
+impl JitOptions {
+    /// Every conv family as JIT code (`--engine jit-all`, and the kernel tests).
+    pub const ALL: JitOptions = JitOptions {
+        winograd: true,
+        direct: true,
+        grad_weight: true,
+        pack_from_k: PACK_FROM_K,
+    };
+    /// The families that beat the reference kernels in `bench --layers` on ResNet-20
+    /// (batch 128) and ResNet-50 (batch 16): Winograd only. Direct tiles ran 1x1 convs at
+    /// 1.1 to 3.5x the reference's time and 3x3 stride-2 convs at 2.3x; JIT weight
+    /// gradients took 1.6x.
+    pub const FASTEST: JitOptions = JitOptions {
+        winograd: true,
+        direct: false,
+        grad_weight: false,
+        pack_from_k: PACK_FROM_K,
+    };
+}
+
 pub struct JitEngine {
     tiles: CompiledTiles,
-    pack_from_k: usize,
-    winograd: bool,
+    options: JitOptions,
 }
 
 /// How the JIT computes one conv step.
@@ -20,74 +59,87 @@ enum ConvKernelPlan {
     Winograd(Box<WinogradPlan>),
 }
 
-fn plan_conv(kernel: &Kernel, pack_from_k: usize, winograd: bool) -> Option<ConvKernelPlan> {
-    if winograd {
+fn plan_conv(kernel: &Kernel, options: &JitOptions) -> Option<ConvKernelPlan> {
+    if options.winograd {
         if let Some(w) = WinogradPlan::choose(kernel) {
             return Some(ConvKernelPlan::Winograd(Box::new(w)));
         }
     }
-    ConvPlan::with_packing(kernel, pack_from_k).map(|p| ConvKernelPlan::Direct(Box::new(p)))
+    if !options.direct {
+        return None;
+    }
+    ConvPlan::with_packing(kernel, options.pack_from_k).map(|p| ConvKernelPlan::Direct(Box::new(p)))
+}
+
+fn plan_grad_weight(kernel: &Kernel, options: &JitOptions) -> Option<GradWeightPlan> {
+    options
+        .grad_weight
+        .then(|| GradWeightPlan::new(kernel))
+        .flatten()
 }
 
 impl JitEngine {
-    /// Plans every step of `program` and JIT-compiles the distinct tiles they need, in one
-    /// module. Fails when this CPU cannot run the generated code.
+    /// Plans every step of `program` with [`JitOptions::FASTEST`] and JIT-compiles the
+    /// distinct tiles they need, in one module. Fails when this CPU cannot run the code.
     pub fn new(program: &Program) -> Result<JitEngine, String> {
-        Self::build(program, false)
+        Self::with_options(program, JitOptions::FASTEST, false)
     }
 
-    /// Like [`JitEngine::new`], keeping the Cranelift IR text of every tile.
-    pub fn with_clif(program: &Program) -> Result<JitEngine, String> {
-        Self::build(program, true)
-    }
-
-    fn build(program: &Program, keep_clif: bool) -> Result<JitEngine, String> {
-        Self::for_kernels(
+    /// Like [`JitEngine::new`] with the given families, keeping the Cranelift IR and machine
+    /// code of every tile when `keep_clif` is set.
+    pub fn with_options(
+        program: &Program,
+        options: JitOptions,
+        keep_clif: bool,
+    ) -> Result<JitEngine, String> {
+        Self::for_kernels_with(
             program.steps.iter().chain(&program.prep).map(|s| &s.kernel),
             keep_clif,
+            options,
         )
     }
 
-    /// An engine for exactly these kernels (tests build single-step engines with it).
+    /// An engine with every family for exactly these kernels (tests build single-step
+    /// engines with it).
     pub fn for_kernels<'a>(
         kernels: impl IntoIterator<Item = &'a Kernel>,
         keep_clif: bool,
     ) -> Result<JitEngine, String> {
-        Self::for_kernels_with(kernels, keep_clif, PACK_FROM_K, true)
+        Self::for_kernels_with(kernels, keep_clif, JitOptions::ALL)
     }
 
-    /// Like [`JitEngine::for_kernels`], packing direct-conv columns from reduction length
-    /// `pack_from_k` on (see [`PACK_FROM_K`]), and with Winograd for 3x3 stride-1 convs or
-    /// not (tests run both algorithms).
+    /// Like [`JitEngine::for_kernels`] with the given families.
     pub fn for_kernels_with<'a>(
         kernels: impl IntoIterator<Item = &'a Kernel>,
         keep_clif: bool,
-        pack_from_k: usize,
-        winograd: bool,
+        options: JitOptions,
     ) -> Result<JitEngine, String> {
         if let Some(why) = cpu_unsupported() {
             return Err(why);
         }
         let mut set = TileSet::default();
         for kernel in kernels {
-            if let Some(plan) = GradWeightPlan::new(kernel) {
-                for t in plan.tiles() {
-                    set.add(t.clone());
-                }
-                continue;
-            }
-            let as_conv = grad_input_as_conv(kernel);
-            match plan_conv(as_conv.as_ref().unwrap_or(kernel), pack_from_k, winograd) {
-                Some(ConvKernelPlan::Direct(p)) => p.add_tiles(&mut set),
-                Some(ConvKernelPlan::Winograd(p)) => p.add_tiles(&mut set),
-                None => {}
+            for t in Self::tiles_of(kernel, &options) {
+                set.add(t);
             }
         }
         Ok(JitEngine {
             tiles: set.compile(keep_clif)?,
-            pack_from_k,
-            winograd,
+            options,
         })
+    }
+
+    /// The tiles a kernel needs under `options` (none when it runs on the reference).
+    fn tiles_of(kernel: &Kernel, options: &JitOptions) -> Vec<super::microkernel::TileSpec> {
+        if let Some(plan) = plan_grad_weight(kernel, options) {
+            return plan.tiles().cloned().collect();
+        }
+        let as_conv = grad_input_as_conv(kernel);
+        match plan_conv(as_conv.as_ref().unwrap_or(kernel), options) {
+            Some(ConvKernelPlan::Direct(p)) => p.tiles().cloned().collect(),
+            Some(ConvKernelPlan::Winograd(p)) => p.tiles().cloned().collect(),
+            None => vec![],
+        }
     }
 
     /// Distinct tile specializations compiled.
@@ -100,26 +152,17 @@ impl JitEngine {
         self.tiles.compile_time
     }
 
-    /// Cranelift IR text by tile symbol (empty unless built [`JitEngine::with_clif`]).
+    /// Cranelift IR and machine code by tile symbol (empty unless built with `keep_clif`).
     pub fn clif(&self) -> &std::collections::BTreeMap<String, String> {
         &self.tiles.clif
     }
 
     /// The tile symbols a step's kernel uses (empty when it runs on the reference kernel).
     pub fn step_tiles(&self, step: &Step) -> Vec<String> {
-        if let Some(plan) = GradWeightPlan::new(&step.kernel) {
-            return plan.tiles().map(|t| t.symbol()).collect();
-        }
-        let as_conv = grad_input_as_conv(&step.kernel);
-        match plan_conv(
-            as_conv.as_ref().unwrap_or(&step.kernel),
-            self.pack_from_k,
-            self.winograd,
-        ) {
-            Some(ConvKernelPlan::Direct(p)) => p.tiles().map(|t| t.symbol()).collect(),
-            Some(ConvKernelPlan::Winograd(p)) => p.tiles().map(|t| t.symbol()).collect(),
-            None => vec![],
-        }
+        Self::tiles_of(&step.kernel, &self.options)
+            .iter()
+            .map(|t| t.symbol())
+            .collect()
     }
 }
 
@@ -128,19 +171,21 @@ impl Engine for JitEngine {
         "jit"
     }
     fn kernel(&self, step: &Step) -> Box<dyn StepKernel> {
-        if let Some(plan) = GradWeightPlan::new(&step.kernel) {
+        if let Some(plan) = plan_grad_weight(&step.kernel, &self.options) {
             return Box::new(JitConvGradWeight::new(plan, &self.tiles));
         }
         if let (Kernel::ConvGradInput { spec, .. }, Some(conv)) =
             (&step.kernel, grad_input_as_conv(&step.kernel))
         {
-            let forward = self.kernel(&Step {
-                kernel: conv,
-                ..step.clone()
-            });
-            return Box::new(JitConvGradInput::new(*spec, forward));
+            if plan_conv(&conv, &self.options).is_some() {
+                let forward = self.kernel(&Step {
+                    kernel: conv,
+                    ..step.clone()
+                });
+                return Box::new(JitConvGradInput::new(*spec, forward));
+            }
         }
-        match plan_conv(&step.kernel, self.pack_from_k, self.winograd) {
+        match plan_conv(&step.kernel, &self.options) {
             Some(ConvKernelPlan::Direct(plan)) => Box::new(JitConv::new(*plan, &self.tiles)),
             Some(ConvKernelPlan::Winograd(plan)) => Box::new(JitWinograd::new(*plan, &self.tiles)),
             None => ReferenceEngine.kernel(step),
