@@ -589,7 +589,15 @@ impl JitWinograd {
                 .map(|&r| &ins[r][i * out_chw..(i + 1) * out_chw])
                 .collect()
         };
-        let threads = rayon::current_num_threads();
+        // Below ~4M multiply-accumulates (direct-conv count) per image a layer is done before
+        // a hand-off to the other thread pays: such images run their three phases on one
+        // thread, as the reference does with small GEMMs.
+        let small = s.macs(conv.out_hw[0], conv.out_hw[1]) < 1 << 22;
+        let threads = if small && n == 1 {
+            1
+        } else {
+            rayon::current_num_threads()
+        };
         if n >= threads {
             // Few, large work items: each one allocates its transform buffers once.
             (0..n)
