@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 cargo build --release -q
 BIN=target/release/resnetc
 ITERS=${ITERS:-10}
-for ENGINE in reference jit; do
+for ENGINE in ${ENGINES:-reference jit}; do   # ENGINES="reference jit jit-all" for every JIT family
     echo "== resnetc ($ENGINE engine), 2 threads"
     $BIN bench models/resnet20.resnet --batch 128,1 --iters "$ITERS" --threads 2 --engine $ENGINE
     $BIN bench models/resnet50.resnet --batch 1,16 --iters "$ITERS" --threads 2 --engine $ENGINE

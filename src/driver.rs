@@ -104,13 +104,12 @@ pub enum EngineKind {
     /// Cranelift-generated kernels for the conv families where they beat the reference
     /// kernels ([`crate::codegen::engine::JitOptions::FASTEST`]), reference kernels for
     /// the rest; falls back to the reference engine (with a warning) on a CPU the JIT
-    /// cannot use.
+    /// cannot use. The default.
+    #[default]
     Jit,
     /// Every conv family the JIT has as JIT code, faster or not (for measuring them).
     JitAll,
-    /// The plain-Rust reference kernels: the oracle, and the default until the JIT is
-    /// faster on every benchmark.
-    #[default]
+    /// The plain-Rust reference kernels: the oracle.
     Reference,
 }
 
@@ -242,7 +241,13 @@ fn emit_clif(opts: &BuildOptions, mode: Mode, step: Option<&str>) -> Result<Stri
     };
     let options = match opts.engine {
         EngineKind::Jit => crate::codegen::engine::JitOptions::FASTEST,
-        _ => crate::codegen::engine::JitOptions::ALL,
+        EngineKind::JitAll => crate::codegen::engine::JitOptions::ALL,
+        EngineKind::Reference => {
+            return Err(CliError::usage(
+                "--emit clif shows generated code, and the reference engine generates none: \
+                 use --engine jit (the default) or --engine jit-all",
+            ))
+        }
     };
     let jit = crate::codegen::JitEngine::with_options(&program, options, true)
         .map_err(|e| CliError::Internal(format!("JIT compilation failed: {e}")))?;

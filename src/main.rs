@@ -67,11 +67,11 @@ struct CompileArgs {
     /// Override a model parameter: -D n=9 (repeatable).
     #[arg(short = 'D', value_name = "NAME=VALUE")]
     define: Vec<String>,
-    /// Kernels to run on: `reference` (plain Rust, the default), `jit` (Cranelift-generated
-    /// code for the conv families where it is faster: Winograd 3x3 convs), or `jit-all`
-    /// (every conv family the JIT has). `build --emit clif` shows the tiles of `jit` when
-    /// it is given, else those of `jit-all`.
-    #[arg(long, value_enum, default_value_t = EngineArg::Reference)]
+    /// Kernels to run on: `jit` (the default: Cranelift-generated code for the conv
+    /// families where it beats the reference, Winograd 3x3 convs, and reference kernels for
+    /// the rest), `jit-all` (every conv family the JIT has), or `reference` (plain Rust, the
+    /// oracle). `build --emit clif` shows the code of the chosen JIT engine.
+    #[arg(long, value_enum, default_value_t = EngineArg::Jit)]
     engine: EngineArg,
 }
 
