@@ -314,10 +314,16 @@ fn both_engines_infer(name: &str, batch: usize) {
     );
 }
 
-/// One training step on both engines: loss, training-mode logits and every tensor's update.
-/// The JIT runs every conv family (`jit-all`), so forward, input-gradient and
-/// weight-gradient kernels are all checked.
+/// One training step on the reference engine, `jit` and `jit-all` (every conv family, so
+/// forward, input-gradient and weight-gradient kernels are all checked): loss,
+/// training-mode logits and every tensor's update.
 fn both_engines_train(name: &str, batch: usize) {
+    for engine in [EngineKind::Jit, EngineKind::JitAll] {
+        engine_trains_like_reference(name, batch, engine);
+    }
+}
+
+fn engine_trains_like_reference(name: &str, batch: usize, jit: EngineKind) {
     let program = driver::training_program(&model(name), driver::DEFAULT_SGD).unwrap();
     let [c, h, w] = program.input_shape;
     let x = random(9, batch * c * h * w);
@@ -331,7 +337,7 @@ fn both_engines_train(name: &str, batch: usize) {
     let mut before = None;
     for (engine, input) in [
         (EngineKind::Reference, &x),
-        (EngineKind::JitAll, &x),
+        (jit, &x),
         (EngineKind::Reference, &x_moved),
     ] {
         let mut exec = driver::executor(program.clone(), batch, engine).unwrap();
@@ -350,38 +356,44 @@ fn both_engines_train(name: &str, batch: usize) {
         r.0
     );
     assert_close(&format!("{name} train logits"), &j.1, &r.1, 1e-4, 1e-6);
-    // Compare each tensor's update. Forward values that differ in the last bits (the JIT
-    // sums in another order, and Winograd F(4x4) rounds differently in every 3x3 layer) pass
-    // through dozens of batch-statistics BN backward steps and ReLU masks, and a deep
-    // untrained network amplifies them. So the JIT must agree with the reference to 1e-3 of
-    // the update's scale, or to within 4x the reference's own spread under input noise of
-    // 1e-5, whichever is larger. (The noise is one draw at the input while the JIT's
-    // rounding enters every layer; the largest ratio seen was 3.3x, preact_resnet18's
-    // layer3.1.conv2.weight.)
+    // Compare each tensor's update by its relative L2 error. Forward values that differ in
+    // the last bits (the JIT sums in another order, and Winograd F(4x4) rounds differently in
+    // every 3x3 layer) pass through dozens of batch-statistics BN backward steps and ReLU
+    // masks, and a deep untrained network amplifies them: noise of 1e-5 of the input's scale
+    // alone moves preact_resnet18's updates by 1.6 to 2.1 % (relative L2) on the reference.
+    // Element-wise bounds are meaningless for such a step; the JIT must stay within 1e-3, or
+    // within twice the reference's own spread under that noise, whichever is larger. A wrong
+    // kernel gives errors of order 1.
     let before = before.expect("ran");
+    let delta = |key: &str, w: &[f32]| -> Vec<f32> {
+        w.iter()
+            .zip(&before[key].data)
+            .map(|(a, b)| a - b)
+            .collect()
+    };
+    let rel_l2 = |a: &[f32], b: &[f32]| -> f64 {
+        let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+        (num / den.max(f64::MIN_POSITIVE)).sqrt()
+    };
     for (key, t) in &r.2 {
-        let delta = |w: &[f32]| -> Vec<f32> {
-            w.iter()
-                .zip(&before[key].data)
-                .map(|(a, b)| a - b)
-                .collect()
-        };
         let (dr, dj, dm) = (
-            delta(&t.data),
-            delta(&j.2[key].data),
-            delta(&moved.2[key].data),
+            delta(key, &t.data),
+            delta(key, &j.2[key].data),
+            delta(key, &moved.2[key].data),
         );
-        let spread = dr
-            .iter()
-            .zip(&dm)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert_close(
-            &format!("{name} {key}: update of one step (reference spread {spread})"),
-            &dj,
-            &dr,
-            1e-3,
-            1e-6 + 4.0 * spread,
+        if dr.iter().all(|v| *v == 0.0) {
+            assert!(
+                dj.iter().all(|v| *v == 0.0),
+                "{name} {key}: the JIT moved a still tensor"
+            );
+            continue;
+        }
+        let (err, spread) = (rel_l2(&dj, &dr), rel_l2(&dm, &dr));
+        assert!(
+            err <= 1e-3f64.max(2.0 * spread),
+            "{name} {key} on {jit:?}: update off by {err:.2e} (relative L2); the reference's \
+             spread under 1e-5 input noise is {spread:.2e}"
         );
     }
 }

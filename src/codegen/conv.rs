@@ -294,7 +294,9 @@ impl ConvPlan {
     }
 
     /// Runs the epilogue steps the tiles did not fuse over the whole output `first` (and
-    /// copies the exported values into `rest`), as the reference executor runs them.
+    /// copies the exported values into `rest`), as the reference executor runs them; the
+    /// training pattern `[bn_train, (add,) relu]` in two passes instead of six
+    /// ([`Self::batch_norm_train_tail`]).
     pub fn run_epilogue_tail(
         &self,
         n: usize,
@@ -303,6 +305,9 @@ impl ConvPlan {
         first: &mut [f32],
         rest: &mut [Vec<f32>],
     ) {
+        if self.batch_norm_train_tail(n, ins, inouts, first, rest) {
+            return;
+        }
         let yd = Dims4::new(n, self.spec.out_channels, self.out_hw[0], self.out_hw[1]);
         let mut at = 2 + self.spec.bias as usize;
         let mut at_inout = 0;
@@ -333,6 +338,122 @@ impl ConvPlan {
             at += n_in;
             at_inout += n_inout;
         }
+    }
+
+    /// Training BN as the first unfused step, followed only by residual adds and ReLUs, with
+    /// at most the pre-BN value exported (every training conv of the zoo): per-channel
+    /// statistics in f64 as the reference computes them (mean, then squared deviations),
+    /// then one pass that writes the export and the normalized, added and rectified value.
+    /// Returns false (doing nothing) for any other tail.
+    fn batch_norm_train_tail(
+        &self,
+        n: usize,
+        ins: &[&[f32]],
+        inouts: &mut [Vec<f32>],
+        first: &mut [f32],
+        rest: &mut [Vec<f32>],
+    ) -> bool {
+        let tail = &self.epilogue[self.fused..];
+        let Some((EpilogueStep::BatchNormTrain(bn), after)) = tail.split_first() else {
+            return false;
+        };
+        if !after
+            .iter()
+            .all(|s| matches!(s, EpilogueStep::Add | EpilogueStep::Relu))
+            || self.exports.iter().any(|&e| e != self.fused)
+            || rest.len() != self.exports.len()
+        {
+            return false;
+        }
+        let c = self.spec.out_channels;
+        let hw = self.p;
+        let count = n * hw;
+        if count < 2 {
+            return false;
+        }
+        let mut at = 2 + self.spec.bias as usize;
+        for step in &self.epilogue[..self.fused] {
+            at += step.operands();
+        }
+        let (gamma, beta) = (ins[at], ins[at + 1]);
+        let residuals: Vec<&[f32]> = after
+            .iter()
+            .scan(at + 2, |next, s| {
+                let i = *next;
+                *next += s.operands();
+                Some((s, i))
+            })
+            .filter(|(s, _)| matches!(s, EpilogueStep::Add))
+            .map(|(_, i)| ins[i])
+            .collect();
+        let y: &[f32] = first;
+        let stats: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ci| {
+                let planes = (0..n).map(|i| &y[(i * c + ci) * hw..(i * c + ci + 1) * hw]);
+                let sum: f64 = planes.clone().flatten().map(|&v| v as f64).sum();
+                let mean = sum / count as f64;
+                let sq: f64 = planes
+                    .flatten()
+                    .map(|&v| {
+                        let d = v as f64 - mean;
+                        d * d
+                    })
+                    .sum();
+                (mean, sq / count as f64)
+            })
+            .collect();
+        let mean: Vec<f32> = stats.iter().map(|s| s.0 as f32).collect();
+        let var: Vec<f32> = stats.iter().map(|s| s.1 as f32).collect();
+        let scale: Vec<f32> = stats
+            .iter()
+            .zip(gamma)
+            .map(|(s, &g)| (g as f64 / (s.1 + bn.eps as f64).sqrt()) as f32)
+            .collect();
+        {
+            let (rm, rv) = inouts.split_at_mut(1);
+            resnetc_runtime::reference::batch_norm_update_running(
+                &mut rm[0],
+                &mut rv[0],
+                &mean,
+                &var,
+                count,
+                bn.momentum,
+            );
+        }
+        let mut export = rest.first_mut().map(|v| v.as_mut_slice());
+        let body = |plane: usize, yp: &mut [f32], ep: Option<&mut [f32]>| {
+            if let Some(ep) = ep {
+                ep.copy_from_slice(yp);
+            }
+            let ci = plane % c;
+            let (m, a, b) = (mean[ci], scale[ci], beta[ci]);
+            yp.iter_mut().for_each(|v| *v = (*v - m) * a + b);
+            let mut res = residuals.iter();
+            for s in after {
+                match s {
+                    EpilogueStep::Add => {
+                        let r = &res.next().expect("residual")[plane * hw..(plane + 1) * hw];
+                        yp.iter_mut().zip(r).for_each(|(v, r)| *v += r);
+                    }
+                    _ => yp
+                        .iter_mut()
+                        .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 }),
+                }
+            }
+        };
+        match export.take() {
+            Some(ex) => first
+                .par_chunks_mut(hw)
+                .zip(ex.par_chunks_mut(hw))
+                .enumerate()
+                .for_each(|(i, (yp, ep))| body(i, yp, Some(ep))),
+            None => first
+                .par_chunks_mut(hw)
+                .enumerate()
+                .for_each(|(i, yp)| body(i, yp, None)),
+        }
+        true
     }
 
     fn row_panels(&self) -> usize {
@@ -774,6 +895,84 @@ impl StepKernel for JitConv {
             NR,
             p.k,
             p.tile_ops
+                .iter()
+                .map(|o| format!("{o:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join("+")
+        )
+    }
+}
+
+/// A conv the JIT leaves to the reference GEMM (it is faster there: see
+/// [`super::engine::JitOptions::FASTEST`]), with its epilogue fused into one pass over each
+/// output plane instead of one whole-tensor pass per step, and training BN's tail in two.
+pub struct GemmConv {
+    plan: ConvPlan,
+}
+
+impl GemmConv {
+    pub fn new(plan: ConvPlan) -> GemmConv {
+        GemmConv { plan }
+    }
+}
+
+impl StepKernel for GemmConv {
+    fn run(
+        &mut self,
+        ctx: &KernelCtx,
+        ins: &[&[f32]],
+        inouts: &mut [Vec<f32>],
+        outs: &mut [Vec<f32>],
+    ) {
+        let plan = &self.plan;
+        let s = plan.spec;
+        let n = ctx.n;
+        let xd = Dims4::new(n, s.in_channels, plan.in_hw[0], plan.in_hw[1]);
+        let (first, rest) = outs.split_first_mut().expect("conv has an output");
+        // The bias is the first fused op, so the GEMM runs without it.
+        resnetc_runtime::reference::conv2d(ins[0], xd, ins[1], None, &s, first);
+        let channel_ops = plan.tile_operands(ins);
+        let residuals: Vec<&[f32]> = plan.residual_inputs().iter().map(|&i| ins[i]).collect();
+        let (c, hw) = (s.out_channels, plan.p);
+        if !plan.tile_ops.is_empty() {
+            first.par_chunks_mut(hw).enumerate().for_each(|(i, yp)| {
+                let ci = i % c;
+                let ops: Vec<&[f32]> = {
+                    let mut res = residuals.iter();
+                    let mut chan = channel_ops.iter();
+                    let mut v = vec![];
+                    for op in &plan.tile_ops {
+                        match op {
+                            TileOp::Shift => v.push(&chan.next().expect("op")[ci..]),
+                            TileOp::ScaleShift => {
+                                v.push(&chan.next().expect("op")[ci..]);
+                                v.push(&chan.next().expect("op")[ci..]);
+                            }
+                            TileOp::Add => {
+                                chan.next();
+                                v.push(&res.next().expect("residual")[i * hw..]);
+                            }
+                            TileOp::Relu => {}
+                        }
+                    }
+                    v
+                };
+                // One "row" of `hw` columns: per-row operands are the channel's.
+                apply_tile_ops(&plan.tile_ops, 1, hw, yp, hw, &ops, hw);
+            });
+        }
+        plan.run_epilogue_tail(n, ins, inouts, first, rest);
+    }
+
+    fn engine(&self) -> &'static str {
+        "reference"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "gemm, epilogue in one pass: {}",
+            self.plan
+                .tile_ops
                 .iter()
                 .map(|o| format!("{o:?}").to_lowercase())
                 .collect::<Vec<_>>()

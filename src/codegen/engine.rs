@@ -8,7 +8,7 @@
 //! less work (Winograd), not where it does the same work in narrower vectors.
 
 use super::backward::{grad_input_as_conv, GradWeightPlan, JitConvGradInput, JitConvGradWeight};
-use super::conv::{ConvPlan, JitConv, PACK_FROM_K};
+use super::conv::{ConvPlan, GemmConv, JitConv, PACK_FROM_K};
 use super::jit::{cpu_unsupported, CompiledTiles, TileSet};
 use super::winograd::{JitWinograd, WinogradPlan};
 use resnetc_runtime::engine::{Engine, ReferenceEngine, StepKernel};
@@ -188,7 +188,11 @@ impl Engine for JitEngine {
         match plan_conv(&step.kernel, &self.options) {
             Some(ConvKernelPlan::Direct(plan)) => Box::new(JitConv::new(*plan, &self.tiles)),
             Some(ConvKernelPlan::Winograd(plan)) => Box::new(JitWinograd::new(*plan, &self.tiles)),
-            None => ReferenceEngine.kernel(step),
+            // Convs left to the reference GEMM still get their epilogue in one pass.
+            None => match ConvPlan::new(&step.kernel) {
+                Some(plan) => Box::new(GemmConv::new(plan)),
+                None => ReferenceEngine.kernel(step),
+            },
         }
     }
 }
