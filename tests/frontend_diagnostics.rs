@@ -614,7 +614,7 @@ model m {
        ·                                 ╰── this is 0
      6 │   head { avgpool; fc classes }
        ╰────
-      help: width is a count: give a value at least 1 (at most 65536)
+      help: give width a value from 1 to 65536
     "#);
 }
 
@@ -715,7 +715,7 @@ fn d26_stride_zero() {
        ·                       ╰── this is 0
      4 │   head { avgpool; fc classes }
        ╰────
-      help: stride is a count: give a value at least 1 (at most 65536)
+      help: give stride a value from 1 to 65536
     "#);
 }
 
@@ -781,5 +781,83 @@ model m {
      10 │   head { avgpool; fc classes }
         ╰────
       help: with `shortcut none` a `shortcut` value may only be added (`add(x, s)` gives `x`)
+    "#);
+}
+
+/// an intermediate feature map past the size limits (issue 10)
+#[test]
+fn d29_intermediate_too_large() {
+    let src = r#"model big {
+  input 3 x 32 x 32; classes 10
+  stem { conv 16 3x3 pad 60000 -> bn -> relu }
+  head { avgpool; fc classes }
+}
+"#;
+    insta::assert_snapshot!(render("29_intermediate_too_large.resnet", src), @r#"
+    exit 2
+    resnet::shape
+
+      × the output of `conv1` is too large: Nx16x120030x120030 has a dimension of 120030, more than
+      │ the limit of 65536
+       ╭─[29_intermediate_too_large.resnet:3:10]
+     2 │   input 3 x 32 x 32; classes 10
+     3 │   stem { conv 16 3x3 pad 60000 -> bn -> relu }
+       ·          ──────────┬──────────
+       ·                    ╰── in this layer
+     4 │   head { avgpool; fc classes }
+       ╰────
+      help: every feature map must stay within the limits (sizes at most 65536, at most 2^40 values
+            per image): use less padding, fewer channels or a smaller input
+    "#);
+}
+
+/// nonsensical batch-norm values (issue 10)
+#[test]
+fn d30_bn_eps_negative() {
+    let src = r#"model m {
+  input 3 x 32 x 32; classes 10
+  batchnorm eps -1e-3 momentum 1.5
+  stem { conv 16 3x3 -> bn -> relu }
+  head { avgpool; fc classes }
+}
+"#;
+    insta::assert_snapshot!(render("30_bn_eps_negative.resnet", src), @r#"
+    exit 2
+    resnet::shape
+
+      × batch-norm eps must be positive, got -1e-3
+       ╭─[30_bn_eps_negative.resnet:3:17]
+     2 │   input 3 x 32 x 32; classes 10
+     3 │   batchnorm eps -1e-3 momentum 1.5
+       ·                 ──┬──
+       ·                   ╰── eps is -1e-3
+     4 │   stem { conv 16 3x3 -> bn -> relu }
+       ╰────
+      help: eps keeps the division by sqrt(var + eps) finite: use a small positive value such as 1e-5
+    "#);
+}
+
+/// a channel count above the maximum names the maximum (issue 10)
+#[test]
+fn d31_channels_above_maximum() {
+    let src = r#"model m {
+  input 3 x 32 x 32; classes 10
+  stem { conv 65537 3x3 }
+  head { avgpool; fc classes }
+}
+"#;
+    insta::assert_snapshot!(render("31_channels_above_maximum.resnet", src), @r#"
+    exit 2
+    resnet::shape
+
+      × output channels must be at most 65536, got 65537
+       ╭─[31_channels_above_maximum.resnet:3:15]
+     2 │   input 3 x 32 x 32; classes 10
+     3 │   stem { conv 65537 3x3 }
+       ·               ──┬──
+       ·                 ╰── this is 65537
+     4 │   head { avgpool; fc classes }
+       ╰────
+      help: give output channels a value from 1 to 65536
     "#);
 }

@@ -498,16 +498,23 @@ impl Op {
 
     /// Multiply-accumulates per image for an output of the given shape (conv and fc only,
     /// as torchvision and the paper count them).
+    /// Saturates at `u64::MAX`; see [`Op::checked_macs`].
     pub fn macs(&self, inputs: &[&Shape], output: &Shape) -> u64 {
+        self.checked_macs(inputs, output).unwrap_or(u64::MAX)
+    }
+
+    /// Like [`Op::macs`], `None` when the count does not fit in a `u64`.
+    pub fn checked_macs(&self, inputs: &[&Shape], output: &Shape) -> Option<u64> {
         match self {
             Op::Conv(conv) | Op::FusedConv { conv, .. } => match output.chw() {
-                Some((_, oh, ow)) => conv.macs(oh, ow),
-                None => 0,
+                Some((_, oh, ow)) => conv.checked_macs(oh, ow),
+                None => Some(0),
             },
             Op::Linear { out_features, .. } => {
-                (*out_features * inputs.first().map_or(0, |s| s.numel())) as u64
+                let k = inputs.first().map_or(Some(0), |s| s.checked_numel())?;
+                (*out_features as u64).checked_mul(k as u64)
             }
-            _ => 0,
+            _ => Some(0),
         }
     }
 }
