@@ -203,8 +203,7 @@ pub enum BuildEmit {
 pub fn build(opts: &BuildOptions, mode: Mode, emit: BuildEmit) -> Result<String, CliError> {
     if let BuildEmit::Ir(IrStage::Parsed) = emit {
         let name = opts.model.display().to_string();
-        let src = std::fs::read_to_string(&opts.model)
-            .map_err(|e| CliError::Runtime(RuntimeError::io(&opts.model, e)))?;
+        let src = frontend::read_source(&opts.model).map_err(CliError::Model)?;
         return frontend::pretty_source(&name, &src).map_err(CliError::Model);
     }
     if let BuildEmit::Clif(step) = &emit {

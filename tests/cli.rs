@@ -29,14 +29,42 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
+/// A file of the team's shared data. Missing, the calling test is skipped, and says so on
+/// the real stderr (not the captured one); under CI (`CI=true`) it fails instead.
 fn shared(rel: &str) -> Option<PathBuf> {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    shared_under(rel, ci)
+}
+
+fn shared_under(rel: &str, ci: bool) -> Option<PathBuf> {
     let p = root().join("../shared").join(rel);
     if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipped: {} is not here (CI has ../shared)", p.display());
-        None
+        return Some(p);
     }
+    assert!(
+        !ci,
+        "{} is missing: CI must have ../shared (tests may skip only outside CI)",
+        p.display()
+    );
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {}: {} is not here (CI has ../shared)",
+        std::thread::current().name().unwrap_or("a test"),
+        p.display()
+    );
+    None
+}
+
+#[test]
+#[should_panic(expected = "CI must have ../shared")]
+fn missing_shared_data_fails_under_ci() {
+    shared_under("no/such/file", true);
+}
+
+#[test]
+fn missing_shared_data_skips_outside_ci() {
+    assert_eq!(shared_under("no/such/file", false), None);
 }
 
 fn json_line(stdout: &str) -> serde_json::Value {
@@ -126,6 +154,33 @@ fn malformed_model_is_a_diagnostic_with_exit_code_2() {
     assert!(err.contains("bad.resnet:4:"), "{err}");
     let o = resnetc(&["build", "models/no-such-model.resnet"]);
     assert_eq!(o.status.code(), Some(3));
+}
+
+#[test]
+fn non_utf8_model_is_exit_2_with_the_byte_offset() {
+    let d = tmp("latin1");
+    let f = d.join("latin1.resnet");
+    std::fs::write(
+        &f,
+        b"model m {\n  input 3 x 32 x 32; classes 10\n  stem { conv 16 3x3 } # caf\xe9\n  head { avgpool; fc classes }\n}\n",
+    )
+    .unwrap();
+    for extra in [&[][..], &["--emit", "ir", "--stage", "parsed"][..]] {
+        let mut args = vec!["build", f.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = resnetc(&args);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        let one_line = err.replace("\n  │ ", " ");
+        assert!(
+            one_line.contains(
+                "is not UTF-8 text: invalid byte 0xE9 at byte offset 70 (line 3, column 29)"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("latin1.resnet:3:29"), "{err}");
+        assert!(!err.contains("permissions"), "{err}");
+    }
 }
 
 #[test]

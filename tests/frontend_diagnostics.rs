@@ -2,6 +2,7 @@
 //! Every case must fail with exit code 2 and a `file:line:col` location.
 
 use resnetc::frontend::compile_source;
+
 use resnetc::ir::Mode;
 
 /// Compiles `src`; a first line `# override NAME=V` passes a parameter override.
@@ -860,4 +861,50 @@ fn d31_channels_above_maximum() {
        ╰────
       help: give output channels a value from 1 to 65536
     "#);
+}
+
+/// control bytes in the source are escaped in the snippet and in the message (issue 10)
+#[test]
+fn d32_control_bytes_escaped() {
+    let src = "model m {\n  input 3 x 32 x 32; classes 10\n  stem { conv 16 3x3 \x1b[31m\0 }\n  head { avgpool; fc classes }\n}\n";
+    let out = render("32_control_bytes.resnet", src);
+    assert!(!out.contains('\x1b') && !out.contains('\0'), "{out}");
+    insta::assert_snapshot!(out, @r#"
+    exit 2
+    resnet::syntax
+
+      × syntax error: expected `->`, `/`, `;`, `as`, `bias`, `groups`, `nobias`, `pad`, `}`, `as
+      │ NAME`, `pad N` or `pad same`, `bias` or `nobias`, `groups N`, a layer (`conv`, `bn`, `relu`,
+      │ `maxpool`, `avgpool`, `fc`, `softmax`) or a stride like `/2`, found `\u{1b}`
+       ╭─[32_control_bytes.resnet:3:22]
+     2 │   input 3 x 32 x 32; classes 10
+     3 │   stem { conv 16 3x3 \u{1b}[31m\u{0} }
+       ·                      ───┬──
+       ·                         ╰── expected `->`, `/`, `;`, `as`, `bias`, `groups`, `nobias`, `pad`, `}`, `as NAME`, `pad N` or `pad same`, `bias` or `nobias`, `groups N`, a layer (`conv`, `bn`, `relu`, `maxpool`, `avgpool`, `fc`, `softmax`) or a stride like `/2`
+     4 │   head { avgpool; fc classes }
+       ╰────
+      help: end the previous item with `;` or close the section with `}`
+    "#);
+}
+
+/// a 3 MB file on one line: every snippet is cut to a window, and at most 20 errors are shown
+/// (issue 10)
+#[test]
+fn d33_long_line_snippets_are_capped() {
+    let src = format!(
+        "model m {{ input 3 x 32 x 32; classes 10; {} head {{ avgpool; fc classes }} }}",
+        "stem { conv 16 3x3 } ".repeat(150_000)
+    );
+    assert!(src.len() > 3_000_000);
+    let d = compile_source("long.resnet", &src, Mode::Inference, &[]).unwrap_err();
+    assert!(d.items.len() > 100_000);
+    let out = d.render_plain();
+    assert!(out.len() < 20_000, "{} bytes of diagnostics", out.len());
+    assert!(
+        out.contains("... and 149979 more errors in long.resnet"),
+        "{}",
+        &out[out.len() - 300..]
+    );
+    let widest = out.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(widest < 300, "a line of {widest} characters");
 }
