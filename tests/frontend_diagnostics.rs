@@ -908,3 +908,62 @@ fn d33_long_line_snippets_are_capped() {
     let widest = out.lines().map(|l| l.chars().count()).max().unwrap();
     assert!(widest < 300, "a line of {widest} characters");
 }
+
+/// parameters that depend on each other are reported as a cycle, once, without cascading
+/// errors at their uses (issue 10)
+#[test]
+fn d34_parameter_cycle() {
+    let src = r#"param a = b + 1
+param b = a
+model m {
+  input 3 x 32 x 32; classes 10
+  stem { conv 16 * a 3x3 }
+  head { avgpool; fc classes }
+}
+"#;
+    insta::assert_snapshot!(render("34_parameter_cycle.resnet", src), @r#"
+    exit 2
+    resnet::name
+
+      × parameters depend on each other in a cycle: a -> b -> a
+       ╭─[34_parameter_cycle.resnet:1:11]
+     1 │ param a = b + 1
+       ·           ┬
+       ·           ╰── `a` uses `b`
+     2 │ param b = a
+       ·           ┬
+       ·           ╰── `b` uses `a`
+     3 │ model m {
+       ╰────
+      help: give one of these parameters a value that does not depend on the others
+    "#);
+}
+
+/// a parameter used before its declaration (no cycle) says where it is declared (issue 10)
+#[test]
+fn d35_parameter_used_before_declared() {
+    let src = r#"param a = b + 1
+param b = 2
+model m {
+  input 3 x 32 x 32; classes 10
+  stem { conv 16 * a 3x3 }
+  head { avgpool; fc classes }
+}
+"#;
+    insta::assert_snapshot!(render("35_parameter_before_declared.resnet", src), @r#"
+    exit 2
+    resnet::name
+
+      × parameter `b` is used before it is declared
+       ╭─[35_parameter_before_declared.resnet:1:11]
+     1 │ param a = b + 1
+       ·           ┬
+       ·           ╰── `a` uses `b` here
+     2 │ param b = 2
+       ·       ┬
+       ·       ╰── `b` is declared here
+     3 │ model m {
+       ╰────
+      help: a parameter may use only the ones declared before it: move `param b` above `param a`
+    "#);
+}
