@@ -452,6 +452,76 @@ fn divergence_is_reported_not_hidden() {
 
 /// Training and evaluation also read image folders (`DIR/train/<class>/*.png`,
 /// `DIR/test/<class>/*.png`), resized to the model's input.
+/// A tiny image-folder data set of two classes, in `d`.
+fn tiny_folders(d: &std::path::Path) {
+    for (split, count) in [("train", 12), ("test", 4)] {
+        for (class, shade) in [("dark", 40u8), ("light", 210u8)] {
+            let dir = d.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..count {
+                let img = image::RgbImage::from_fn(40, 36, |x, y| {
+                    let v = shade.wrapping_add(((x + y + i) % 7) as u8);
+                    image::Rgb([v, v / 2, 255 - v])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+/// `--resume` appends to the CSV log: after a run and a resume, the log holds every epoch,
+/// and a row that a killed run wrote after its last checkpoint is replaced. (The 2-epoch run
+/// is not the first part of the 3-epoch one, whose schedule spans 3 epochs, so only the
+/// rows' presence and the kept rows are compared.)
+#[test]
+fn resume_appends_to_the_log() {
+    let d = tmp("resume-log");
+    tiny_folders(&d);
+    let train = |epochs: &str, save: &std::path::Path, resume: Option<&std::path::Path>| {
+        let mut args = vec![
+            "run",
+            "models/resnet20.resnet",
+            "--train",
+            "--epochs",
+            epochs,
+            "--batch",
+            "8",
+            "--threads",
+            "1",
+            "--data",
+            d.to_str().unwrap(),
+            "--save",
+            save.to_str().unwrap(),
+        ];
+        if let Some(r) = resume {
+            args.extend(["--resume", r.to_str().unwrap()]);
+        }
+        let o = resnetc(&args);
+        assert!(o.status.success(), "{:?}", text(&o));
+    };
+    let part = d.join("part.safetensors");
+    train("2", &part, None);
+    // A run killed after logging epoch 3 but before its checkpoint left this row behind.
+    let log = part.with_extension("csv");
+    let mut killed = std::fs::read_to_string(&log).unwrap();
+    killed += "3,9.9,0.1,0.1,1.0,0.1,1.0\n";
+    std::fs::write(&log, killed).unwrap();
+    let before = std::fs::read_to_string(&log).unwrap();
+    train("3", &part, Some(&part));
+    let after = std::fs::read_to_string(&log).unwrap();
+    let rows: Vec<&str> = after.lines().collect();
+    assert_eq!(rows.len(), 4, "{after}");
+    assert_eq!(
+        rows[..3],
+        before.lines().collect::<Vec<_>>()[..3],
+        "{after}"
+    );
+    assert!(
+        rows[3].starts_with("3,") && !rows[3].starts_with("3,9.9,"),
+        "{after}"
+    );
+}
+
 #[test]
 fn image_folders_train_and_evaluate() {
     let d = tmp("folders");
