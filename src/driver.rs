@@ -401,7 +401,9 @@ fn softmax(row: &[f32]) -> Vec<f32> {
     e.into_iter().map(|v| v / s).collect()
 }
 
-/// Inference on a `.npy` tensor or on image files. Returns the text to print.
+/// Inference on a `.npy` tensor or on image files. Returns the text to print. `save` writes
+/// the weights the run used (loaded, or drawn with `seed`).
+#[allow(clippy::too_many_arguments)]
 pub fn infer(
     opts: &BuildOptions,
     weights: Option<&Path>,
@@ -410,6 +412,7 @@ pub fn infer(
     class_index: Option<&Path>,
     seed: u64,
     json: bool,
+    save: Option<&Path>,
 ) -> Result<String, CliError> {
     let program = inference_program(opts)?;
     let [c, h, w] = program.input_shape;
@@ -445,6 +448,10 @@ pub fn infer(
             notes += "note: no --weights given; the model has random (He) weights\n";
         }
     }
+    if let Some(out) = save {
+        save_safetensors(out, &exec.weights(), None)?;
+        notes += &format!("wrote the weights to {}\n", out.display());
+    }
     let logits = exec.run(&data, None)?[0].to_vec();
     if let Some(out) = output {
         npy::write_npy_f32(out, &[n, classes], &logits)?;
@@ -465,9 +472,17 @@ pub fn infer(
         let mut top = vec![];
         text += &format!("{label}\n");
         for &k in idx.iter().take(5.min(classes)) {
-            let name = names.as_ref().and_then(|ci| ci.name(k)).unwrap_or("");
-            text += &format!("  {:>6.2}%  {k:>4}  {name}\n", p[k] * 100.0);
-            top.push(serde_json::json!({"class": k, "name": name, "probability": p[k]}));
+            // Without --labels there are no class names: the list shows indices only.
+            match names.as_ref().map(|ci| ci.name(k).unwrap_or("")) {
+                Some(name) => {
+                    text += &format!("  {:>6.2}%  {k:>4}  {name}\n", p[k] * 100.0);
+                    top.push(serde_json::json!({"class": k, "name": name, "probability": p[k]}));
+                }
+                None => {
+                    text += &format!("  {:>6.2}%  {k:>4}\n", p[k] * 100.0);
+                    top.push(serde_json::json!({"class": k, "probability": p[k]}));
+                }
+            }
         }
         rows.push(serde_json::json!({"input": label, "top5": top}));
     }

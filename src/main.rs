@@ -1,7 +1,8 @@
 //! The `resnetc` command line: `build` compiles and reports, `run` infers, evaluates and
 //! trains, `bench` measures.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use resnetc::driver::{self, BuildOptions, CliError};
 use resnetc::ir::Mode;
@@ -290,7 +291,23 @@ impl Observer for Progress {
     }
 }
 
-fn run(args: &RunArgs) -> Result<(), CliError> {
+/// The ids of the arguments given on the command line (not defaults) of a subcommand.
+fn given_ids(sub: &str, m: &ArgMatches) -> Vec<String> {
+    let cmd = Cli::command();
+    let Some(sc) = cmd.find_subcommand(sub) else {
+        return vec![];
+    };
+    sc.get_arguments()
+        .map(|a| a.get_id().as_str())
+        .filter(|id| m.try_contains_id(id).unwrap_or(false))
+        .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
+        .map(str::to_string)
+        .collect()
+}
+
+fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
+    let given: Vec<&str> = given.iter().map(String::as_str).collect();
+    resnetc::run_flags::check(&given, args.input.len()).map_err(CliError::Usage)?;
     set_threads(args.threads);
     let opts = build_options(&args.compile)?;
     let sgd = resnetc_runtime::spec::SgdSpec {
@@ -385,6 +402,7 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
             args.labels.as_deref(),
             args.seed,
             args.json,
+            args.save.as_deref(),
         )?;
         print!("{text}");
         return Ok(());
@@ -395,7 +413,8 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match &cli.command {
         Command::Build(b) => build_options(&b.compile).and_then(|opts| {
             let mode = if b.train {
@@ -417,7 +436,10 @@ fn main() -> ExitCode {
             };
             driver::build(&opts, mode, emit).map(|text| print!("{text}"))
         }),
-        Command::Run(r) => run(r),
+        Command::Run(r) => {
+            let sub = matches.subcommand_matches("run");
+            run(r, &sub.map_or(vec![], |m| given_ids("run", m)))
+        }
         Command::Bench(b) => build_options(&b.compile).and_then(|opts| {
             set_threads(b.threads);
             let batches: Result<Vec<usize>, _> = b

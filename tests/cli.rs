@@ -335,6 +335,90 @@ fn tensor_inference_writes_logits_and_single_step_saves_weights() {
     );
 }
 
+/// Every flag of `run` acts or is rejected: `--save` in inference writes the weights used,
+/// a tensor input without `--labels` lists class indices without blank names, and flags the
+/// mode would ignore are exit 2 with the mode they belong to (issue 10).
+#[test]
+fn run_flags_act_or_are_rejected() {
+    let d = tmp("flags");
+    let x = d.join("x.npy");
+    let y = d.join("y.npy");
+    let w = d.join("w.safetensors");
+    let data: Vec<f32> = (0..2 * 3 * 32 * 32)
+        .map(|i| (i % 13) as f32 / 13.0)
+        .collect();
+    resnetc_runtime::npy::write_npy_f32(&x, &[2, 3, 32, 32], &data).unwrap();
+    let (xs, ys, ws) = (
+        x.to_str().unwrap(),
+        y.to_str().unwrap(),
+        w.to_str().unwrap(),
+    );
+    let o = resnetc(&[
+        "run",
+        "models/resnet20.resnet",
+        "--input",
+        xs,
+        "--output",
+        ys,
+        "--save",
+        ws,
+        "--seed",
+        "3",
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains(&format!("wrote the weights to {ws}")), "{out}");
+    let saved = resnetc_runtime::weights::load_safetensors(&w).unwrap();
+    assert_eq!(saved.len(), 19 * 5 + 2);
+    // No class names: no name column, no empty "name" in JSON.
+    let top = &json_line(&out)["predictions"][0]["top5"];
+    assert!(top[0].get("name").is_none(), "{top}");
+    assert!(
+        out.lines()
+            .filter(|l| l.starts_with("  "))
+            .all(|l| !l.ends_with("  ")),
+        "{out}"
+    );
+    // The saved weights reproduce the logits.
+    let (_, first) = resnetc_runtime::npy::read_npy_f32(&y).unwrap();
+    let o = resnetc(&[
+        "run",
+        "models/resnet20.resnet",
+        "--input",
+        xs,
+        "--output",
+        ys,
+        "--weights",
+        ws,
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(resnetc_runtime::npy::read_npy_f32(&y).unwrap().1, first);
+    // Ignored flags and contradictions: exit 2, with the reason.
+    for (args, want) in [
+        (&["--input", xs, "--epochs", "3"][..], "--epochs has no effect in inference (--input); it applies to training (--train)"),
+        (&["--input", xs, "--batch", "4"][..], "--batch has no effect in inference"),
+        (&["--input", xs, "--weights", ws, "--seed", "1"][..], "--seed has no effect with --weights"),
+        (&["--input", xs, "--resume", ws][..], "--resume has no effect in inference"),
+        (&["--eval", "--weights", ws, "--lr", "0.1"][..], "--lr has no effect in evaluation (--eval)"),
+        (&["--eval", "--weights", ws, "--input", xs][..], "--input has no effect in evaluation"),
+        (&["--train", "--eval"][..], "choose one of --train and --eval"),
+        (&["--train", "--input", xs][..], "--input has no effect in training (--train); it applies to single-step mode (--train --steps) and inference (--input)"),
+        (&["--train", "--weights", ws, "--resume", ws][..], "--weights has no effect with --resume"),
+        (&["--steps", "1", "--input", xs][..], "--steps needs --train"),
+        (&["--train", "--steps", "1", "--input", xs, xs, "--labels", ys][..], "single-step mode takes one --input tensor"),
+        (&["--train", "--steps", "1", "--input", xs, "--labels", ys, "--epochs", "2"][..], "--epochs has no effect in single-step mode"),
+        (&[][..], "say what to run"),
+    ] {
+        let mut all = vec!["run", "models/resnet20.resnet"];
+        all.extend_from_slice(args);
+        let o = resnetc(&all);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn image_inference_prints_top5_with_class_names() {
     let (Some(img), Some(index)) = (
