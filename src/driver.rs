@@ -280,6 +280,54 @@ pub fn training_program(opts: &BuildOptions, sgd: SgdSpec) -> Result<Program, Cl
     )?)
 }
 
+/// Checks, before allocating, that the buffers of `programs` (each at its batch size) fit in
+/// the memory available; else an error (exit code 2) with both figures and the largest batch
+/// size that fits. The JIT's scratch space and the data set are not counted.
+pub fn check_memory(programs: &[(&Program, usize)]) -> Result<(), CliError> {
+    use resnetc_runtime::memory::{available_bytes, buffer_bytes, gib, needed_bytes};
+    let needed = needed_bytes(programs);
+    let Some(available) = available_bytes() else {
+        return Ok(());
+    };
+    if needed <= available as u128 {
+        return Ok(());
+    }
+    let Some((first, batch)) = programs.first() else {
+        return Ok(());
+    };
+    // The largest batch of the first program that fits with the others at their batches.
+    let others = needed_bytes(&programs[1..]);
+    let (fixed, per_item) = buffer_bytes(first);
+    let room = (available as u128).saturating_sub(others + fixed);
+    let fits = if per_item == 0 { 0 } else { room / per_item };
+    let hint = if fits >= 1 {
+        format!("use a smaller --batch (at most {fits} fits)")
+    } else {
+        "even one image does not fit: use a smaller input, fewer channels or less padding, or a machine with more memory".to_string()
+    };
+    Err(CliError::Usage(format!(
+        "the model `{}` at batch {batch} needs {} of memory for its buffers, {} available; {hint}",
+        first.name,
+        gib(needed),
+        gib(available as u128)
+    )))
+}
+
+/// `bench`'s memory check for the largest of `batches` (see [`check_memory`]).
+pub fn check_bench_memory(
+    opts: &BuildOptions,
+    batches: &[usize],
+    train_mode: bool,
+) -> Result<(), CliError> {
+    let program = if train_mode {
+        training_program(opts, DEFAULT_SGD)?
+    } else {
+        inference_program(opts)?
+    };
+    let largest = batches.iter().copied().max().unwrap_or(1);
+    check_memory(&[(&program, largest)])
+}
+
 /// Loads a safetensors file into an executor, checking names and shapes against the model.
 pub fn load_weights(exec: &mut Executor, path: &Path) -> Result<(), CliError> {
     let tensors = load_safetensors(path)?;
@@ -385,6 +433,7 @@ pub fn evaluate(
     let set = Arc::new(load_split(&dir, Split::Test, &program)?);
     check_input_size(&program, &set)?;
     let norm = normalize_of(&program)?;
+    check_memory(&[(&program, batch)])?;
     let mut exec = executor(program, batch, opts.engine)?;
     load_weights(&mut exec, weights)?;
     Ok(train::evaluate(
@@ -440,6 +489,7 @@ pub fn infer(
         }
         (data, inputs.len())
     };
+    check_memory(&[(&program, n.max(1))])?;
     let mut exec = executor(program, n.max(1), opts.engine)?;
     match weights {
         Some(p) => load_weights(&mut exec, p)?,
@@ -534,6 +584,8 @@ pub fn train(
     check_input_size(&program, &train_set)?;
     let norm = normalize_of(&program)?;
     let name = program.name.clone();
+    let eval_program = inference_program(opts)?;
+    check_memory(&[(&program, t.batch), (&eval_program, 256)])?;
     let mut exec = executor(program, t.batch, opts.engine)?;
     exec.init_he(t.seed);
     let mut start_epoch = 0;
@@ -550,7 +602,7 @@ pub fn train(
         exec.sgd_steps = ck.step;
         start_epoch = ck.epoch;
     }
-    let mut eval_exec = executor(inference_program(opts)?, 256, opts.engine)?;
+    let mut eval_exec = executor(eval_program, 256, opts.engine)?;
     let log = t.log.clone().unwrap_or_else(|| match &t.save {
         Some(s) => s.with_extension("csv"),
         None => PathBuf::from(format!("runs/{name}.csv")),
@@ -667,6 +719,7 @@ pub fn single_steps(
             format!("has {} labels for {} images", y.len(), shape[0]),
         )));
     }
+    check_memory(&[(&program, shape[0])])?;
     let mut exec = executor(program, shape[0], opts.engine)?;
     match weights {
         Some(p) => load_weights(&mut exec, p)?,

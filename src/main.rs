@@ -450,6 +450,7 @@ fn main() -> ExitCode {
             let batches = batches.map_err(|_| {
                 CliError::usage(format!("--batch {}: expected sizes like 1,16", b.batch))
             })?;
+            driver::check_bench_memory(&opts, &batches, b.train)?;
             driver::bench(
                 &opts, &batches, b.train, b.iters, b.json, b.profile, b.layers,
             )

@@ -419,6 +419,44 @@ fn run_flags_act_or_are_rejected() {
     }
 }
 
+/// A plan that does not fit in memory is an error with both figures, before any allocation
+/// (it used to abort in the allocator with exit 134) (issue 10).
+#[test]
+fn memory_is_checked_before_allocating() {
+    let d = tmp("memory");
+    let m = d.join("big.resnet");
+    // Within every size limit (a 60006x60006 map), but about 215 GiB of buffers per image.
+    std::fs::write(
+        &m,
+        "model big {\n  input 3 x 32 x 32; classes 10\n  stem { conv 16 3x3 pad 30000 -> bn -> relu }\n  head { avgpool; fc classes }\n}\n",
+    )
+    .unwrap();
+    let x = d.join("x.npy");
+    resnetc_runtime::npy::write_npy_f32(&x, &[1, 3, 32, 32], &[0.5; 3 * 32 * 32]).unwrap();
+    let ms = m.to_str().unwrap();
+    for args in [
+        &["bench", ms][..],
+        &["run", ms, "--input", x.to_str().unwrap()][..],
+    ] {
+        let o = resnetc(args);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("the model `big` at batch 1 needs 214.8 GiB of memory for its buffers, ")
+                && err.contains(" GiB available; even one image does not fit"),
+            "{args:?}: {err}"
+        );
+    }
+    // A batch too large for a small model names the largest batch that fits.
+    let o = resnetc(&["bench", "models/resnet20.resnet", "--batch", "1,10000000"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("at batch 10000000 needs") && err.contains("use a smaller --batch (at most "),
+        "{err}"
+    );
+}
+
 #[test]
 fn image_inference_prints_top5_with_class_names() {
     let (Some(img), Some(index)) = (
