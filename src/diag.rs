@@ -296,12 +296,13 @@ pub fn snippet_view(src: &str, spans: &[Span]) -> (String, impl Fn(usize) -> usi
             .filter(|&&b| b == b'\n')
             .count()
     };
-    let shown = match (
+    // Lines [first, last] are shown; no line when there is no span.
+    let (first, last) = match (
         spans.iter().map(|s| s.start).min(),
         spans.iter().map(|s| s.end.max(s.start)).max(),
     ) {
-        (Some(a), Some(b)) => line_of(a).saturating_sub(1)..=line_of(b) + 1,
-        _ => 1..=0,
+        (Some(a), Some(b)) => (line_of(a).saturating_sub(1), line_of(b) + 1),
+        _ => (1, 0),
     };
     let mut line_start = 0;
     let mut line_no = 0;
@@ -310,7 +311,7 @@ pub fn snippet_view(src: &str, spans: &[Span]) -> (String, impl Fn(usize) -> usi
             .find('\n')
             .map_or(src.len(), |i| line_start + i);
         let line = &src[line_start..line_end];
-        if !shown.contains(&line_no) {
+        if line_no < first || line_no > last {
             for m in &mut map[line_start..line_end] {
                 *m = out.len();
             }

@@ -299,7 +299,7 @@ pub fn check_memory(programs: &[(&Program, usize)]) -> Result<(), CliError> {
     let others = needed_bytes(&programs[1..]);
     let (fixed, per_item) = buffer_bytes(first);
     let room = (available as u128).saturating_sub(others + fixed);
-    let fits = if per_item == 0 { 0 } else { room / per_item };
+    let fits = room.checked_div(per_item).unwrap_or(0);
     let hint = if fits >= 1 {
         format!("use a smaller --batch (at most {fits} fits)")
     } else {
