@@ -247,7 +247,36 @@ impl Op {
                 .steps
                 .iter()
                 .any(|s| matches!(s, EpilogueStep::BatchNormTrain(_))),
-            _ => false,
+            // Exhaustive on purpose: a new op that writes in place must be listed above, or
+            // dead-code elimination deletes it.
+            Op::BatchNorm {
+                training: false, ..
+            }
+            | Op::Input
+            | Op::Labels
+            | Op::Param(_)
+            | Op::Conv(_)
+            | Op::Relu
+            | Op::Add
+            | Op::MaxPool(_)
+            | Op::AvgPool(_)
+            | Op::GlobalAvgPool
+            | Op::ShortcutA(_)
+            | Op::Linear { .. }
+            | Op::Softmax
+            | Op::FoldBnWeight(_)
+            | Op::FoldBnBias { .. }
+            | Op::SoftmaxCrossEntropy
+            | Op::SoftmaxCrossEntropyGrad
+            | Op::ConvGradInput { .. }
+            | Op::ConvGradWeight(_)
+            | Op::BatchNormGrad(_)
+            | Op::ReluGrad
+            | Op::MaxPoolGrad(_)
+            | Op::AvgPoolGrad { .. }
+            | Op::GlobalAvgPoolGrad { .. }
+            | Op::ShortcutAGrad { .. }
+            | Op::LinearGrad { .. } => false,
         }
     }
 
@@ -514,7 +543,32 @@ impl Op {
                 let k = inputs.first().map_or(Some(0), |s| s.checked_numel())?;
                 (*out_features as u64).checked_mul(k as u64)
             }
-            _ => Some(0),
+            // Counted as torchvision and the paper count: forward conv and fc only.
+            Op::Input
+            | Op::Labels
+            | Op::Param(_)
+            | Op::BatchNorm { .. }
+            | Op::Relu
+            | Op::Add
+            | Op::MaxPool(_)
+            | Op::AvgPool(_)
+            | Op::GlobalAvgPool
+            | Op::ShortcutA(_)
+            | Op::Softmax
+            | Op::FoldBnWeight(_)
+            | Op::FoldBnBias { .. }
+            | Op::SoftmaxCrossEntropy
+            | Op::SoftmaxCrossEntropyGrad
+            | Op::ConvGradInput { .. }
+            | Op::ConvGradWeight(_)
+            | Op::BatchNormGrad(_)
+            | Op::ReluGrad
+            | Op::MaxPoolGrad(_)
+            | Op::AvgPoolGrad { .. }
+            | Op::GlobalAvgPoolGrad { .. }
+            | Op::ShortcutAGrad { .. }
+            | Op::LinearGrad { .. }
+            | Op::SgdUpdate(_) => Some(0),
         }
     }
 }
@@ -626,7 +680,17 @@ impl fmt::Display for Op {
                 s.dampening,
                 if s.nesterov { " nesterov" } else { "" }
             ),
-            _ => write!(f, "{m}"),
+            // No attributes.
+            Op::Input
+            | Op::Labels
+            | Op::Relu
+            | Op::Add
+            | Op::GlobalAvgPool
+            | Op::Softmax
+            | Op::SoftmaxCrossEntropy
+            | Op::SoftmaxCrossEntropyGrad
+            | Op::ReluGrad
+            | Op::GlobalAvgPoolGrad { .. } => write!(f, "{m}"),
         }
     }
 }
