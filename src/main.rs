@@ -305,7 +305,43 @@ fn given_ids(sub: &str, m: &ArgMatches) -> Vec<String> {
         .collect()
 }
 
+/// Flags of every subcommand that contradict each other.
+fn check_compile_flags(given: &[String]) -> Result<(), CliError> {
+    if given.iter().any(|g| g == "opt") && given.iter().any(|g| g == "passes") {
+        return Err(CliError::usage(
+            "-O has no effect with --passes: --passes runs exactly the passes listed",
+        ));
+    }
+    Ok(())
+}
+
+/// `build` flags that the chosen `--emit` would ignore are errors.
+fn check_build_flags(b: &BuildArgs, given: &[String]) -> Result<(), CliError> {
+    check_compile_flags(given)?;
+    let has = |id: &str| given.iter().any(|g| g == id);
+    let emit = format!("{:?}", b.emit).to_lowercase();
+    let wrong = if has("engine") {
+        Some("--engine has no effect in build: it applies to run and bench (build --emit clif always shows the JIT's code)".to_string())
+    } else if has("kernel") && b.emit != Emit::Clif {
+        Some(format!(
+            "--kernel has no effect with --emit {emit}: it applies to --emit clif"
+        ))
+    } else if has("stage") && b.emit != Emit::Ir {
+        Some(format!(
+            "--stage has no effect with --emit {emit}: it applies to --emit ir"
+        ))
+    } else if has("json") && b.emit != Emit::Summary {
+        Some(format!(
+            "--json has no effect with --emit {emit}: it applies to the summary"
+        ))
+    } else {
+        None
+    };
+    wrong.map_or(Ok(()), |m| Err(CliError::Usage(m)))
+}
+
 fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
+    check_compile_flags(given)?;
     let given: Vec<&str> = given.iter().map(String::as_str).collect();
     resnetc::run_flags::check(&given, args.input.len()).map_err(CliError::Usage)?;
     set_threads(args.threads);
@@ -416,7 +452,14 @@ fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match &cli.command {
-        Command::Build(b) => build_options(&b.compile).and_then(|opts| {
+        Command::Build(b) => check_build_flags(
+            b,
+            &matches
+                .subcommand_matches("build")
+                .map_or(vec![], |m| given_ids("build", m)),
+        )
+        .and_then(|()| build_options(&b.compile))
+        .and_then(|opts| {
             let mode = if b.train {
                 Mode::Training
             } else {
@@ -440,7 +483,13 @@ fn main() -> ExitCode {
             let sub = matches.subcommand_matches("run");
             run(r, &sub.map_or(vec![], |m| given_ids("run", m)))
         }
-        Command::Bench(b) => build_options(&b.compile).and_then(|opts| {
+        Command::Bench(b) => check_compile_flags(
+            &matches
+                .subcommand_matches("bench")
+                .map_or(vec![], |m| given_ids("bench", m)),
+        )
+        .and_then(|()| build_options(&b.compile))
+        .and_then(|opts| {
             set_threads(b.threads);
             let batches: Result<Vec<usize>, _> = b
                 .batch

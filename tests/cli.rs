@@ -419,6 +419,48 @@ fn run_flags_act_or_are_rejected() {
     }
 }
 
+/// `build` and `bench` flags that would be ignored are rejected with exit 2 (issue 10).
+#[test]
+fn build_flags_act_or_are_rejected() {
+    for (args, want) in [
+        (
+            &["build", "--kernel", "conv1"][..],
+            "--kernel has no effect with --emit summary",
+        ),
+        (
+            &["build", "--emit", "dot", "--stage", "lowered"][..],
+            "--stage has no effect with --emit dot",
+        ),
+        (
+            &["build", "--emit", "ir", "--json"][..],
+            "--json has no effect with --emit ir",
+        ),
+        (
+            &["build", "--engine", "jit"][..],
+            "--engine has no effect in build",
+        ),
+        (
+            &["build", "-O0", "--passes", "dead_code"][..],
+            "-O has no effect with --passes",
+        ),
+        (
+            &["bench", "-O1", "--passes", "dead_code"][..],
+            "-O has no effect with --passes",
+        ),
+        (
+            &["run", "-O0", "--passes", "dead_code", "--input", "x.npy"][..],
+            "-O has no effect with --passes",
+        ),
+    ] {
+        let mut all = args.to_vec();
+        all.insert(1, "models/resnet20.resnet");
+        let o = resnetc(&all);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
 /// A plan that does not fit in memory is an error with both figures, before any allocation
 /// (it used to abort in the allocator with exit 134) (issue 10).
 #[test]
