@@ -686,6 +686,117 @@ fn resume_appends_to_the_log() {
     );
 }
 
+/// Crash safety: a training run killed with SIGKILL right after each of its first
+/// checkpoints, and resumed each time, ends with the weights (byte for byte) and the log
+/// (timing columns aside) of an uninterrupted run with the same seed.
+#[test]
+fn killed_and_resumed_training_matches_an_uninterrupted_run() {
+    use resnetc_runtime::checkpoint::Checkpoint;
+    let d = tmp("kill");
+    tiny_folders(&d);
+    let args = |save: &std::path::Path, resume: bool| {
+        let mut a: Vec<String> = [
+            "run",
+            "models/resnet20.resnet",
+            "--train",
+            "--epochs",
+            "5",
+            "--batch",
+            "8",
+            "--threads",
+            "1",
+            "--data",
+            d.to_str().unwrap(),
+            "--save",
+            save.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if resume {
+            a.extend(["--resume".into(), save.to_str().unwrap().into()]);
+        }
+        a
+    };
+    let whole = d.join("whole.safetensors");
+    let o = Command::new(env!("CARGO_BIN_EXE_resnetc"))
+        .args(args(&whole, false))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    let part = d.join("part.safetensors");
+    let epoch_of = |p: &std::path::Path| Checkpoint::load(p).map_or(0, |c| c.epoch);
+    let mut kills = 0;
+    for round in 0..3 {
+        let before = epoch_of(&part);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_resnetc"))
+            .args(args(&part, round > 0))
+            .current_dir(root())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill as soon as a new checkpoint is there (or let a run that ends first be).
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if epoch_of(&part) > before {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // The newest checkpoint always loads.
+        assert!(epoch_of(&part) > before, "round {round}: no new checkpoint");
+    }
+    assert!(kills >= 1, "no run was killed");
+    let o = Command::new(env!("CARGO_BIN_EXE_resnetc"))
+        .args(args(&part, true))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(Checkpoint::load(&part).unwrap().epoch, 5);
+    let (a, b) = (
+        Checkpoint::load(&part).unwrap(),
+        Checkpoint::load(&whole).unwrap(),
+    );
+    // (Compared as tensors: the files' metadata order varies from run to run.)
+    assert_eq!(
+        (a.epoch, a.step, a.rng_state, &a.extra),
+        (b.epoch, b.step, b.rng_state, &b.extra)
+    );
+    let differ: Vec<&String> = a
+        .params
+        .iter()
+        .chain(&a.optimizer)
+        .filter(|(k, t)| b.params.get(*k).or(b.optimizer.get(*k)) != Some(*t))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "after {kills} kills, the resumed run's tensors differ from the uninterrupted run's: {differ:?}"
+    );
+    let no_timing = |p: std::path::PathBuf| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                format!("{},{},{},{},{}", f[0], f[1], f[2], f[3], f[5])
+            })
+            .collect()
+    };
+    assert_eq!(
+        no_timing(part.with_extension("csv")),
+        no_timing(whole.with_extension("csv"))
+    );
+}
+
 #[test]
 fn image_folders_train_and_evaluate() {
     let d = tmp("folders");
