@@ -320,8 +320,10 @@ fn check_build_flags(b: &BuildArgs, given: &[String]) -> Result<(), CliError> {
     check_compile_flags(given)?;
     let has = |id: &str| given.iter().any(|g| g == id);
     let emit = format!("{:?}", b.emit).to_lowercase();
-    let wrong = if has("engine") {
-        Some("--engine has no effect in build: it applies to run and bench (build --emit clif always shows the JIT's code)".to_string())
+    let wrong = if has("engine") && b.emit != Emit::Clif {
+        Some(format!(
+            "--engine has no effect with --emit {emit}: it applies to --emit clif, run and bench"
+        ))
     } else if has("kernel") && b.emit != Emit::Clif {
         Some(format!(
             "--kernel has no effect with --emit {emit}: it applies to --emit clif"

@@ -437,7 +437,7 @@ fn build_flags_act_or_are_rejected() {
         ),
         (
             &["build", "--engine", "jit"][..],
-            "--engine has no effect in build",
+            "--engine has no effect with --emit summary",
         ),
         (
             &["build", "-O0", "--passes", "dead_code"][..],
