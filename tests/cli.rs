@@ -800,19 +800,7 @@ fn killed_and_resumed_training_matches_an_uninterrupted_run() {
 #[test]
 fn image_folders_train_and_evaluate() {
     let d = tmp("folders");
-    for (split, count) in [("train", 12), ("test", 4)] {
-        for (class, shade) in [("dark", 40u8), ("light", 210u8)] {
-            let dir = d.join(split).join(class);
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..count {
-                let img = image::RgbImage::from_fn(40, 36, |x, y| {
-                    let v = shade.wrapping_add(((x + y + i) % 7) as u8);
-                    image::Rgb([v, v / 2, 255 - v])
-                });
-                img.save(dir.join(format!("{i}.png"))).unwrap();
-            }
-        }
-    }
+    tiny_folders(&d);
     let o = resnetc(&[
         "run",
         "models/resnet20.resnet",
