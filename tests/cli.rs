@@ -412,11 +412,16 @@ fn run_flags_act_or_are_rejected() {
     ] {
         let mut all = vec!["run", "models/resnet20.resnet"];
         all.extend_from_slice(args);
-        let o = resnetc(&all);
-        let (_, err) = text(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(want), "{args:?}: {err}");
+        assert_usage_error(&all, want);
     }
+}
+
+/// `resnetc args` exits with 2 and says `want`.
+fn assert_usage_error(args: &[&str], want: &str) {
+    let o = resnetc(args);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains(want), "{args:?}: {err}");
 }
 
 /// `build` and `bench` flags that would be ignored are rejected with exit 2 (issue 10).
@@ -454,10 +459,7 @@ fn build_flags_act_or_are_rejected() {
     ] {
         let mut all = args.to_vec();
         all.insert(1, "models/resnet20.resnet");
-        let o = resnetc(&all);
-        let (_, err) = text(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(want), "{args:?}: {err}");
+        assert_usage_error(&all, want);
     }
 }
 
