@@ -187,14 +187,39 @@ impl Diagnostics {
 
     fn render_with(&self, handler: GraphicalReportHandler) -> String {
         let mut out = String::new();
-        for d in &self.items {
+        let file_name = escape_text(&self.file_name, MAX_MESSAGE_CHARS);
+        for d in self.items.iter().take(MAX_RENDERED) {
+            let spans: Vec<Span> = d.labels.iter().map(|l| l.span).collect();
+            let (text, map) = snippet_view(&self.source, &spans);
+            let d = &Diagnostic {
+                category: d.category,
+                message: escape_text(&d.message, MAX_MESSAGE_CHARS),
+                labels: d
+                    .labels
+                    .iter()
+                    .map(|l| Label {
+                        span: Span {
+                            start: map(l.span.start),
+                            end: map(l.span.end),
+                        },
+                        text: escape_text(&l.text, MAX_MESSAGE_CHARS),
+                    })
+                    .collect(),
+                help: d.help.as_ref().map(|h| escape_text(h, MAX_MESSAGE_CHARS)),
+            };
             let r = Report {
                 d,
-                src: NamedSource::new(&self.file_name, self.source.clone()),
+                src: NamedSource::new(&file_name, text),
             };
             if handler.render_report(&mut out, &r).is_err() {
                 out.push_str(&format!("error: {}\n", d.message));
             }
+        }
+        if self.items.len() > MAX_RENDERED {
+            out.push_str(&format!(
+                "... and {} more errors in {file_name}; fix the ones above first\n",
+                self.items.len() - MAX_RENDERED
+            ));
         }
         out
     }
@@ -221,6 +246,129 @@ impl Diagnostics {
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         line_col(&self.source, offset)
     }
+}
+
+/// Widest source line shown in a snippet, in characters; longer lines are cut around the
+/// label, with `…` marking what was left out.
+pub const MAX_SNIPPET_CHARS: usize = 120;
+/// Longest message, label or help text shown, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 400;
+/// Most diagnostics shown for one file; the rest are counted.
+pub const MAX_RENDERED: usize = 20;
+
+/// Characters echoed escaped rather than raw, so a model file cannot drive the terminal:
+/// control characters (ESC, NUL, a lone CR, ...) and the invisible bidirectional and
+/// zero-width formatting characters.
+fn must_escape(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// `text` with the characters of [`must_escape`] written as `\u{1b}`, cut to `max` characters.
+pub fn escape_text(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        if must_escape(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The text a diagnostic shows its snippet from, and the map from byte offsets in `src` to
+/// byte offsets in that text. Lines from the one before the first span to the one after the
+/// last span are kept (the others are emptied, so line numbers stay right), with control
+/// characters escaped and cut to [`MAX_SNIPPET_CHARS`] characters around the primary span
+/// (or the first one on the line).
+pub fn snippet_view(src: &str, spans: &[Span]) -> (String, impl Fn(usize) -> usize) {
+    let mut out = String::new();
+    // map[i]: where byte i of `src` lands in `out` (removed bytes land next to the cut).
+    let mut map = vec![0usize; src.len() + 1];
+    let line_of = |o: usize| {
+        src.as_bytes()[..o.min(src.len())]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+    };
+    // Lines [first, last] are shown; no line when there is no span.
+    let (first, last) = match (
+        spans.iter().map(|s| s.start).min(),
+        spans.iter().map(|s| s.end.max(s.start)).max(),
+    ) {
+        (Some(a), Some(b)) => (line_of(a).saturating_sub(1), line_of(b) + 1),
+        _ => (1, 0),
+    };
+    let mut line_start = 0;
+    let mut line_no = 0;
+    while line_start <= src.len() {
+        let line_end = src[line_start..]
+            .find('\n')
+            .map_or(src.len(), |i| line_start + i);
+        let line = &src[line_start..line_end];
+        if line_no < first || line_no > last {
+            for m in &mut map[line_start..line_end] {
+                *m = out.len();
+            }
+            map[line_end] = out.len();
+            if line_end < src.len() {
+                out.push('\n');
+            }
+            line_start = line_end + 1;
+            line_no += 1;
+            continue;
+        }
+        line_no += 1;
+        let chars = line.chars().count();
+        // The kept character range [from, to) of the line.
+        let (from, to) = if chars <= MAX_SNIPPET_CHARS {
+            (0, chars)
+        } else {
+            let on_line = |o: &usize| *o >= line_start && *o <= line_end;
+            let first = spans
+                .first()
+                .map(|s| s.start)
+                .filter(on_line)
+                .or_else(|| spans.iter().map(|s| s.start).filter(on_line).min())
+                .map_or(0, |o| {
+                    src[line_start..floor_boundary(src, o)].chars().count()
+                });
+            let from = first.saturating_sub(MAX_SNIPPET_CHARS / 3);
+            let to = (from + MAX_SNIPPET_CHARS).min(chars);
+            (to.saturating_sub(MAX_SNIPPET_CHARS), to)
+        };
+        if from > 0 {
+            out.push('…');
+        }
+        for (n, (i, c)) in line.char_indices().enumerate() {
+            if n == to && to < chars {
+                out.push('…');
+            }
+            for b in 0..c.len_utf8() {
+                map[line_start + i + b] = out.len();
+            }
+            if n < from || n >= to {
+                continue;
+            }
+            let keep_cr = c == '\r' && n + 1 == chars;
+            if must_escape(c) && !keep_cr {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        map[line_end] = out.len();
+        if line_end < src.len() {
+            out.push('\n');
+        }
+        line_start = line_end + 1;
+    }
+    (out, move |o: usize| map[o.min(map.len() - 1)])
 }
 
 /// The largest char boundary of `src` at or below `offset`.

@@ -209,8 +209,7 @@ pub enum BuildEmit {
 pub fn build(opts: &BuildOptions, mode: Mode, emit: BuildEmit) -> Result<String, CliError> {
     if let BuildEmit::Ir(IrStage::Parsed) = emit {
         let name = opts.model.display().to_string();
-        let src = std::fs::read_to_string(&opts.model)
-            .map_err(|e| CliError::Runtime(RuntimeError::io(&opts.model, e)))?;
+        let src = frontend::read_source(&opts.model).map_err(CliError::Model)?;
         return frontend::pretty_source(&name, &src).map_err(CliError::Model);
     }
     if let BuildEmit::Clif(step) = &emit {
@@ -295,6 +294,54 @@ pub fn training_program(opts: &BuildOptions, sgd: SgdSpec) -> Result<Program, Cl
     Ok(compile(
         &compile_model(opts, Mode::Training, Some(sgd))?.optimized,
     )?)
+}
+
+/// Checks, before allocating, that the buffers of `programs` (each at its batch size) fit in
+/// the memory available; else an error (exit code 2) with both figures and the largest batch
+/// size that fits. The JIT's scratch space and the data set are not counted.
+pub fn check_memory(programs: &[(&Program, usize)]) -> Result<(), CliError> {
+    use resnetc_runtime::memory::{available_bytes, buffer_bytes, gib, needed_bytes};
+    let needed = needed_bytes(programs);
+    let Some(available) = available_bytes() else {
+        return Ok(());
+    };
+    if needed <= available as u128 {
+        return Ok(());
+    }
+    let Some((first, batch)) = programs.first() else {
+        return Ok(());
+    };
+    // The largest batch of the first program that fits with the others at their batches.
+    let others = needed_bytes(&programs[1..]);
+    let (fixed, per_item) = buffer_bytes(first);
+    let room = (available as u128).saturating_sub(others + fixed);
+    let fits = room.checked_div(per_item).unwrap_or(0);
+    let hint = if fits >= 1 {
+        format!("use a smaller --batch (at most {fits} fits)")
+    } else {
+        "even one image does not fit: use a smaller input, fewer channels or less padding, or a machine with more memory".to_string()
+    };
+    Err(CliError::Usage(format!(
+        "the model `{}` at batch {batch} needs {} of memory for its buffers, {} available; {hint}",
+        first.name,
+        gib(needed),
+        gib(available as u128)
+    )))
+}
+
+/// `bench`'s memory check for the largest of `batches` (see [`check_memory`]).
+pub fn check_bench_memory(
+    opts: &BuildOptions,
+    batches: &[usize],
+    train_mode: bool,
+) -> Result<(), CliError> {
+    let program = if train_mode {
+        training_program(opts, DEFAULT_SGD)?
+    } else {
+        inference_program(opts)?
+    };
+    let largest = batches.iter().copied().max().unwrap_or(1);
+    check_memory(&[(&program, largest)])
 }
 
 /// Loads a safetensors file into an executor, checking names and shapes against the model.
@@ -402,6 +449,7 @@ pub fn evaluate(
     let set = Arc::new(load_split(&dir, Split::Test, &program)?);
     check_input_size(&program, &set)?;
     let norm = normalize_of(&program)?;
+    check_memory(&[(&program, batch)])?;
     let mut exec = executor(program, batch, opts.engine)?;
     load_weights(&mut exec, weights)?;
     Ok(train::evaluate(
@@ -418,7 +466,9 @@ fn softmax(row: &[f32]) -> Vec<f32> {
     e.into_iter().map(|v| v / s).collect()
 }
 
-/// Inference on a `.npy` tensor or on image files. Returns the text to print.
+/// Inference on a `.npy` tensor or on image files. Returns the text to print. `save` writes
+/// the weights the run used (loaded, or drawn with `seed`).
+#[allow(clippy::too_many_arguments)]
 pub fn infer(
     opts: &BuildOptions,
     weights: Option<&Path>,
@@ -427,6 +477,7 @@ pub fn infer(
     class_index: Option<&Path>,
     seed: u64,
     json: bool,
+    save: Option<&Path>,
 ) -> Result<String, CliError> {
     let program = inference_program(opts)?;
     let [c, h, w] = program.input_shape;
@@ -454,6 +505,7 @@ pub fn infer(
         }
         (data, inputs.len())
     };
+    check_memory(&[(&program, n.max(1))])?;
     let mut exec = executor(program, n.max(1), opts.engine)?;
     match weights {
         Some(p) => load_weights(&mut exec, p)?,
@@ -461,6 +513,10 @@ pub fn infer(
             exec.init_he(seed);
             notes += "note: no --weights given; the model has random (He) weights\n";
         }
+    }
+    if let Some(out) = save {
+        save_safetensors(out, &exec.weights(), None)?;
+        notes += &format!("wrote the weights to {}\n", out.display());
     }
     let logits = exec.run(&data, None)?[0].to_vec();
     if let Some(out) = output {
@@ -482,9 +538,17 @@ pub fn infer(
         let mut top = vec![];
         text += &format!("{label}\n");
         for &k in idx.iter().take(5.min(classes)) {
-            let name = names.as_ref().and_then(|ci| ci.name(k)).unwrap_or("");
-            text += &format!("  {:>6.2}%  {k:>4}  {name}\n", p[k] * 100.0);
-            top.push(serde_json::json!({"class": k, "name": name, "probability": p[k]}));
+            // Without --labels there are no class names: the list shows indices only.
+            match names.as_ref().map(|ci| ci.name(k).unwrap_or("")) {
+                Some(name) => {
+                    text += &format!("  {:>6.2}%  {k:>4}  {name}\n", p[k] * 100.0);
+                    top.push(serde_json::json!({"class": k, "name": name, "probability": p[k]}));
+                }
+                None => {
+                    text += &format!("  {:>6.2}%  {k:>4}\n", p[k] * 100.0);
+                    top.push(serde_json::json!({"class": k, "probability": p[k]}));
+                }
+            }
         }
         rows.push(serde_json::json!({"input": label, "top5": top}));
     }
@@ -536,6 +600,8 @@ pub fn train(
     check_input_size(&program, &train_set)?;
     let norm = normalize_of(&program)?;
     let name = program.name.clone();
+    let eval_program = inference_program(opts)?;
+    check_memory(&[(&program, t.batch), (&eval_program, 256)])?;
     let mut exec = executor(program, t.batch, opts.engine)?;
     exec.init_he(t.seed);
     let mut start_epoch = 0;
@@ -552,7 +618,7 @@ pub fn train(
         exec.sgd_steps = ck.step;
         start_epoch = ck.epoch;
     }
-    let mut eval_exec = executor(inference_program(opts)?, 256, opts.engine)?;
+    let mut eval_exec = executor(eval_program, 256, opts.engine)?;
     let log = t.log.clone().unwrap_or_else(|| match &t.save {
         Some(s) => s.with_extension("csv"),
         None => PathBuf::from(format!("runs/{name}.csv")),
@@ -669,6 +735,7 @@ pub fn single_steps(
             format!("has {} labels for {} images", y.len(), shape[0]),
         )));
     }
+    check_memory(&[(&program, shape[0])])?;
     let mut exec = executor(program, shape[0], opts.engine)?;
     match weights {
         Some(p) => load_weights(&mut exec, p)?,

@@ -11,4 +11,5 @@ pub mod driver;
 pub mod frontend;
 pub mod ir;
 pub mod passes;
+pub mod run_flags;
 pub mod summary;

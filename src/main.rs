@@ -1,7 +1,8 @@
 //! The `resnetc` command line: `build` compiles and reports, `run` infers, evaluates and
 //! trains, `bench` measures.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use resnetc::driver::{self, BuildOptions, CliError};
 use resnetc::ir::Mode;
@@ -294,7 +295,61 @@ impl Observer for Progress {
     }
 }
 
-fn run(args: &RunArgs) -> Result<(), CliError> {
+/// The ids of the arguments given on the command line (not defaults) of a subcommand.
+fn given_ids(sub: &str, m: &ArgMatches) -> Vec<String> {
+    let cmd = Cli::command();
+    let Some(sc) = cmd.find_subcommand(sub) else {
+        return vec![];
+    };
+    sc.get_arguments()
+        .map(|a| a.get_id().as_str())
+        .filter(|id| m.try_contains_id(id).unwrap_or(false))
+        .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Flags of every subcommand that contradict each other.
+fn check_compile_flags(given: &[String]) -> Result<(), CliError> {
+    if given.iter().any(|g| g == "opt") && given.iter().any(|g| g == "passes") {
+        return Err(CliError::usage(
+            "-O has no effect with --passes: --passes runs exactly the passes listed",
+        ));
+    }
+    Ok(())
+}
+
+/// `build` flags that the chosen `--emit` would ignore are errors.
+fn check_build_flags(b: &BuildArgs, given: &[String]) -> Result<(), CliError> {
+    check_compile_flags(given)?;
+    let has = |id: &str| given.iter().any(|g| g == id);
+    let emit = format!("{:?}", b.emit).to_lowercase();
+    let wrong = if has("engine") && b.emit != Emit::Clif {
+        Some(format!(
+            "--engine has no effect with --emit {emit}: it applies to --emit clif, run and bench"
+        ))
+    } else if has("kernel") && b.emit != Emit::Clif {
+        Some(format!(
+            "--kernel has no effect with --emit {emit}: it applies to --emit clif"
+        ))
+    } else if has("stage") && b.emit != Emit::Ir {
+        Some(format!(
+            "--stage has no effect with --emit {emit}: it applies to --emit ir"
+        ))
+    } else if has("json") && b.emit != Emit::Summary {
+        Some(format!(
+            "--json has no effect with --emit {emit}: it applies to the summary"
+        ))
+    } else {
+        None
+    };
+    wrong.map_or(Ok(()), |m| Err(CliError::Usage(m)))
+}
+
+fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
+    check_compile_flags(given)?;
+    let given: Vec<&str> = given.iter().map(String::as_str).collect();
+    resnetc::run_flags::check(&given, args.input.len()).map_err(CliError::Usage)?;
     set_threads(args.threads);
     let opts = build_options(&args.compile)?;
     let sgd = resnetc_runtime::spec::SgdSpec {
@@ -389,6 +444,7 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
             args.labels.as_deref(),
             args.seed,
             args.json,
+            args.save.as_deref(),
         )?;
         print!("{text}");
         return Ok(());
@@ -399,9 +455,17 @@ fn run(args: &RunArgs) -> Result<(), CliError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match &cli.command {
-        Command::Build(b) => build_options(&b.compile).and_then(|opts| {
+        Command::Build(b) => check_build_flags(
+            b,
+            &matches
+                .subcommand_matches("build")
+                .map_or(vec![], |m| given_ids("build", m)),
+        )
+        .and_then(|()| build_options(&b.compile))
+        .and_then(|opts| {
             let mode = if b.train {
                 Mode::Training
             } else {
@@ -421,8 +485,17 @@ fn main() -> ExitCode {
             };
             driver::build(&opts, mode, emit).map(|text| print!("{text}"))
         }),
-        Command::Run(r) => run(r),
-        Command::Bench(b) => build_options(&b.compile).and_then(|opts| {
+        Command::Run(r) => {
+            let sub = matches.subcommand_matches("run");
+            run(r, &sub.map_or(vec![], |m| given_ids("run", m)))
+        }
+        Command::Bench(b) => check_compile_flags(
+            &matches
+                .subcommand_matches("bench")
+                .map_or(vec![], |m| given_ids("bench", m)),
+        )
+        .and_then(|()| build_options(&b.compile))
+        .and_then(|opts| {
             set_threads(b.threads);
             let batches: Result<Vec<usize>, _> = b
                 .batch
@@ -432,6 +505,7 @@ fn main() -> ExitCode {
             let batches = batches.map_err(|_| {
                 CliError::usage(format!("--batch {}: expected sizes like 1,16", b.batch))
             })?;
+            driver::check_bench_memory(&opts, &batches, b.train)?;
             driver::bench(
                 &opts, &batches, b.train, b.iters, b.json, b.profile, b.layers,
             )

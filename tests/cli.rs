@@ -29,14 +29,42 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
+/// A file of the team's shared data. Missing, the calling test is skipped, and says so on
+/// the real stderr (not the captured one); under CI (`CI=true`) it fails instead.
 fn shared(rel: &str) -> Option<PathBuf> {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    shared_under(rel, ci)
+}
+
+fn shared_under(rel: &str, ci: bool) -> Option<PathBuf> {
     let p = root().join("../shared").join(rel);
     if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipped: {} is not here (CI has ../shared)", p.display());
-        None
+        return Some(p);
     }
+    assert!(
+        !ci,
+        "{} is missing: CI must have ../shared (tests may skip only outside CI)",
+        p.display()
+    );
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {}: {} is not here (CI has ../shared)",
+        std::thread::current().name().unwrap_or("a test"),
+        p.display()
+    );
+    None
+}
+
+#[test]
+#[should_panic(expected = "CI must have ../shared")]
+fn missing_shared_data_fails_under_ci() {
+    shared_under("no/such/file", true);
+}
+
+#[test]
+fn missing_shared_data_skips_outside_ci() {
+    assert_eq!(shared_under("no/such/file", false), None);
 }
 
 fn json_line(stdout: &str) -> serde_json::Value {
@@ -126,6 +154,33 @@ fn malformed_model_is_a_diagnostic_with_exit_code_2() {
     assert!(err.contains("bad.resnet:4:"), "{err}");
     let o = resnetc(&["build", "models/no-such-model.resnet"]);
     assert_eq!(o.status.code(), Some(3));
+}
+
+#[test]
+fn non_utf8_model_is_exit_2_with_the_byte_offset() {
+    let d = tmp("latin1");
+    let f = d.join("latin1.resnet");
+    std::fs::write(
+        &f,
+        b"model m {\n  input 3 x 32 x 32; classes 10\n  stem { conv 16 3x3 } # caf\xe9\n  head { avgpool; fc classes }\n}\n",
+    )
+    .unwrap();
+    for extra in [&[][..], &["--emit", "ir", "--stage", "parsed"][..]] {
+        let mut args = vec!["build", f.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = resnetc(&args);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        let one_line = err.replace("\n  │ ", " ");
+        assert!(
+            one_line.contains(
+                "is not UTF-8 text: invalid byte 0xE9 at byte offset 70 (line 3, column 29)"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("latin1.resnet:3:29"), "{err}");
+        assert!(!err.contains("permissions"), "{err}");
+    }
 }
 
 #[test]
@@ -280,6 +335,172 @@ fn tensor_inference_writes_logits_and_single_step_saves_weights() {
     );
 }
 
+/// Every flag of `run` acts or is rejected: `--save` in inference writes the weights used,
+/// a tensor input without `--labels` lists class indices without blank names, and flags the
+/// mode would ignore are exit 2 with the mode they belong to (issue 10).
+#[test]
+fn run_flags_act_or_are_rejected() {
+    let d = tmp("flags");
+    let x = d.join("x.npy");
+    let y = d.join("y.npy");
+    let w = d.join("w.safetensors");
+    let data: Vec<f32> = (0..2 * 3 * 32 * 32)
+        .map(|i| (i % 13) as f32 / 13.0)
+        .collect();
+    resnetc_runtime::npy::write_npy_f32(&x, &[2, 3, 32, 32], &data).unwrap();
+    let (xs, ys, ws) = (
+        x.to_str().unwrap(),
+        y.to_str().unwrap(),
+        w.to_str().unwrap(),
+    );
+    let o = resnetc(&[
+        "run",
+        "models/resnet20.resnet",
+        "--input",
+        xs,
+        "--output",
+        ys,
+        "--save",
+        ws,
+        "--seed",
+        "3",
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains(&format!("wrote the weights to {ws}")), "{out}");
+    let saved = resnetc_runtime::weights::load_safetensors(&w).unwrap();
+    assert_eq!(saved.len(), 19 * 5 + 2);
+    // No class names: no name column, no empty "name" in JSON.
+    let top = &json_line(&out)["predictions"][0]["top5"];
+    assert!(top[0].get("name").is_none(), "{top}");
+    assert!(
+        out.lines()
+            .filter(|l| l.starts_with("  "))
+            .all(|l| !l.ends_with("  ")),
+        "{out}"
+    );
+    // The saved weights reproduce the logits.
+    let (_, first) = resnetc_runtime::npy::read_npy_f32(&y).unwrap();
+    let o = resnetc(&[
+        "run",
+        "models/resnet20.resnet",
+        "--input",
+        xs,
+        "--output",
+        ys,
+        "--weights",
+        ws,
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(resnetc_runtime::npy::read_npy_f32(&y).unwrap().1, first);
+    // Ignored flags and contradictions: exit 2, with the reason.
+    for (args, want) in [
+        (&["--input", xs, "--epochs", "3"][..], "--epochs has no effect in inference (--input); it applies to training (--train)"),
+        (&["--input", xs, "--batch", "4"][..], "--batch has no effect in inference"),
+        (&["--input", xs, "--weights", ws, "--seed", "1"][..], "--seed has no effect with --weights"),
+        (&["--input", xs, "--resume", ws][..], "--resume has no effect in inference"),
+        (&["--eval", "--weights", ws, "--lr", "0.1"][..], "--lr has no effect in evaluation (--eval)"),
+        (&["--eval", "--weights", ws, "--input", xs][..], "--input has no effect in evaluation"),
+        (&["--train", "--eval"][..], "choose one of --train and --eval"),
+        (&["--train", "--input", xs][..], "--input has no effect in training (--train); it applies to single-step mode (--train --steps) and inference (--input)"),
+        (&["--train", "--weights", ws, "--resume", ws][..], "--weights has no effect with --resume"),
+        (&["--steps", "1", "--input", xs][..], "--steps needs --train"),
+        (&["--train", "--steps", "1", "--input", xs, xs, "--labels", ys][..], "single-step mode takes one --input tensor"),
+        (&["--train", "--steps", "1", "--input", xs, "--labels", ys, "--epochs", "2"][..], "--epochs has no effect in single-step mode"),
+        (&[][..], "say what to run"),
+    ] {
+        let mut all = vec!["run", "models/resnet20.resnet"];
+        all.extend_from_slice(args);
+        assert_usage_error(&all, want);
+    }
+}
+
+/// `resnetc args` exits with 2 and says `want`.
+fn assert_usage_error(args: &[&str], want: &str) {
+    let o = resnetc(args);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains(want), "{args:?}: {err}");
+}
+
+/// `build` and `bench` flags that would be ignored are rejected with exit 2 (issue 10).
+#[test]
+fn build_flags_act_or_are_rejected() {
+    for (args, want) in [
+        (
+            &["build", "--kernel", "conv1"][..],
+            "--kernel has no effect with --emit summary",
+        ),
+        (
+            &["build", "--emit", "dot", "--stage", "lowered"][..],
+            "--stage has no effect with --emit dot",
+        ),
+        (
+            &["build", "--emit", "ir", "--json"][..],
+            "--json has no effect with --emit ir",
+        ),
+        (
+            &["build", "--engine", "jit"][..],
+            "--engine has no effect with --emit summary",
+        ),
+        (
+            &["build", "-O0", "--passes", "dead_code"][..],
+            "-O has no effect with --passes",
+        ),
+        (
+            &["bench", "-O1", "--passes", "dead_code"][..],
+            "-O has no effect with --passes",
+        ),
+        (
+            &["run", "-O0", "--passes", "dead_code", "--input", "x.npy"][..],
+            "-O has no effect with --passes",
+        ),
+    ] {
+        let mut all = args.to_vec();
+        all.insert(1, "models/resnet20.resnet");
+        assert_usage_error(&all, want);
+    }
+}
+
+/// A plan that does not fit in memory is an error with both figures, before any allocation
+/// (it used to abort in the allocator with exit 134) (issue 10).
+#[test]
+fn memory_is_checked_before_allocating() {
+    let d = tmp("memory");
+    let m = d.join("big.resnet");
+    // Within every size limit (a 60006x60006 map), but about 215 GiB of buffers per image.
+    std::fs::write(
+        &m,
+        "model big {\n  input 3 x 32 x 32; classes 10\n  stem { conv 16 3x3 pad 30000 -> bn -> relu }\n  head { avgpool; fc classes }\n}\n",
+    )
+    .unwrap();
+    let x = d.join("x.npy");
+    resnetc_runtime::npy::write_npy_f32(&x, &[1, 3, 32, 32], &[0.5; 3 * 32 * 32]).unwrap();
+    let ms = m.to_str().unwrap();
+    for args in [
+        &["bench", ms][..],
+        &["run", ms, "--input", x.to_str().unwrap()][..],
+    ] {
+        let o = resnetc(args);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("the model `big` at batch 1 needs 214.8 GiB of memory for its buffers, ")
+                && err.contains(" GiB available; even one image does not fit"),
+            "{args:?}: {err}"
+        );
+    }
+    // A batch too large for a small model names the largest batch that fits.
+    let o = resnetc(&["bench", "models/resnet20.resnet", "--batch", "1,10000000"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("at batch 10000000 needs") && err.contains("use a smaller --batch (at most "),
+        "{err}"
+    );
+}
+
 #[test]
 fn image_inference_prints_top5_with_class_names() {
     let (Some(img), Some(index)) = (
@@ -397,9 +618,8 @@ fn divergence_is_reported_not_hidden() {
 
 /// Training and evaluation also read image folders (`DIR/train/<class>/*.png`,
 /// `DIR/test/<class>/*.png`), resized to the model's input.
-#[test]
-fn image_folders_train_and_evaluate() {
-    let d = tmp("folders");
+/// A tiny image-folder data set of two classes, in `d`.
+fn tiny_folders(d: &std::path::Path) {
     for (split, count) in [("train", 12), ("test", 4)] {
         for (class, shade) in [("dark", 40u8), ("light", 210u8)] {
             let dir = d.join(split).join(class);
@@ -413,6 +633,176 @@ fn image_folders_train_and_evaluate() {
             }
         }
     }
+}
+
+/// `--resume` appends to the CSV log: after a run and a resume, the log holds every epoch,
+/// and a row that a killed run wrote after its last checkpoint is replaced. (The 2-epoch run
+/// is not the first part of the 3-epoch one, whose schedule spans 3 epochs, so only the
+/// rows' presence and the kept rows are compared.)
+#[test]
+fn resume_appends_to_the_log() {
+    let d = tmp("resume-log");
+    tiny_folders(&d);
+    let train = |epochs: &str, save: &std::path::Path, resume: Option<&std::path::Path>| {
+        let mut args = vec![
+            "run",
+            "models/resnet20.resnet",
+            "--train",
+            "--epochs",
+            epochs,
+            "--batch",
+            "8",
+            "--threads",
+            "1",
+            "--data",
+            d.to_str().unwrap(),
+            "--save",
+            save.to_str().unwrap(),
+        ];
+        if let Some(r) = resume {
+            args.extend(["--resume", r.to_str().unwrap()]);
+        }
+        let o = resnetc(&args);
+        assert!(o.status.success(), "{:?}", text(&o));
+    };
+    let part = d.join("part.safetensors");
+    train("2", &part, None);
+    // A run killed after logging epoch 3 but before its checkpoint left this row behind.
+    let log = part.with_extension("csv");
+    let mut killed = std::fs::read_to_string(&log).unwrap();
+    killed += "3,9.9,0.1,0.1,1.0,0.1,1.0\n";
+    std::fs::write(&log, killed).unwrap();
+    let before = std::fs::read_to_string(&log).unwrap();
+    train("3", &part, Some(&part));
+    let after = std::fs::read_to_string(&log).unwrap();
+    let rows: Vec<&str> = after.lines().collect();
+    assert_eq!(rows.len(), 4, "{after}");
+    assert_eq!(
+        rows[..3],
+        before.lines().collect::<Vec<_>>()[..3],
+        "{after}"
+    );
+    assert!(
+        rows[3].starts_with("3,") && !rows[3].starts_with("3,9.9,"),
+        "{after}"
+    );
+}
+
+/// Crash safety: a training run killed with SIGKILL right after each of its first
+/// checkpoints, and resumed each time, ends with the weights (byte for byte) and the log
+/// (timing columns aside) of an uninterrupted run with the same seed.
+#[test]
+fn killed_and_resumed_training_matches_an_uninterrupted_run() {
+    use resnetc_runtime::checkpoint::Checkpoint;
+    let d = tmp("kill");
+    tiny_folders(&d);
+    let args = |save: &std::path::Path, resume: bool| {
+        let mut a: Vec<String> = [
+            "run",
+            "models/resnet20.resnet",
+            "--train",
+            "--epochs",
+            "5",
+            "--batch",
+            "8",
+            "--threads",
+            "1",
+            "--data",
+            d.to_str().unwrap(),
+            "--save",
+            save.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if resume {
+            a.extend(["--resume".into(), save.to_str().unwrap().into()]);
+        }
+        a
+    };
+    let whole = d.join("whole.safetensors");
+    let o = Command::new(env!("CARGO_BIN_EXE_resnetc"))
+        .args(args(&whole, false))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    let part = d.join("part.safetensors");
+    let epoch_of = |p: &std::path::Path| Checkpoint::load(p).map_or(0, |c| c.epoch);
+    let mut kills = 0;
+    for round in 0..3 {
+        let before = epoch_of(&part);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_resnetc"))
+            .args(args(&part, round > 0))
+            .current_dir(root())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill as soon as a new checkpoint is there (or let a run that ends first be).
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if epoch_of(&part) > before {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // The newest checkpoint always loads.
+        assert!(epoch_of(&part) > before, "round {round}: no new checkpoint");
+    }
+    assert!(kills >= 1, "no run was killed");
+    let o = Command::new(env!("CARGO_BIN_EXE_resnetc"))
+        .args(args(&part, true))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(Checkpoint::load(&part).unwrap().epoch, 5);
+    let (a, b) = (
+        Checkpoint::load(&part).unwrap(),
+        Checkpoint::load(&whole).unwrap(),
+    );
+    // (Compared as tensors: the files' metadata order varies from run to run.)
+    assert_eq!(
+        (a.epoch, a.step, a.rng_state, &a.extra),
+        (b.epoch, b.step, b.rng_state, &b.extra)
+    );
+    let differ: Vec<&String> = a
+        .params
+        .iter()
+        .chain(&a.optimizer)
+        .filter(|(k, t)| b.params.get(*k).or(b.optimizer.get(*k)) != Some(*t))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "after {kills} kills, the resumed run's tensors differ from the uninterrupted run's: {differ:?}"
+    );
+    let no_timing = |p: std::path::PathBuf| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                format!("{},{},{},{},{}", f[0], f[1], f[2], f[3], f[5])
+            })
+            .collect()
+    };
+    assert_eq!(
+        no_timing(part.with_extension("csv")),
+        no_timing(whole.with_extension("csv"))
+    );
+}
+
+#[test]
+fn image_folders_train_and_evaluate() {
+    let d = tmp("folders");
+    tiny_folders(&d);
     let o = resnetc(&[
         "run",
         "models/resnet20.resnet",

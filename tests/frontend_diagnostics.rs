@@ -2,6 +2,7 @@
 //! Every case must fail with exit code 2 and a `file:line:col` location.
 
 use resnetc::frontend::compile_source;
+
 use resnetc::ir::Mode;
 
 /// Compiles `src`; a first line `# override NAME=V` passes a parameter override.
@@ -614,7 +615,7 @@ model m {
        ·                                 ╰── this is 0
      6 │   head { avgpool; fc classes }
        ╰────
-      help: width is a count: give a value at least 1 (at most 65536)
+      help: give width a value from 1 to 65536
     "#);
 }
 
@@ -715,7 +716,7 @@ fn d26_stride_zero() {
        ·                       ╰── this is 0
      4 │   head { avgpool; fc classes }
        ╰────
-      help: stride is a count: give a value at least 1 (at most 65536)
+      help: give stride a value from 1 to 65536
     "#);
 }
 
@@ -781,5 +782,188 @@ model m {
      10 │   head { avgpool; fc classes }
         ╰────
       help: with `shortcut none` a `shortcut` value may only be added (`add(x, s)` gives `x`)
+    "#);
+}
+
+/// an intermediate feature map past the size limits (issue 10)
+#[test]
+fn d29_intermediate_too_large() {
+    let src = r#"model big {
+  input 3 x 32 x 32; classes 10
+  stem { conv 16 3x3 pad 60000 -> bn -> relu }
+  head { avgpool; fc classes }
+}
+"#;
+    insta::assert_snapshot!(render("29_intermediate_too_large.resnet", src), @r#"
+    exit 2
+    resnet::shape
+
+      × the output of `conv1` is too large: Nx16x120030x120030 has a dimension of 120030, more than
+      │ the limit of 65536
+       ╭─[29_intermediate_too_large.resnet:3:10]
+     2 │   input 3 x 32 x 32; classes 10
+     3 │   stem { conv 16 3x3 pad 60000 -> bn -> relu }
+       ·          ──────────┬──────────
+       ·                    ╰── in this layer
+     4 │   head { avgpool; fc classes }
+       ╰────
+      help: every feature map must stay within the limits (sizes at most 65536, at most 2^40 values
+            per image): use less padding, fewer channels or a smaller input
+    "#);
+}
+
+/// nonsensical batch-norm values (issue 10)
+#[test]
+fn d30_bn_eps_negative() {
+    let src = r#"model m {
+  input 3 x 32 x 32; classes 10
+  batchnorm eps -1e-3 momentum 1.5
+  stem { conv 16 3x3 -> bn -> relu }
+  head { avgpool; fc classes }
+}
+"#;
+    insta::assert_snapshot!(render("30_bn_eps_negative.resnet", src), @r#"
+    exit 2
+    resnet::shape
+
+      × batch-norm eps must be positive, got -1e-3
+       ╭─[30_bn_eps_negative.resnet:3:17]
+     2 │   input 3 x 32 x 32; classes 10
+     3 │   batchnorm eps -1e-3 momentum 1.5
+       ·                 ──┬──
+       ·                   ╰── eps is -1e-3
+     4 │   stem { conv 16 3x3 -> bn -> relu }
+       ╰────
+      help: eps keeps the division by sqrt(var + eps) finite: use a small positive value such as 1e-5
+    "#);
+}
+
+/// a channel count above the maximum names the maximum (issue 10)
+#[test]
+fn d31_channels_above_maximum() {
+    let src = r#"model m {
+  input 3 x 32 x 32; classes 10
+  stem { conv 65537 3x3 }
+  head { avgpool; fc classes }
+}
+"#;
+    insta::assert_snapshot!(render("31_channels_above_maximum.resnet", src), @r#"
+    exit 2
+    resnet::shape
+
+      × output channels must be at most 65536, got 65537
+       ╭─[31_channels_above_maximum.resnet:3:15]
+     2 │   input 3 x 32 x 32; classes 10
+     3 │   stem { conv 65537 3x3 }
+       ·               ──┬──
+       ·                 ╰── this is 65537
+     4 │   head { avgpool; fc classes }
+       ╰────
+      help: give output channels a value from 1 to 65536
+    "#);
+}
+
+/// control bytes in the source are escaped in the snippet and in the message (issue 10)
+#[test]
+fn d32_control_bytes_escaped() {
+    let src = "model m {\n  input 3 x 32 x 32; classes 10\n  stem { conv 16 3x3 \x1b[31m\0 }\n  head { avgpool; fc classes }\n}\n";
+    let out = render("32_control_bytes.resnet", src);
+    assert!(!out.contains('\x1b') && !out.contains('\0'), "{out}");
+    insta::assert_snapshot!(out, @r#"
+    exit 2
+    resnet::syntax
+
+      × syntax error: expected `->`, `/`, `;`, `as`, `bias`, `groups`, `nobias`, `pad`, `}`, `as
+      │ NAME`, `pad N` or `pad same`, `bias` or `nobias`, `groups N`, a layer (`conv`, `bn`, `relu`,
+      │ `maxpool`, `avgpool`, `fc`, `softmax`) or a stride like `/2`, found `\u{1b}`
+       ╭─[32_control_bytes.resnet:3:22]
+     2 │   input 3 x 32 x 32; classes 10
+     3 │   stem { conv 16 3x3 \u{1b}[31m\u{0} }
+       ·                      ───┬──
+       ·                         ╰── expected `->`, `/`, `;`, `as`, `bias`, `groups`, `nobias`, `pad`, `}`, `as NAME`, `pad N` or `pad same`, `bias` or `nobias`, `groups N`, a layer (`conv`, `bn`, `relu`, `maxpool`, `avgpool`, `fc`, `softmax`) or a stride like `/2`
+     4 │   head { avgpool; fc classes }
+       ╰────
+      help: end the previous item with `;` or close the section with `}`
+    "#);
+}
+
+/// a 3 MB file on one line: every snippet is cut to a window, and at most 20 errors are shown
+/// (issue 10)
+#[test]
+fn d33_long_line_snippets_are_capped() {
+    let src = format!(
+        "model m {{ input 3 x 32 x 32; classes 10; {} head {{ avgpool; fc classes }} }}",
+        "stem { conv 16 3x3 } ".repeat(150_000)
+    );
+    assert!(src.len() > 3_000_000);
+    let d = compile_source("long.resnet", &src, Mode::Inference, &[]).unwrap_err();
+    assert!(d.items.len() > 100_000);
+    let out = d.render_plain();
+    assert!(out.len() < 20_000, "{} bytes of diagnostics", out.len());
+    assert!(
+        out.contains("... and 149979 more errors in long.resnet"),
+        "{}",
+        &out[out.len() - 300..]
+    );
+    let widest = out.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(widest < 300, "a line of {widest} characters");
+}
+
+/// parameters that depend on each other are reported as a cycle, once, without cascading
+/// errors at their uses (issue 10)
+#[test]
+fn d34_parameter_cycle() {
+    let src = r#"param a = b + 1
+param b = a
+model m {
+  input 3 x 32 x 32; classes 10
+  stem { conv 16 * a 3x3 }
+  head { avgpool; fc classes }
+}
+"#;
+    insta::assert_snapshot!(render("34_parameter_cycle.resnet", src), @r#"
+    exit 2
+    resnet::name
+
+      × parameters depend on each other in a cycle: a -> b -> a
+       ╭─[34_parameter_cycle.resnet:1:11]
+     1 │ param a = b + 1
+       ·           ┬
+       ·           ╰── `a` uses `b`
+     2 │ param b = a
+       ·           ┬
+       ·           ╰── `b` uses `a`
+     3 │ model m {
+       ╰────
+      help: give one of these parameters a value that does not depend on the others
+    "#);
+}
+
+/// a parameter used before its declaration (no cycle) says where it is declared (issue 10)
+#[test]
+fn d35_parameter_used_before_declared() {
+    let src = r#"param a = b + 1
+param b = 2
+model m {
+  input 3 x 32 x 32; classes 10
+  stem { conv 16 * a 3x3 }
+  head { avgpool; fc classes }
+}
+"#;
+    insta::assert_snapshot!(render("35_parameter_before_declared.resnet", src), @r#"
+    exit 2
+    resnet::name
+
+      × parameter `b` is used before it is declared
+       ╭─[35_parameter_before_declared.resnet:1:11]
+     1 │ param a = b + 1
+       ·           ┬
+       ·           ╰── `a` uses `b` here
+     2 │ param b = 2
+       ·       ┬
+       ·       ╰── `b` is declared here
+     3 │ model m {
+       ╰────
+      help: a parameter may use only the ones declared before it: move `param b` above `param a`
     "#);
 }

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod executor;
 
+pub mod memory;
 pub mod npy;
 pub mod program;
 pub mod reference;

@@ -35,10 +35,21 @@ impl ConvSpec {
             self.kernel[1],
         ]
     }
-    /// Multiply-accumulates per image for an output of `oh x ow`.
+    /// Multiply-accumulates per image for an output of `oh x ow`, saturating at `u64::MAX`
+    /// (see [`ConvSpec::checked_macs`]).
     pub fn macs(&self, oh: usize, ow: usize) -> u64 {
-        (self.out_channels * oh * ow) as u64
-            * (self.in_channels / self.groups * self.kernel[0] * self.kernel[1]) as u64
+        self.checked_macs(oh, ow).unwrap_or(u64::MAX)
+    }
+    /// Multiply-accumulates per image for an output of `oh x ow`, or `None` when the count
+    /// does not fit in a `u64`. Computed in `u128`, so it never wraps.
+    pub fn checked_macs(&self, oh: usize, ow: usize) -> Option<u64> {
+        let per_output = (self.in_channels / self.groups.max(1)) as u128
+            * self.kernel[0] as u128
+            * self.kernel[1] as u128;
+        let outputs = self.out_channels as u128 * oh as u128 * ow as u128;
+        outputs
+            .checked_mul(per_output)
+            .and_then(|m| u64::try_from(m).ok())
     }
 }
 
@@ -66,8 +77,8 @@ pub fn window_out(
     stride: [usize; 2],
     pad: [usize; 4],
 ) -> Option<(usize, usize)> {
-    let ph = h + pad[0] + pad[2];
-    let pw = w + pad[1] + pad[3];
+    let ph = h.checked_add(pad[0])?.checked_add(pad[2])?;
+    let pw = w.checked_add(pad[1])?.checked_add(pad[3])?;
     if kernel[0] == 0 || kernel[1] == 0 || stride[0] == 0 || stride[1] == 0 {
         return None;
     }

@@ -129,8 +129,10 @@ pub fn train(
     let steps_per_epoch = loader.num_batches();
     let classes = exec.program.classes;
     let mut history = vec![];
-    let mut csv =
-        String::from("epoch,train_loss,train_accuracy,test_accuracy,images_per_s,lr,seconds\n");
+    let mut csv = match &cfg.csv {
+        Some(path) if cfg.start_epoch > 0 => resumed_log(path, cfg.start_epoch)?,
+        _ => String::from(CSV_HEADER),
+    };
     for epoch in cfg.start_epoch..cfg.epochs {
         observer.epoch_start(epoch, steps_per_epoch);
         let start = Instant::now();
@@ -203,6 +205,29 @@ pub fn train(
         history.push(stats);
     }
     Ok(history)
+}
+
+const CSV_HEADER: &str = "epoch,train_loss,train_accuracy,test_accuracy,images_per_s,lr,seconds\n";
+
+/// The CSV log of a run resumed after `start_epoch` epochs: the existing log's rows of those
+/// epochs, which the resumed run appends to. Rows of later epochs (written by a run killed
+/// before its checkpoint) are dropped, since the resumed run trains those epochs again. A
+/// missing log starts a new one.
+fn resumed_log(path: &std::path::Path, start_epoch: usize) -> Result<String> {
+    let old = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(RuntimeError::io(path, e)),
+    };
+    let mut csv = String::from(CSV_HEADER);
+    for line in old.lines() {
+        let epoch = line.split(',').next().and_then(|f| f.parse::<usize>().ok());
+        if epoch.is_some_and(|e| e >= 1 && e <= start_epoch) {
+            csv += line;
+            csv.push('\n');
+        }
+    }
+    Ok(csv)
 }
 
 /// A checkpoint of the executor's weights and optimizer state after `epoch` epochs.

@@ -147,7 +147,28 @@ pub fn backward(
                 out.push((ins[2], Value { node: l, port: 2 }));
             }
         }
-        other => {
+        // No rule: sources have no inputs to differentiate, fused and folded ops are
+        // differentiated before the passes create them, and backward ops are not
+        // differentiated again.
+        other @ (Op::Input
+        | Op::Labels
+        | Op::Param(_)
+        | Op::Softmax
+        | Op::FoldBnWeight(_)
+        | Op::FoldBnBias { .. }
+        | Op::FusedConv { .. }
+        | Op::SoftmaxCrossEntropy
+        | Op::SoftmaxCrossEntropyGrad
+        | Op::ConvGradInput { .. }
+        | Op::ConvGradWeight(_)
+        | Op::BatchNormGrad(_)
+        | Op::ReluGrad
+        | Op::MaxPoolGrad(_)
+        | Op::AvgPoolGrad { .. }
+        | Op::GlobalAvgPoolGrad { .. }
+        | Op::ShortcutAGrad { .. }
+        | Op::LinearGrad { .. }
+        | Op::SgdUpdate(_)) => {
             return Err(IrError {
                 message: format!(
                     "autodiff has no rule for `{}`; differentiate before fusing",

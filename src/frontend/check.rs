@@ -5,7 +5,7 @@
 use super::ast::*;
 use super::parse::closest;
 use crate::diag::{Category, Diagnostic};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Integer names in scope, with their values.
 pub type Scope = BTreeMap<String, i64>;
@@ -127,6 +127,109 @@ fn layer_exprs(l: &Layer) -> Vec<&Expr> {
     v
 }
 
+/// The parameter names an expression uses, with their spans, in order.
+fn expr_names<'e>(e: &'e Expr, out: &mut Vec<(&'e str, Span)>) {
+    match &e.kind {
+        ExprKind::Int(_) => {}
+        ExprKind::Name(n) => out.push((n.as_str(), e.span)),
+        ExprKind::Neg(x) | ExprKind::Paren(x) => expr_names(x, out),
+        ExprKind::Bin(_, a, b) => {
+            expr_names(a, out);
+            expr_names(b, out);
+        }
+    }
+}
+
+/// The diagnostic for parameter `i` using `name`, declared at or after it: a cycle when
+/// `name` leads back to parameter `i` (its members are marked failed, so they report nothing
+/// more), else a use before the declaration.
+fn forward_use<'a>(
+    params: &[&'a ParamDecl],
+    index: &HashMap<&str, usize>,
+    overridden: &dyn Fn(&ParamDecl) -> bool,
+    i: usize,
+    name: &str,
+    use_span: Span,
+    failed: &mut HashSet<&'a str>,
+) -> Diagnostic {
+    // Depth-first search from `name` back to `i` over "uses" edges; `path` is the chain.
+    fn search<'a>(
+        params: &[&'a ParamDecl],
+        index: &HashMap<&str, usize>,
+        overridden: &dyn Fn(&ParamDecl) -> bool,
+        at: usize,
+        target: usize,
+        path: &mut Vec<(usize, Span)>,
+        visited: &mut HashSet<usize>,
+    ) -> bool {
+        if !visited.insert(at) || overridden(params[at]) {
+            return false;
+        }
+        let mut uses = vec![];
+        expr_names(&params[at].value, &mut uses);
+        for (n, sp) in uses {
+            let Some(&j) = index.get(n) else { continue };
+            path.push((j, sp));
+            if j == target || search(params, index, overridden, j, target, path, visited) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let Some(&j) = index.get(name) else {
+        return unknown_name("parameter", name, use_span, &[]);
+    };
+    let mut path = vec![(j, use_span)];
+    let cycle = j == i
+        || search(
+            params,
+            index,
+            overridden,
+            j,
+            i,
+            &mut path,
+            &mut HashSet::new(),
+        );
+    let p = params[i];
+    if !cycle {
+        let later = params[j];
+        return Diagnostic::new(
+            Category::Name,
+            format!("parameter `{name}` is used before it is declared"),
+        )
+        .label(use_span, format!("`{}` uses `{name}` here", p.name.name))
+        .label(later.name.span, format!("`{name}` is declared here"))
+        .help(format!(
+            "a parameter may use only the ones declared before it: move `param {name}` above `param {}`",
+            p.name.name
+        ));
+    }
+    // path: the uses i -> path[0].0 -> ... -> i.
+    let mut chain = vec![p.name.name.as_str()];
+    chain.extend(path.iter().map(|(k, _)| params[*k].name.name.as_str()));
+    for (k, _) in &path {
+        failed.insert(params[*k].name.name.as_str());
+    }
+    let mut d = Diagnostic::new(
+        Category::Name,
+        if j == i {
+            format!("parameter `{}` is defined in terms of itself", p.name.name)
+        } else {
+            format!(
+                "parameters depend on each other in a cycle: {}",
+                chain.join(" -> ")
+            )
+        },
+    );
+    let mut from = p.name.name.as_str();
+    for (k, sp) in &path {
+        d = d.label(*sp, format!("`{from}` uses `{}`", params[*k].name.name));
+        from = params[*k].name.name.as_str();
+    }
+    d.help("give one of these parameters a value that does not depend on the others")
+}
+
 /// Checks a parsed file and evaluates its parameters. `overrides` replace parameter defaults.
 pub fn check<'a>(
     file: &'a File,
@@ -188,7 +291,15 @@ pub fn check<'a>(
     // Parameters, in order; each may use the ones before it.
     let mut scope = Scope::new();
     let mut seen: HashMap<&str, Span> = HashMap::new();
-    for p in &params {
+    // Declaration index of every parameter (first declaration), for forward uses and cycles.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, p) in params.iter().enumerate() {
+        index.entry(p.name.name.as_str()).or_insert(i);
+    }
+    let overridden = |p: &ParamDecl| overrides.iter().any(|(n, _)| *n == p.name.name);
+    // Parameters whose value is unknown: uses of them report nothing more.
+    let mut failed: HashSet<&str> = HashSet::new();
+    for (i, p) in params.iter().enumerate() {
         if let Some(prev) = seen.get(p.name.name.as_str()) {
             diags.push(duplicate("parameter", &p.name.name, *prev, p.name.span));
             continue;
@@ -197,13 +308,38 @@ pub fn check<'a>(
         let over = overrides.iter().rev().find(|(n, _)| *n == p.name.name);
         let v = match over {
             Some((_, v)) => Ok(*v),
-            None => eval(&p.value, &scope),
+            None => {
+                let mut uses = vec![];
+                expr_names(&p.value, &mut uses);
+                if uses.iter().any(|(n, _)| failed.contains(n)) {
+                    failed.insert(&p.name.name);
+                    continue;
+                }
+                let forward = uses
+                    .iter()
+                    .find(|(n, _)| index.get(n).is_some_and(|&j| j >= i));
+                match forward {
+                    Some(&(n, use_span)) => Err(forward_use(
+                        &params,
+                        &index,
+                        &|p: &ParamDecl| overridden(p),
+                        i,
+                        n,
+                        use_span,
+                        &mut failed,
+                    )),
+                    None => eval(&p.value, &scope),
+                }
+            }
         };
         match v {
             Ok(v) => {
                 scope.insert(p.name.name.clone(), v);
             }
-            Err(d) => diags.push(d),
+            Err(d) => {
+                failed.insert(&p.name.name);
+                diags.push(d)
+            }
         }
     }
     for (n, _) in overrides {
@@ -290,6 +426,8 @@ pub fn check<'a>(
     if !known.contains(&"classes") {
         known.push("classes");
     }
+    // Parameters whose value failed are declared: their uses are not reported again.
+    known.extend(failed.iter().copied());
 
     // Names in the model's expressions.
     let mut labels: HashMap<&str, Span> = HashMap::new();

@@ -55,7 +55,15 @@ pub fn compile_file(
     overrides: &[(String, i64)],
 ) -> Result<Graph, Diagnostics> {
     let name = path.display().to_string();
-    let src = std::fs::read_to_string(path).map_err(|e| {
+    let src = read_source(path)?;
+    compile_source(&name, &src, mode, overrides)
+}
+
+/// Reads a `.resnet` file. An unreadable file is a diagnostic with exit code 3; a file that
+/// is not UTF-8 is an error in the model file (exit code 2) at the first invalid byte.
+pub fn read_source(path: &Path) -> Result<String, Diagnostics> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| {
         Diagnostics::one(
             &name,
             "",
@@ -63,5 +71,34 @@ pub fn compile_file(
                 .help("check the path and the file's permissions"),
         )
     })?;
-    compile_source(&name, &src, mode, overrides)
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let bad = &bytes[at..bytes.len().min(at + e.utf8_error().error_len().unwrap_or(1))];
+        let hex: Vec<String> = bad.iter().map(|b| format!("0x{b:02X}")).collect();
+        // Shown with the invalid bytes replaced by U+FFFD; the text before them is unchanged,
+        // so `at` is also the replacement's offset.
+        let shown = String::from_utf8_lossy(bytes).into_owned();
+        let (line, col) = crate::diag::line_col(&shown, at);
+        let width = shown[at..].chars().next().map_or(0, char::len_utf8);
+        Diagnostics::one(
+            &name,
+            &shown,
+            Diagnostic::new(
+                Category::Syntax,
+                format!(
+                    "`{name}` is not UTF-8 text: invalid byte {} at byte offset {at} (line {line}, column {col})",
+                    hex.join(" ")
+                ),
+            )
+            .label(
+                crate::ir::Span {
+                    start: at,
+                    end: at + width,
+                },
+                "not UTF-8",
+            )
+            .help("model files are UTF-8 text: save the file as UTF-8 (for example with `iconv -f latin1 -t utf-8`)"),
+        )
+    })
 }

@@ -177,6 +177,13 @@ impl Graph {
             node: Some(name.clone()),
             span,
         })?;
+        if let Some(message) = outputs.iter().find_map(Shape::limit_violation) {
+            return Err(IrError {
+                message: format!("the output of `{name}` is too large: {message}"),
+                node: Some(name),
+                span,
+            });
+        }
         let n = self.dag.add_node(Node {
             op,
             name,
@@ -325,17 +332,31 @@ impl Graph {
     }
 
     /// Multiply-accumulates per image (conv and fc).
+    /// Saturates at `u64::MAX`; lowering rejects models whose count does not fit
+    /// ([`Graph::checked_macs`]).
     pub fn macs(&self) -> u64 {
-        self.dag.node_indices().map(|n| self.node_macs(n)).sum()
+        self.checked_macs().unwrap_or(u64::MAX)
     }
 
+    /// Multiply-accumulates per image, or `None` when the sum does not fit in a `u64`.
+    pub fn checked_macs(&self) -> Option<u64> {
+        self.dag
+            .node_indices()
+            .try_fold(0u64, |acc, n| acc.checked_add(self.checked_node_macs(n)?))
+    }
+
+    /// Saturates at `u64::MAX`.
     pub fn node_macs(&self, n: NodeIndex) -> u64 {
+        self.checked_node_macs(n).unwrap_or(u64::MAX)
+    }
+
+    pub fn checked_node_macs(&self, n: NodeIndex) -> Option<u64> {
         let ins: Vec<Value> = self.inputs(n);
         let shapes: Vec<&Shape> = ins.iter().map(|v| self.shape(*v)).collect();
         let node = &self.dag[n];
         match node.outputs.first() {
-            Some(out) => node.op.macs(&shapes, out),
-            None => 0,
+            Some(out) => node.op.checked_macs(&shapes, out),
+            None => Some(0),
         }
     }
 

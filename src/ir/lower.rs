@@ -20,7 +20,7 @@ use std::collections::HashMap;
 type R<T> = Result<T, Diagnostic>;
 
 /// Upper bound on channel counts, spatial sizes, kernels and strides.
-pub const MAX_SIZE: i64 = 1 << 16;
+pub const MAX_SIZE: i64 = crate::ir::shape::MAX_DIM as i64;
 /// Upper bound on blocks in one stage.
 pub const MAX_BLOCKS: i64 = 1000;
 
@@ -32,29 +32,63 @@ fn shape_err(span: Span, message: impl Into<String>, label: impl Into<String>) -
 }
 
 fn ir_err(e: IrError, span: Span) -> Diagnostic {
-    Diagnostic::new(Category::Shape, e.message.clone())
-        .label(e.span.unwrap_or(span), "in this layer")
+    let d = Diagnostic::new(Category::Shape, e.message.clone())
+        .label(e.span.unwrap_or(span), "in this layer");
+    // The size limits of `Graph::add_op` (`Shape::limit_violation`).
+    if e.message.contains("is too large") {
+        d.help("every feature map must stay within the limits (sizes at most 65536, at most 2^40 values per image): use less padding, fewer channels or a smaller input")
+    } else {
+        d
+    }
 }
 
 /// Evaluates `e` and checks `lo <= value <= hi`.
 fn ranged(e: &Expr, scope: &Scope, what: &str, lo: i64, hi: i64) -> R<usize> {
     let v = eval(e, scope)?;
     if v < lo || v > hi {
-        let bound = if hi == MAX_SIZE {
+        let bound = if v < lo {
             format!("at least {lo}")
         } else {
-            format!("between {lo} and {hi}")
+            format!("at most {hi}")
         };
         return Err(shape_err(
             e.span,
             format!("{what} must be {bound}, got {v}"),
             format!("this is {v}"),
         )
-        .help(format!(
-            "{what} is a count: give a value {bound} (at most {hi})"
-        )));
+        .help(format!("give {what} a value from {lo} to {hi}")));
     }
     Ok(v as usize)
+}
+
+/// `base` with the options of a `bn` layer or a `batchnorm` item, checked: `eps` must be
+/// positive and finite as an f32, `momentum` between 0 and 1.
+fn bn_spec(base: BnSpec, o: &BnOpts) -> R<BnSpec> {
+    let mut spec = base;
+    if let Some(e) = &o.eps {
+        let v = e.value as f32;
+        if !(v.is_finite() && v > 0.0) {
+            return Err(shape_err(
+                e.span,
+                format!("batch-norm eps must be positive, got {}", e.text),
+                format!("eps is {}", e.text),
+            )
+            .help("eps keeps the division by sqrt(var + eps) finite: use a small positive value such as 1e-5"));
+        }
+        spec.eps = v;
+    }
+    if let Some(m) = &o.momentum {
+        if !(0.0..=1.0).contains(&m.value) {
+            return Err(shape_err(
+                m.span,
+                format!("batch-norm momentum must be between 0 and 1, got {}", m.text),
+                format!("momentum is {}", m.text),
+            )
+            .help("momentum is the weight of the batch statistics in the running ones (PyTorch's convention): use a value from 0 to 1, such as 0.1"));
+        }
+        spec.momentum = m.value as f32;
+    }
+    Ok(spec)
 }
 
 /// Names layers inside one scope: the model's top level (stem and head) or one block.
@@ -113,8 +147,16 @@ impl<'c, 'a> Lower<'c, 'a> {
         Ok(())
     }
 
-    fn param(&mut self, kind: ParamKind, name: String, dims: &[usize], span: Span) -> Value {
-        self.g.add_param(kind, name, dims, Some(span))
+    fn param(&mut self, kind: ParamKind, name: String, dims: &[usize], span: Span) -> R<Value> {
+        if let Some(why) = Shape::fixed(dims).limit_violation() {
+            return Err(shape_err(
+                span,
+                format!("the parameter `{name}` is too large: {why}"),
+                "this layer's parameter",
+            )
+            .help("use fewer channels or a smaller kernel"));
+        }
+        Ok(self.g.add_param(kind, name, dims, Some(span)))
     }
 
     fn chw(&self, x: Value, span: Span, what: &str) -> R<(usize, usize, usize)> {
@@ -144,13 +186,26 @@ impl<'c, 'a> Lower<'c, 'a> {
         what: &str,
     ) -> R<([usize; 2], [usize; 2], [usize; 4], (usize, usize))> {
         let k = kernel.size;
-        if k[0] == 0 || k[1] == 0 || k[0] > MAX_SIZE as u64 || k[1] > MAX_SIZE as u64 {
+        if k[0] == 0 || k[1] == 0 {
             return Err(shape_err(
                 kernel.span,
                 format!("kernel size must be at least 1x1, got {}x{}", k[0], k[1]),
                 "invalid kernel",
             )
             .help("write a kernel as `3x3` or `1x1`"));
+        }
+        if k[0] > MAX_SIZE as u64 || k[1] > MAX_SIZE as u64 {
+            return Err(shape_err(
+                kernel.span,
+                format!(
+                    "kernel size must be at most {MAX_SIZE}x{MAX_SIZE}, got {}x{}",
+                    k[0], k[1]
+                ),
+                "invalid kernel",
+            )
+            .help(format!(
+                "give each kernel side a value from 1 to {MAX_SIZE}"
+            )));
         }
         let k = [k[0] as usize, k[1] as usize];
         let s = match stride {
@@ -227,10 +282,10 @@ impl<'c, 'a> Lower<'c, 'a> {
             format!("{name}.weight"),
             &spec.weight_shape(),
             span,
-        );
+        )?;
         let mut ins = vec![x, wt];
         if bias {
-            ins.push(self.param(ParamKind::Bias, format!("{name}.bias"), &[out], span));
+            ins.push(self.param(ParamKind::Bias, format!("{name}.bias"), &[out], span)?);
         }
         self.g
             .add(Op::Conv(spec), name, &ins, Some(span))
@@ -266,7 +321,7 @@ impl<'c, 'a> Lower<'c, 'a> {
             format!("{name}.weight"),
             &spec.weight_shape(),
             span,
-        );
+        )?;
         self.g
             .add(Op::Conv(spec), name, &[x, wt], Some(span))
             .map_err(|e| ir_err(e, span))
@@ -305,30 +360,25 @@ impl<'c, 'a> Lower<'c, 'a> {
 
     fn bn(&mut self, x: Value, opts: Option<&BnOpts>, name: String, span: Span) -> R<Value> {
         let (c, _, _) = self.chw(x, span, "bn")?;
-        let mut spec = self.bn_default;
-        if let Some(o) = opts {
-            if let Some(e) = &o.eps {
-                spec.eps = e.value as f32;
-            }
-            if let Some(m) = &o.momentum {
-                spec.momentum = m.value as f32;
-            }
-        }
+        let spec = match opts {
+            Some(o) => bn_spec(self.bn_default, o)?,
+            None => self.bn_default,
+        };
         self.claim(&name, span)?;
-        let gamma = self.param(ParamKind::BnGamma, format!("{name}.weight"), &[c], span);
-        let beta = self.param(ParamKind::BnBeta, format!("{name}.bias"), &[c], span);
+        let gamma = self.param(ParamKind::BnGamma, format!("{name}.weight"), &[c], span)?;
+        let beta = self.param(ParamKind::BnBeta, format!("{name}.bias"), &[c], span)?;
         let mean = self.param(
             ParamKind::RunningMean,
             format!("{name}.running_mean"),
             &[c],
             span,
-        );
+        )?;
         let var = self.param(
             ParamKind::RunningVar,
             format!("{name}.running_var"),
             &[c],
             span,
-        );
+        )?;
         let training = self.g.mode == Mode::Training;
         self.g
             .add(
@@ -425,10 +475,11 @@ impl<'c, 'a> Lower<'c, 'a> {
                 let out = ranged(out, scope, "fc outputs", 1, MAX_SIZE)?;
                 let bias = bias.is_none_or(|(b, _)| b);
                 self.claim(&name, span)?;
-                let wt = self.param(ParamKind::Weight, format!("{name}.weight"), &[out, k], span);
+                let wt =
+                    self.param(ParamKind::Weight, format!("{name}.weight"), &[out, k], span)?;
                 let mut ins = vec![x, wt];
                 if bias {
-                    ins.push(self.param(ParamKind::Bias, format!("{name}.bias"), &[out], span));
+                    ins.push(self.param(ParamKind::Bias, format!("{name}.bias"), &[out], span)?);
                 }
                 self.g
                     .add(
@@ -786,14 +837,7 @@ pub fn lower(ck: &Checked, mode: Mode) -> Result<Graph, Diagnostic> {
                 classes = Some(ranged(value, scope, "classes", 1, MAX_SIZE)?)
             }
             ModelItem::Preprocess(p) => pre = Some(p),
-            ModelItem::BatchNorm { opts, .. } => {
-                if let Some(e) = &opts.eps {
-                    bn_default.eps = e.value as f32;
-                }
-                if let Some(mo) = &opts.momentum {
-                    bn_default.momentum = mo.value as f32;
-                }
-            }
+            ModelItem::BatchNorm { opts, .. } => bn_default = bn_spec(bn_default, opts)?,
             _ => {}
         }
     }
@@ -801,6 +845,20 @@ pub fn lower(ck: &Checked, mode: Mode) -> Result<Graph, Diagnostic> {
         Diagnostic::new(Category::Name, format!("model has no `{what}`")).label(m.name.span, "here")
     };
     let input = input.ok_or_else(|| missing("input"))?;
+    if let Some(why) = Shape::batched(&input).limit_violation() {
+        let span = m
+            .items
+            .iter()
+            .find_map(|it| match it {
+                ModelItem::Input { span, .. } => Some(*span),
+                _ => None,
+            })
+            .unwrap_or(m.name.span);
+        return Err(
+            shape_err(span, format!("the input is too large: {why}"), "this input")
+                .help("use a smaller input: at most 2^40 values per image"),
+        );
+    }
     let classes = classes.ok_or_else(|| missing("classes"))?;
     let c = input[0];
     let preprocess = match pre {
@@ -822,6 +880,13 @@ pub fn lower(ck: &Checked, mode: Mode) -> Result<Graph, Diagnostic> {
                             )
                             .help(format!("give one {what} per input channel ({c})")));
                         }
+                        if let Some(f) = v.iter().find(|f| !(f.value as f32).is_finite()) {
+                            return Err(shape_err(
+                                f.span,
+                                format!("preprocess {what} must be finite, got {}", f.text),
+                                "not a finite f32",
+                            ));
+                        }
                         if what == "std" && v.iter().any(|f| f.value == 0.0) {
                             return Err(shape_err(
                                 *sp,
@@ -833,8 +898,23 @@ pub fn lower(ck: &Checked, mode: Mode) -> Result<Graph, Diagnostic> {
                     }
                 }
             };
+            let scale = match &p.scale {
+                None => 1.0,
+                Some(s) => {
+                    let v = s.value() as f32;
+                    if !v.is_finite() || v == 0.0 {
+                        return Err(shape_err(
+                            s.span,
+                            format!("preprocess scale must be a finite, nonzero number, got {}", if v == 0.0 { "0".to_string() } else { "an infinite value".to_string() }),
+                            "this scale",
+                        )
+                        .help("the scale multiplies every pixel before normalization: write, for example, `scale 1/255`"));
+                    }
+                    v
+                }
+            };
             Preprocess {
-                scale: p.scale.as_ref().map_or(1.0, |s| s.value() as f32),
+                scale,
                 mean: list(&p.mean, "mean", 0.0)?,
                 std: list(&p.std, "std", 1.0)?,
             }
@@ -896,6 +976,14 @@ pub fn lower(ck: &Checked, mode: Mode) -> Result<Graph, Diagnostic> {
         .help("end the head with `avgpool; fc classes`"));
     }
     lw.g.outputs = vec![x];
+    if lw.g.checked_macs().is_none() {
+        return Err(shape_err(
+            m.name.span,
+            "the model needs more than 2^64 multiply-accumulates per image, more than resnetc can count",
+            "this model",
+        )
+        .help("use fewer channels, smaller feature maps or fewer blocks"));
+    }
     verify(&lw.g).map_err(|e| {
         Diagnostic::new(
             Category::Internal,

@@ -247,7 +247,36 @@ impl Op {
                 .steps
                 .iter()
                 .any(|s| matches!(s, EpilogueStep::BatchNormTrain(_))),
-            _ => false,
+            // Exhaustive on purpose: a new op that writes in place must be listed above, or
+            // dead-code elimination deletes it.
+            Op::BatchNorm {
+                training: false, ..
+            }
+            | Op::Input
+            | Op::Labels
+            | Op::Param(_)
+            | Op::Conv(_)
+            | Op::Relu
+            | Op::Add
+            | Op::MaxPool(_)
+            | Op::AvgPool(_)
+            | Op::GlobalAvgPool
+            | Op::ShortcutA(_)
+            | Op::Linear { .. }
+            | Op::Softmax
+            | Op::FoldBnWeight(_)
+            | Op::FoldBnBias { .. }
+            | Op::SoftmaxCrossEntropy
+            | Op::SoftmaxCrossEntropyGrad
+            | Op::ConvGradInput { .. }
+            | Op::ConvGradWeight(_)
+            | Op::BatchNormGrad(_)
+            | Op::ReluGrad
+            | Op::MaxPoolGrad(_)
+            | Op::AvgPoolGrad { .. }
+            | Op::GlobalAvgPoolGrad { .. }
+            | Op::ShortcutAGrad { .. }
+            | Op::LinearGrad { .. } => false,
         }
     }
 
@@ -498,16 +527,48 @@ impl Op {
 
     /// Multiply-accumulates per image for an output of the given shape (conv and fc only,
     /// as torchvision and the paper count them).
+    /// Saturates at `u64::MAX`; see [`Op::checked_macs`].
     pub fn macs(&self, inputs: &[&Shape], output: &Shape) -> u64 {
+        self.checked_macs(inputs, output).unwrap_or(u64::MAX)
+    }
+
+    /// Like [`Op::macs`], `None` when the count does not fit in a `u64`.
+    pub fn checked_macs(&self, inputs: &[&Shape], output: &Shape) -> Option<u64> {
         match self {
             Op::Conv(conv) | Op::FusedConv { conv, .. } => match output.chw() {
-                Some((_, oh, ow)) => conv.macs(oh, ow),
-                None => 0,
+                Some((_, oh, ow)) => conv.checked_macs(oh, ow),
+                None => Some(0),
             },
             Op::Linear { out_features, .. } => {
-                (*out_features * inputs.first().map_or(0, |s| s.numel())) as u64
+                let k = inputs.first().map_or(Some(0), |s| s.checked_numel())?;
+                (*out_features as u64).checked_mul(k as u64)
             }
-            _ => 0,
+            // Counted as torchvision and the paper count: forward conv and fc only.
+            Op::Input
+            | Op::Labels
+            | Op::Param(_)
+            | Op::BatchNorm { .. }
+            | Op::Relu
+            | Op::Add
+            | Op::MaxPool(_)
+            | Op::AvgPool(_)
+            | Op::GlobalAvgPool
+            | Op::ShortcutA(_)
+            | Op::Softmax
+            | Op::FoldBnWeight(_)
+            | Op::FoldBnBias { .. }
+            | Op::SoftmaxCrossEntropy
+            | Op::SoftmaxCrossEntropyGrad
+            | Op::ConvGradInput { .. }
+            | Op::ConvGradWeight(_)
+            | Op::BatchNormGrad(_)
+            | Op::ReluGrad
+            | Op::MaxPoolGrad(_)
+            | Op::AvgPoolGrad { .. }
+            | Op::GlobalAvgPoolGrad { .. }
+            | Op::ShortcutAGrad { .. }
+            | Op::LinearGrad { .. }
+            | Op::SgdUpdate(_) => Some(0),
         }
     }
 }
@@ -619,7 +680,17 @@ impl fmt::Display for Op {
                 s.dampening,
                 if s.nesterov { " nesterov" } else { "" }
             ),
-            _ => write!(f, "{m}"),
+            // No attributes.
+            Op::Input
+            | Op::Labels
+            | Op::Relu
+            | Op::Add
+            | Op::GlobalAvgPool
+            | Op::Softmax
+            | Op::SoftmaxCrossEntropy
+            | Op::SoftmaxCrossEntropyGrad
+            | Op::ReluGrad
+            | Op::GlobalAvgPoolGrad { .. } => write!(f, "{m}"),
         }
     }
 }

@@ -3,6 +3,12 @@
 
 use std::fmt;
 
+/// Largest channel count, spatial size, kernel or stride of any tensor (grammar/README.md).
+pub const MAX_DIM: usize = 1 << 16;
+/// Largest element count of one tensor (per batch item for activations): 2^40, 4 TiB of f32.
+/// Keeps every byte count the runtime computes from overflowing.
+pub const MAX_ELEMENTS: usize = 1 << 40;
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Shape {
     /// Whether a leading batch dimension `N` (not stored in `dims`) precedes `dims`.
@@ -32,9 +38,31 @@ impl Shape {
             dims: vec![],
         }
     }
-    /// Elements per batch item (or in total when not batched).
+    /// Elements per batch item (or in total when not batched), saturating at `usize::MAX`
+    /// (lowering rejects shapes past [`MAX_ELEMENTS`], so a saturated count never reaches
+    /// the runtime).
     pub fn numel(&self) -> usize {
-        self.dims.iter().product()
+        self.checked_numel().unwrap_or(usize::MAX)
+    }
+    /// Elements per batch item, or `None` when the product overflows.
+    pub fn checked_numel(&self) -> Option<usize> {
+        self.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+    }
+    /// Why this shape breaks the limits ([`MAX_DIM`] per dimension, [`MAX_ELEMENTS`] per
+    /// batch item), if it does.
+    pub fn limit_violation(&self) -> Option<String> {
+        if let Some(d) = self.dims.iter().find(|&&d| d > MAX_DIM) {
+            return Some(format!(
+                "{self} has a dimension of {d}, more than the limit of {MAX_DIM}"
+            ));
+        }
+        match self.checked_numel() {
+            Some(n) if n <= MAX_ELEMENTS => None,
+            _ => Some(format!(
+                "{self} has more than {MAX_ELEMENTS} (2^40) elements{}",
+                if self.batched { " per image" } else { "" }
+            )),
+        }
     }
     pub fn rank(&self) -> usize {
         self.dims.len()
