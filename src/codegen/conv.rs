@@ -935,30 +935,33 @@ impl StepKernel for GemmConv {
         let residuals: Vec<&[f32]> = plan.residual_inputs().iter().map(|&i| ins[i]).collect();
         let (c, hw) = (s.out_channels, plan.p);
         if !plan.tile_ops.is_empty() {
+            // Plane by plane, each op a plain loop the compiler vectorizes, while the plane
+            // is in L1.
             first.par_chunks_mut(hw).enumerate().for_each(|(i, yp)| {
                 let ci = i % c;
-                let ops: Vec<&[f32]> = {
-                    let mut res = residuals.iter();
-                    let mut chan = channel_ops.iter();
-                    let mut v = vec![];
-                    for op in &plan.tile_ops {
-                        match op {
-                            TileOp::Shift => v.push(&chan.next().expect("op")[ci..]),
-                            TileOp::ScaleShift => {
-                                v.push(&chan.next().expect("op")[ci..]);
-                                v.push(&chan.next().expect("op")[ci..]);
-                            }
-                            TileOp::Add => {
-                                chan.next();
-                                v.push(&res.next().expect("residual")[i * hw..]);
-                            }
-                            TileOp::Relu => {}
+                let mut res = residuals.iter();
+                let mut chan = channel_ops.iter();
+                for op in &plan.tile_ops {
+                    match op {
+                        TileOp::Shift => {
+                            let b = chan.next().expect("op")[ci];
+                            yp.iter_mut().for_each(|v| *v += b);
                         }
+                        TileOp::ScaleShift => {
+                            let a = chan.next().expect("op")[ci];
+                            let b = chan.next().expect("op")[ci];
+                            yp.iter_mut().for_each(|v| *v = *v * a + b);
+                        }
+                        TileOp::Add => {
+                            chan.next();
+                            let r = &res.next().expect("residual")[i * hw..(i + 1) * hw];
+                            yp.iter_mut().zip(r).for_each(|(v, r)| *v += r);
+                        }
+                        TileOp::Relu => yp
+                            .iter_mut()
+                            .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 }),
                     }
-                    v
-                };
-                // One "row" of `hw` columns: per-row operands are the channel's.
-                apply_tile_ops(&plan.tile_ops, 1, hw, yp, hw, &ops, hw);
+                }
             });
         }
         plan.run_epilogue_tail(n, ins, inouts, first, rest);

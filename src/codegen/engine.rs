@@ -20,6 +20,8 @@ pub struct JitOptions {
     /// Winograd for 3x3 stride-1 convs (and their input gradients) from
     /// [`super::winograd::MIN_CHANNELS`] input channels on.
     pub winograd: bool,
+    /// Winograd F(2x2) on maps under 8x8 (else only F(4x4), on larger maps).
+    pub winograd_small_maps: bool,
     /// Direct tiles for every other forward conv and stride-1 input gradient.
     pub direct: bool,
     /// Weight gradients on accumulating tiles.
@@ -32,16 +34,19 @@ impl JitOptions {
     /// Every conv family as JIT code (`--engine jit-all`, and the kernel tests).
     pub const ALL: JitOptions = JitOptions {
         winograd: true,
+        winograd_small_maps: true,
         direct: true,
         grad_weight: true,
         pack_from_k: PACK_FROM_K,
     };
     /// The families that beat the reference kernels in `bench --layers` on ResNet-20
-    /// (batch 128) and ResNet-50 (batch 16): Winograd only. Direct tiles ran 1x1 convs at
-    /// 1.1 to 3.5x the reference's time and 3x3 stride-2 convs at 2.3x; JIT weight
-    /// gradients took 1.6x.
+    /// (batch 128) and ResNet-50 (batch 16): Winograd F(4x4) only (13 to 25 % faster per
+    /// layer on ResNet-50). Direct tiles ran 1x1 convs at 1.1 to 3.5x the reference's time
+    /// and 3x3 stride-2 convs at 2.3x; JIT weight gradients took 1.6x. The convs left to the
+    /// reference GEMM get their epilogue fused into one pass per output plane.
     pub const FASTEST: JitOptions = JitOptions {
         winograd: true,
+        winograd_small_maps: false,
         direct: false,
         grad_weight: false,
         pack_from_k: PACK_FROM_K,
@@ -61,7 +66,7 @@ enum ConvKernelPlan {
 
 fn plan_conv(kernel: &Kernel, options: &JitOptions) -> Option<ConvKernelPlan> {
     if options.winograd {
-        if let Some(w) = WinogradPlan::choose(kernel) {
+        if let Some(w) = WinogradPlan::choose(kernel, options.winograd_small_maps) {
             return Some(ConvKernelPlan::Winograd(Box::new(w)));
         }
     }

@@ -295,15 +295,20 @@ impl WinogradPlan {
     /// Below 32 input channels the transforms cost more than the multiplications saved
     /// (`bench --layers` on ResNet-20, batch 128: 30 % of the 128-bit peak at 16 channels
     /// against 55 % for direct tiles; 62 % against 57 % at 32 channels, 97 % against 54 % at 64).
-    pub fn choose(kernel: &Kernel) -> Option<WinogradPlan> {
+    ///
+    /// Without `small_maps`, maps under 8x8 are left alone: F(2x2) on ResNet-50's 7x7 layer4
+    /// took 36.6 ms per batch of 16 against the reference's 32.4.
+    pub fn choose(kernel: &Kernel, small_maps: bool) -> Option<WinogradPlan> {
         let plan = Self::new(kernel, 4)?;
         if plan.conv.spec.in_channels < MIN_CHANNELS {
             return None;
         }
         if plan.conv.out_hw[0] >= 8 && plan.conv.out_hw[1] >= 8 {
             Some(plan)
-        } else {
+        } else if small_maps {
             Self::new(kernel, 2)
+        } else {
+            None
         }
     }
 
