@@ -10,6 +10,28 @@ use resnetc_runtime::train::{EpochStats, Observer, Schedule};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Writes to stdout. A closed pipe (`resnetc build ... | head`) ends the process quietly with
+/// success, as for any Unix filter, instead of panicking in `print!`.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(3);
+    }
+}
+
+macro_rules! out {
+    ($($t:tt)*) => { emit(&format!($($t)*)) };
+}
+
+macro_rules! outln {
+    ($($t:tt)*) => { emit(&format!("{}\n", format_args!($($t)*))) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "resnetc",
@@ -249,7 +271,7 @@ struct Progress {
 impl Observer for Progress {
     fn start(&mut self, what: &str) {
         if !self.quiet {
-            println!("{what}");
+            outln!("{what}");
         }
     }
     fn epoch_start(&mut self, epoch: usize, batches: usize) {
@@ -283,7 +305,7 @@ impl Observer for Progress {
         let test = s
             .test_accuracy
             .map_or(String::new(), |a| format!("  test acc {:.2}%", a * 100.0));
-        println!(
+        outln!(
             "epoch {:>3}  train loss {:.4}  train acc {:.2}%{test}  {:.0} img/s  lr {:.4}  {:.1}s",
             s.epoch,
             s.train_loss,
@@ -379,10 +401,10 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
             args.save.as_deref(),
         )?;
         if args.json {
-            println!("{}", serde_json::json!({ "losses": r }));
+            outln!("{}", serde_json::json!({ "losses": r }));
         } else {
             for (i, l) in r.iter().enumerate() {
-                println!("step {}  loss {l:.6}", i + 1);
+                outln!("step {}  loss {l:.6}", i + 1);
             }
         }
         return Ok(());
@@ -411,9 +433,9 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
             quiet: false,
         };
         let summary = driver::train(&opts, args.data.as_deref(), &cfg, &mut progress)?;
-        println!("{}", summary.human);
+        outln!("{}", summary.human);
         if args.json {
-            println!("{}", summary.json);
+            outln!("{}", summary.json);
         }
         return Ok(());
     }
@@ -423,12 +445,12 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
             .as_ref()
             .ok_or_else(|| CliError::usage("--eval needs --weights FILE"))?;
         let (correct, total) = driver::evaluate(&opts, weights, args.data.as_deref(), args.batch)?;
-        println!(
+        outln!(
             "{correct} / {total} correct ({:.2} %)",
             100.0 * correct as f64 / total as f64
         );
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({ "correct": correct, "total": total, "accuracy": correct as f64 / total as f64 })
             );
@@ -446,7 +468,7 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
             args.json,
             args.save.as_deref(),
         )?;
-        print!("{text}");
+        out!("{text}");
         return Ok(());
     }
     Err(CliError::usage(
@@ -483,7 +505,7 @@ fn main() -> ExitCode {
                 Emit::Dot => driver::BuildEmit::Dot,
                 Emit::Clif => driver::BuildEmit::Clif(b.kernel.clone()),
             };
-            driver::build(&opts, mode, emit).map(|text| print!("{text}"))
+            driver::build(&opts, mode, emit).map(|text| out!("{text}"))
         }),
         Command::Run(r) => {
             let sub = matches.subcommand_matches("run");
@@ -509,7 +531,7 @@ fn main() -> ExitCode {
             driver::bench(
                 &opts, &batches, b.train, b.iters, b.json, b.profile, b.layers,
             )
-            .map(|t| print!("{t}"))
+            .map(|t| out!("{t}"))
         }),
     };
     match result {

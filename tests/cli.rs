@@ -833,3 +833,28 @@ fn image_folders_train_and_evaluate() {
     assert!(best >= 0.75, "{j}");
     assert!(j["test_correct"].as_u64().unwrap() <= 8);
 }
+
+/// `resnetc build ... | head -1`: the reader closes the pipe early; resnetc ends quietly with
+/// success instead of panicking in `print!`.
+#[test]
+fn closed_stdout_pipe_is_not_a_panic() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_resnetc"))
+        .current_dir(root())
+        .args(["build", "models/resnet152.resnet", "--emit", "ir"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty());
+    // The reader is dropped here: the pipe is closed with most of the IR unwritten.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

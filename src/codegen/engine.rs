@@ -173,7 +173,11 @@ impl JitEngine {
 
 impl Engine for JitEngine {
     fn name(&self) -> &'static str {
-        "jit"
+        if self.options == JitOptions::ALL {
+            "jit-all"
+        } else {
+            "jit"
+        }
     }
     fn kernel(&self, step: &Step) -> Box<dyn StepKernel> {
         if let Some(plan) = plan_grad_weight(&step.kernel, &self.options) {
