@@ -614,6 +614,16 @@ fn divergence_is_reported_not_hidden() {
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(5), "{err}");
     assert!(err.contains("lower --lr"), "{err}");
+    // The step is replayed from the parameters before it to name the first layer whose
+    // output was not finite.
+    assert!(
+        err.contains("the first non-finite value appeared in `"),
+        "{err}"
+    );
+    assert!(
+        err.contains("no checkpoint was asked for (--save)"),
+        "{err}"
+    );
 }
 
 /// Training and evaluation also read image folders (`DIR/train/<class>/*.png`,

@@ -545,3 +545,29 @@ proptest! {
         }
     }
 }
+
+/// An infinity planted in the classifier's weights is found at that layer, on every engine.
+/// (In a conv followed by ReLU it may not be: `inf * 0` is NaN, and ReLU maps NaN to 0
+/// here, as `f32::max` does.)
+#[test]
+fn non_finite_values_are_located_by_layer() {
+    let program = driver::inference_program(&model("resnet20")).unwrap();
+    let x = random(3, 2 * 3 * 32 * 32);
+    for engine in [EngineKind::Reference, EngineKind::Jit, EngineKind::JitAll] {
+        let mut exec = driver::executor(program.clone(), 2, engine).unwrap();
+        init(&mut exec, 1);
+        assert_eq!(exec.locate_non_finite(&x, None).unwrap(), None);
+        let shape: usize = exec
+            .program
+            .param("linear.weight")
+            .unwrap()
+            .shape
+            .iter()
+            .product();
+        let mut w = random(4, shape);
+        w[7] = f32::INFINITY;
+        exec.set_tensor("linear.weight", &w).unwrap();
+        let (step, _) = exec.locate_non_finite(&x, None).unwrap().expect("found");
+        assert_eq!(step, "linear", "{engine:?}");
+    }
+}

@@ -228,6 +228,63 @@ impl Executor {
     /// Runs the program on a batch. `input` is NCHW f32 of `n` images; `labels` are needed
     /// when the program trains. Returns the output buffers (logits; or loss and logits).
     pub fn run(&mut self, input: &[f32], labels: Option<&[usize]>) -> Result<Vec<&[f32]>> {
+        self.run_checked(input, labels, false)?;
+        Ok(self.outputs())
+    }
+
+    /// The output buffers of the last run (logits; or loss and logits).
+    pub fn outputs(&self) -> Vec<&[f32]> {
+        self.program
+            .outputs
+            .iter()
+            .map(|&b| self.bufs[b].as_slice())
+            .collect()
+    }
+
+    /// Copies of every parameter buffer (weights, running statistics, optimizer state) and
+    /// the optimizer step count, to undo a training step with [`Executor::restore_params`].
+    pub fn param_snapshot(&self) -> (Vec<Vec<f32>>, u64) {
+        let bufs = self
+            .program
+            .params
+            .iter()
+            .map(|p| self.bufs[p.buffer].clone())
+            .collect();
+        (bufs, self.sgd_steps)
+    }
+
+    /// Puts back parameters taken with [`Executor::param_snapshot`].
+    pub fn restore_params(&mut self, snapshot: &(Vec<Vec<f32>>, u64)) {
+        for (p, v) in self.program.params.iter().zip(&snapshot.0) {
+            self.bufs[p.buffer].copy_from_slice(v);
+        }
+        self.sgd_steps = snapshot.1;
+        self.prepared = false;
+        self.params_version += 1;
+    }
+
+    /// Runs the program on a batch, checking every step's outputs, and returns the name and
+    /// kernel kind of the first step that produced a NaN or an infinity (`None` if none
+    /// did). Slower than [`Executor::run`]: for locating a divergence after the fact.
+    pub fn locate_non_finite(
+        &mut self,
+        input: &[f32],
+        labels: Option<&[usize]>,
+    ) -> Result<Option<(String, &'static str)>> {
+        Ok(self.run_checked(input, labels, true)?.map(|i| {
+            let step = &self.program.steps[i];
+            (step.name.clone(), step.kernel.kind())
+        }))
+    }
+
+    /// [`Executor::run`]'s body; with `check`, stops at the first step whose outputs are not
+    /// all finite and returns its index.
+    fn run_checked(
+        &mut self,
+        input: &[f32],
+        labels: Option<&[usize]>,
+        check: bool,
+    ) -> Result<Option<usize>> {
         let per = self.program.buffers[self.program.input].elems;
         if input.is_empty() || !input.len().is_multiple_of(per) {
             return Err(RuntimeError::Shape(format!(
@@ -271,11 +328,22 @@ impl Executor {
         let steps = std::mem::take(&mut self.program.steps);
         let mut kernels = std::mem::take(&mut self.kernels);
         self.step_times.clear();
-        for (step, kernel) in steps.iter().zip(kernels.iter_mut()) {
+        let mut first_bad = None;
+        for (i, (step, kernel)) in steps.iter().zip(kernels.iter_mut()).enumerate() {
             let start = self.profile.is_some().then(std::time::Instant::now);
             self.run_step(step, kernel.as_mut());
             if let Some(t) = start {
                 self.step_times.push(t.elapsed());
+            }
+            if check
+                && step
+                    .outs
+                    .iter()
+                    .chain(&step.inouts)
+                    .any(|&b| self.bufs[b].iter().any(|v| !v.is_finite()))
+            {
+                first_bad = Some(i);
+                break;
             }
         }
         self.program.steps = steps;
@@ -286,12 +354,7 @@ impl Executor {
             // Parameters changed: folded weights (if any) are stale.
             self.prepared = self.program.prep.is_empty();
         }
-        Ok(self
-            .program
-            .outputs
-            .iter()
-            .map(|&b| self.bufs[b].as_slice())
-            .collect())
+        Ok(first_bad)
     }
 
     fn run_step(&mut self, step: &Step, kernel: &mut dyn StepKernel) {

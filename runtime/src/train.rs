@@ -139,17 +139,38 @@ pub fn train(
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for (i, batch) in loader.epoch(epoch).enumerate() {
             exec.lr = cfg.lr_at(exec.sgd_steps, steps_per_epoch);
-            let out = exec.run(&batch.images, Some(&batch.labels))?;
-            let loss = out[0][0];
+            // The parameters before the step, to replay a step that diverges (a copy of the
+            // weights costs far less than a step).
+            let before = exec.param_snapshot();
+            let loss = exec.run(&batch.images, Some(&batch.labels))?[0][0];
             if !loss.is_finite() {
+                // Replay the step from the same parameters, checking every layer's outputs.
+                exec.restore_params(&before);
+                let at = exec.locate_non_finite(&batch.images, Some(&batch.labels))?;
+                exec.restore_params(&before);
+                let place = match at {
+                    Some((step, kind)) => {
+                        format!("the first non-finite value appeared in `{step}` ({kind})")
+                    }
+                    None => "no layer's output was non-finite on replay".to_string(),
+                };
+                let good = match &cfg.save {
+                    Some(path) if epoch > 0 => format!(
+                        "the last good checkpoint is {} (after epoch {epoch})",
+                        path.display()
+                    ),
+                    Some(_) => "no checkpoint was written before it".to_string(),
+                    None => "no checkpoint was asked for (--save)".to_string(),
+                };
                 return Err(RuntimeError::NonFinite(format!(
-                    "the training loss became {loss} at epoch {}, batch {} (learning rate {}): \
-                     lower --lr or add --warmup",
+                    "the training loss became {loss} at epoch {}, batch {} (learning rate {}); \
+                     {place}; {good}: lower --lr or add --warmup",
                     epoch + 1,
                     i + 1,
                     exec.lr
                 )));
             }
+            let out = exec.outputs();
             let pred = argmax_rows(out[1], batch.n, classes);
             correct += pred
                 .iter()
