@@ -24,6 +24,8 @@ pub struct JitOptions {
     pub winograd_small_maps: bool,
     /// Direct tiles for every other forward conv and stride-1 input gradient.
     pub direct: bool,
+    /// Stride-1 input gradients as JIT forward convs (Winograd or direct, as the forward).
+    pub grad_input: bool,
     /// Weight gradients on accumulating tiles.
     pub grad_weight: bool,
     /// Direct tiles pack their columns from this reduction length on.
@@ -36,18 +38,22 @@ impl JitOptions {
         winograd: true,
         winograd_small_maps: true,
         direct: true,
+        grad_input: true,
         grad_weight: true,
         pack_from_k: PACK_FROM_K,
     };
     /// The families that beat the reference kernels in `bench --layers` on ResNet-20
     /// (batch 128) and ResNet-50 (batch 16): Winograd F(4x4) only (13 to 25 % faster per
     /// layer on ResNet-50). Direct tiles ran 1x1 convs at 1.1 to 3.5x the reference's time
-    /// and 3x3 stride-2 convs at 2.3x; JIT weight gradients took 1.6x. The convs left to the
-    /// reference GEMM get their epilogue fused into one pass per output plane.
+    /// and 3x3 stride-2 convs at 2.3x; JIT weight gradients took 1.6x. Winograd input
+    /// gradients made the ResNet-50 training step slower (3546 ms against 3260 without them,
+    /// reference 3320, in one sequence of runs), so they are off here too. The convs left to
+    /// the reference GEMM get their epilogue fused into one pass per output plane.
     pub const FASTEST: JitOptions = JitOptions {
         winograd: true,
         winograd_small_maps: false,
         direct: false,
+        grad_input: false,
         grad_weight: false,
         pack_from_k: PACK_FROM_K,
     };
@@ -139,7 +145,7 @@ impl JitEngine {
         if let Some(plan) = plan_grad_weight(kernel, options) {
             return plan.tiles().cloned().collect();
         }
-        let as_conv = grad_input_as_conv(kernel);
+        let as_conv = grad_input_as_conv(kernel).filter(|_| options.grad_input);
         match plan_conv(as_conv.as_ref().unwrap_or(kernel), options) {
             Some(ConvKernelPlan::Direct(p)) => p.tiles().cloned().collect(),
             Some(ConvKernelPlan::Winograd(p)) => p.tiles().cloned().collect(),
@@ -183,9 +189,11 @@ impl Engine for JitEngine {
         if let Some(plan) = plan_grad_weight(&step.kernel, &self.options) {
             return Box::new(JitConvGradWeight::new(plan, &self.tiles));
         }
-        if let (Kernel::ConvGradInput { spec, .. }, Some(conv)) =
-            (&step.kernel, grad_input_as_conv(&step.kernel))
-        {
+        if let (Kernel::ConvGradInput { spec, .. }, Some(conv), true) = (
+            &step.kernel,
+            grad_input_as_conv(&step.kernel),
+            self.options.grad_input,
+        ) {
             if plan_conv(&conv, &self.options).is_some() {
                 let forward = self.kernel(&Step {
                     kernel: conv,

@@ -350,6 +350,20 @@ impl SendPtr {
     }
 }
 
+/// Pooled transform buffers; dropping puts them back.
+struct Scratch<'a> {
+    pool: &'a std::sync::Mutex<Vec<(Vec<f32>, Vec<f32>)>>,
+    bufs: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        if let (Some(b), Ok(mut pool)) = (self.bufs.take(), self.pool.lock()) {
+            pool.push(b);
+        }
+    }
+}
+
 /// A Winograd conv step: Rust transforms around JIT GEMM tiles.
 pub struct JitWinograd {
     plan: WinogradPlan,
@@ -358,6 +372,11 @@ pub struct JitWinograd {
     /// Transformed weights, per position packed in row panels like the direct conv's.
     packed: Vec<f32>,
     packed_version: Option<u64>,
+    /// Transformed weights before packing, kept between re-packs (training re-packs every
+    /// step; a fresh allocation each time cost page faults).
+    unpacked: Vec<f32>,
+    /// Transform buffers `(V, M)` kept between runs, one per concurrent work item.
+    scratch: std::sync::Mutex<Vec<(Vec<f32>, Vec<f32>)>>,
     _code: Arc<JitCode>,
 }
 
@@ -369,6 +388,8 @@ impl JitWinograd {
             plan,
             packed: vec![],
             packed_version: None,
+            unpacked: vec![],
+            scratch: std::sync::Mutex::new(vec![]),
             _code: tiles.code.clone(),
         }
     }
@@ -376,7 +397,8 @@ impl JitWinograd {
     fn pack<const A: usize>(&mut self, w: &[f32], g: &[[f32; 3]; A]) {
         let s = self.plan.conv.spec;
         let (oc, ic) = (s.out_channels, s.in_channels);
-        let mut u = vec![0.0f32; A * A * oc * ic];
+        let mut u = std::mem::take(&mut self.unpacked);
+        u.resize(A * A * oc * ic, 0.0);
         for o in 0..oc {
             for c in 0..ic {
                 let f = &w[(o * ic + c) * 9..(o * ic + c + 1) * 9];
@@ -396,6 +418,26 @@ impl JitWinograd {
                 self.plan.mr,
                 &mut self.packed[pos * oc * ic..(pos + 1) * oc * ic],
             );
+        }
+        self.unpacked = u;
+    }
+
+    /// Transform buffers for one work item, returned to the pool when dropped.
+    fn scratch(&self) -> Scratch<'_> {
+        let bufs = self
+            .scratch
+            .lock()
+            .map(|mut pool| pool.pop())
+            .unwrap_or(None)
+            .unwrap_or_else(|| {
+                (
+                    vec![0.0f32; self.plan.v_len()],
+                    vec![0.0f32; self.plan.m_len()],
+                )
+            });
+        Scratch {
+            pool: &self.scratch,
+            bufs: Some(bufs),
         }
     }
 
@@ -609,13 +651,9 @@ impl JitWinograd {
                 .into_par_iter()
                 .with_min_len(n.div_ceil(2 * threads))
                 .for_each_init(
-                    || {
-                        (
-                            vec![0.0f32; this.plan.v_len()],
-                            vec![0.0f32; this.plan.m_len()],
-                        )
-                    },
-                    |(v, mbuf), i| {
+                    || this.scratch(),
+                    |scratch, i| {
+                        let (v, mbuf) = scratch.bufs.as_mut().expect("taken until dropped");
                         let xi = &x[i * in_chw..(i + 1) * in_chw];
                         let vp = SendPtr(v.as_mut_ptr());
                         let mp = SendPtr(mbuf.as_mut_ptr());
@@ -635,8 +673,8 @@ impl JitWinograd {
                     },
                 );
         } else {
-            let mut v = vec![0.0f32; this.plan.v_len()];
-            let mut mbuf = vec![0.0f32; this.plan.m_len()];
+            let mut scratch = this.scratch();
+            let (v, mbuf) = scratch.bufs.as_mut().expect("taken until dropped");
             let split = |len: usize, t: usize| (t * len / threads)..((t + 1) * len / threads);
             for i in 0..n {
                 let xi = &x[i * in_chw..(i + 1) * in_chw];
