@@ -1,6 +1,9 @@
 //! The `resnetc` command end to end: reports, exit codes and messages for bad input, tensor
 //! and image inference, single-step mode, and a short real training run.
 
+mod common;
+
+use common::{shared, shared_under};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -27,33 +30,6 @@ fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("resnetc-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// A file of the team's shared data. Missing, the calling test is skipped, and says so on
-/// the real stderr (not the captured one); under CI (`CI=true`) it fails instead.
-fn shared(rel: &str) -> Option<PathBuf> {
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-    shared_under(rel, ci)
-}
-
-fn shared_under(rel: &str, ci: bool) -> Option<PathBuf> {
-    let p = root().join("../shared").join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        !ci,
-        "{} is missing: CI must have ../shared (tests may skip only outside CI)",
-        p.display()
-    );
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {}: {} is not here (CI has ../shared)",
-        std::thread::current().name().unwrap_or("a test"),
-        p.display()
-    );
-    None
 }
 
 #[test]

@@ -6,6 +6,9 @@
 //!   updated weights and BN running statistics.
 //! - The pretrained CIFAR weights in ../shared reproduce their published accuracies exactly.
 
+mod common;
+
+use common::shared;
 use resnetc::autodiff::append_training;
 use resnetc::compile::compile;
 use resnetc::driver::{self, BuildOptions, EngineKind};
@@ -206,30 +209,6 @@ fn resnet20_gradients_match_pytorch() {
         assert_close(&format!("d loss / d {key}"), out[2 + i], v, 1e-3, 1e-7);
     }
     assert!(want.len() >= 40);
-}
-
-/// A file of the team's shared data. Outside CI a missing file skips the test, loudly (on
-/// the real stderr, so it shows with captured output); under CI (`CI` set) it fails the
-/// test, because CI has ../shared and a skip there would hide a broken known answer.
-fn shared(rel: &str) -> Option<PathBuf> {
-    let p = root().join("../shared").join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-    assert!(
-        !ci,
-        "{} is missing: CI must have ../shared (tests may skip only outside CI)",
-        p.display()
-    );
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {}: {} is not here (CI has ../shared)",
-        std::thread::current().name().unwrap_or("a test"),
-        p.display()
-    );
-    None
 }
 
 fn known_answer(name: &str, weights: &str, expected: usize) {

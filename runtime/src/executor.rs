@@ -10,6 +10,13 @@ use crate::spec::{Dims4, EpilogueStep};
 use crate::weights::Tensor;
 use std::collections::BTreeMap;
 
+/// Parameters and optimizer step count saved by [`Executor::save_params`].
+#[derive(Debug, Default)]
+pub struct ParamSnapshot {
+    bufs: Vec<Vec<f32>>,
+    sgd_steps: u64,
+}
+
 pub struct Executor {
     pub program: Program,
     /// One kernel per step of `program.steps`, and per step of `program.prep`.
@@ -241,24 +248,26 @@ impl Executor {
             .collect()
     }
 
-    /// Copies of every parameter buffer (weights, running statistics, optimizer state) and
-    /// the optimizer step count, to undo a training step with [`Executor::restore_params`].
-    pub fn param_snapshot(&self) -> (Vec<Vec<f32>>, u64) {
-        let bufs = self
-            .program
-            .params
-            .iter()
-            .map(|p| self.bufs[p.buffer].clone())
-            .collect();
-        (bufs, self.sgd_steps)
+    /// Copies every parameter buffer (weights, running statistics, optimizer state) and the
+    /// optimizer step count into `snapshot`, reusing its memory, to undo a training step with
+    /// [`Executor::restore_params`].
+    pub fn save_params(&self, snapshot: &mut ParamSnapshot) {
+        snapshot
+            .bufs
+            .resize_with(self.program.params.len(), Vec::new);
+        for (dst, p) in snapshot.bufs.iter_mut().zip(&self.program.params) {
+            dst.clear();
+            dst.extend_from_slice(&self.bufs[p.buffer]);
+        }
+        snapshot.sgd_steps = self.sgd_steps;
     }
 
-    /// Puts back parameters taken with [`Executor::param_snapshot`].
-    pub fn restore_params(&mut self, snapshot: &(Vec<Vec<f32>>, u64)) {
-        for (p, v) in self.program.params.iter().zip(&snapshot.0) {
+    /// Puts back parameters taken with [`Executor::save_params`].
+    pub fn restore_params(&mut self, snapshot: &ParamSnapshot) {
+        for (p, v) in self.program.params.iter().zip(&snapshot.bufs) {
             self.bufs[p.buffer].copy_from_slice(v);
         }
-        self.sgd_steps = snapshot.1;
+        self.sgd_steps = snapshot.sgd_steps;
         self.prepared = false;
         self.params_version += 1;
     }
@@ -433,6 +442,47 @@ fn labels_of(buf: &[f32]) -> Vec<usize> {
     buf.iter().map(|&v| v as usize).collect()
 }
 
+/// Runs `epilogue[from..]` in place over a fused conv's whole output `first`, copying the
+/// value before step `i` into `rest[k]` where `exports[k] == i` (exports before `from` are the
+/// caller's). `ins` are the operands of the steps from `from` on, in order; `inouts` the
+/// running statistics of their training BN steps.
+#[allow(clippy::too_many_arguments)]
+pub fn apply_epilogue(
+    epilogue: &[EpilogueStep],
+    exports: &[usize],
+    from: usize,
+    yd: Dims4,
+    ins: &[&[f32]],
+    inouts: &mut [Vec<f32>],
+    first: &mut [f32],
+    rest: &mut [Vec<f32>],
+) {
+    let (mut at, mut at_inout) = (0, 0);
+    let mut export = exports
+        .iter()
+        .position(|&e| e >= from)
+        .unwrap_or(exports.len());
+    for (i, step) in epilogue.iter().enumerate().skip(from) {
+        if exports.get(export) == Some(&i) {
+            rest[export].copy_from_slice(first);
+            export += 1;
+        }
+        let (n_in, n_inout) = match step {
+            EpilogueStep::BatchNormTrain(_) => (2, 2),
+            other => (other.operands(), 0),
+        };
+        apply_epilogue_step(
+            step,
+            yd,
+            first,
+            &ins[at..at + n_in],
+            &mut inouts[at_inout..at_inout + n_inout],
+        );
+        at += n_in;
+        at_inout += n_inout;
+    }
+}
+
 /// Applies one epilogue step of a fused conv in place, over the whole output. `ins` and
 /// `inouts` are the step's own operands (two and two for training BN, whose running
 /// statistics are in-outs).
@@ -501,28 +551,8 @@ fn exec(
             let bias = spec.bias.then(|| ins[2]);
             let (first, rest) = outs.split_first_mut().expect("conv has an output");
             k::conv2d(ins[0], xd, ins[1], bias, spec, first);
-            let mut at = 2 + spec.bias as usize;
-            let mut at_inout = 0;
-            let mut export = 0;
-            for (i, step) in epilogue.iter().enumerate() {
-                if exports.get(export) == Some(&i) {
-                    rest[export].copy_from_slice(first);
-                    export += 1;
-                }
-                let (n_in, n_inout) = match step {
-                    EpilogueStep::BatchNormTrain(_) => (2, 2),
-                    other => (other.operands(), 0),
-                };
-                apply_epilogue_step(
-                    step,
-                    yd,
-                    first,
-                    &ins[at..at + n_in],
-                    &mut inouts[at_inout..at_inout + n_inout],
-                );
-                at += n_in;
-                at_inout += n_inout;
-            }
+            let at = 2 + spec.bias as usize;
+            apply_epilogue(epilogue, exports, 0, yd, &ins[at..], inouts, first, rest);
         }
         Kernel::BatchNorm {
             spec,

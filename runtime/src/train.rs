@@ -133,6 +133,7 @@ pub fn train(
         Some(path) if cfg.start_epoch > 0 => resumed_log(path, cfg.start_epoch)?,
         _ => String::from(CSV_HEADER),
     };
+    let mut before = crate::executor::ParamSnapshot::default();
     for epoch in cfg.start_epoch..cfg.epochs {
         observer.epoch_start(epoch, steps_per_epoch);
         let start = Instant::now();
@@ -141,7 +142,7 @@ pub fn train(
             exec.lr = cfg.lr_at(exec.sgd_steps, steps_per_epoch);
             // The parameters before the step, to replay a step that diverges (a copy of the
             // weights costs far less than a step).
-            let before = exec.param_snapshot();
+            exec.save_params(&mut before);
             let loss = exec.run(&batch.images, Some(&batch.labels))?[0][0];
             if !loss.is_finite() {
                 // Replay the step from the same parameters, checking every layer's outputs.

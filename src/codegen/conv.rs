@@ -21,7 +21,7 @@ use super::jit::{CompiledTiles, JitCode, TileSet};
 use super::microkernel::{apply_tile_ops, TileFn, TileOp, TileSpec};
 use rayon::prelude::*;
 use resnetc_runtime::engine::{KernelCtx, StepKernel};
-use resnetc_runtime::executor::apply_epilogue_step;
+use resnetc_runtime::executor::apply_epilogue;
 use resnetc_runtime::program::Kernel;
 use resnetc_runtime::spec::{ConvSpec, Dims4, EpilogueStep};
 use std::sync::Arc;
@@ -293,6 +293,15 @@ impl ConvPlan {
         v
     }
 
+    /// Index in the step's inputs of the first operand of the unfused epilogue steps.
+    fn tail_operands_at(&self) -> usize {
+        2 + self.spec.bias as usize
+            + self.epilogue[..self.fused]
+                .iter()
+                .map(|s| s.operands())
+                .sum::<usize>()
+    }
+
     /// Runs the epilogue steps the tiles did not fuse over the whole output `first` (and
     /// copies the exported values into `rest`), as the reference executor runs them; the
     /// training pattern `[bn_train, (add,) relu]` in two passes instead of six
@@ -309,35 +318,17 @@ impl ConvPlan {
             return;
         }
         let yd = Dims4::new(n, self.spec.out_channels, self.out_hw[0], self.out_hw[1]);
-        let mut at = 2 + self.spec.bias as usize;
-        let mut at_inout = 0;
-        for step in &self.epilogue[..self.fused] {
-            at += step.operands();
-        }
-        let mut export = self
-            .exports
-            .iter()
-            .position(|&e| e >= self.fused)
-            .unwrap_or(self.exports.len());
-        for (i, step) in self.epilogue.iter().enumerate().skip(self.fused) {
-            if self.exports.get(export) == Some(&i) {
-                rest[export].copy_from_slice(first);
-                export += 1;
-            }
-            let (n_in, n_inout) = match step {
-                EpilogueStep::BatchNormTrain(_) => (2, 2),
-                other => (other.operands(), 0),
-            };
-            apply_epilogue_step(
-                step,
-                yd,
-                first,
-                &ins[at..at + n_in],
-                &mut inouts[at_inout..at_inout + n_inout],
-            );
-            at += n_in;
-            at_inout += n_inout;
-        }
+        let at = self.tail_operands_at();
+        apply_epilogue(
+            &self.epilogue,
+            &self.exports,
+            self.fused,
+            yd,
+            &ins[at..],
+            inouts,
+            first,
+            rest,
+        );
     }
 
     /// Training BN as the first unfused step, followed only by residual adds and ReLUs, with
@@ -371,10 +362,7 @@ impl ConvPlan {
         if count < 2 {
             return false;
         }
-        let mut at = 2 + self.spec.bias as usize;
-        for step in &self.epilogue[..self.fused] {
-            at += step.operands();
-        }
+        let at = self.tail_operands_at();
         let (gamma, beta) = (ins[at], ins[at + 1]);
         let residuals: Vec<&[f32]> = after
             .iter()
@@ -596,9 +584,53 @@ fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     acc.iter().sum::<f64>() + rem.iter().map(|&v| f(v)).sum::<f64>()
 }
 
+/// `shift+relu`: the fused ops, for `describe`.
+pub(crate) fn tile_ops_text(ops: &[TileOp]) -> String {
+    ops.iter()
+        .map(|o| format!("{o:?}").to_lowercase())
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// The fused epilogue over one output plane of channel `ci`, each op a plain loop the
+/// compiler vectorizes, while the plane is in L1. `channel_ops` are the per-channel operand
+/// vectors of [`ConvPlan::tile_operands`]; `residual_planes` the same plane of each residual
+/// operand, in order.
+pub(crate) fn apply_plane_ops(
+    ops: &[TileOp],
+    channel_ops: &[Vec<f32>],
+    residual_planes: &[&[f32]],
+    ci: usize,
+    plane: &mut [f32],
+) {
+    let mut res = residual_planes.iter();
+    let mut chan = channel_ops.iter();
+    for op in ops {
+        match op {
+            TileOp::Shift => {
+                let b = chan.next().expect("op")[ci];
+                plane.iter_mut().for_each(|v| *v += b);
+            }
+            TileOp::ScaleShift => {
+                let a = chan.next().expect("op")[ci];
+                let b = chan.next().expect("op")[ci];
+                plane.iter_mut().for_each(|v| *v = *v * a + b);
+            }
+            TileOp::Add => {
+                chan.next();
+                let r = res.next().expect("residual");
+                plane.iter_mut().zip(r.iter()).for_each(|(v, r)| *v += r);
+            }
+            TileOp::Relu => plane
+                .iter_mut()
+                .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 }),
+        }
+    }
+}
+
 /// A raw pointer that may cross threads: tiles write disjoint regions of one output.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
@@ -607,7 +639,7 @@ impl SendPtr {
     ///
     /// # Safety
     /// As `pointer::add`.
-    unsafe fn at(self, off: usize) -> SendPtr {
+    pub(crate) unsafe fn at(self, off: usize) -> SendPtr {
         SendPtr(self.0.add(off))
     }
 }
@@ -911,11 +943,7 @@ impl StepKernel for JitConv {
             p.mr,
             NR,
             p.k,
-            p.tile_ops
-                .iter()
-                .map(|o| format!("{o:?}").to_lowercase())
-                .collect::<Vec<_>>()
-                .join("+")
+            tile_ops_text(&p.tile_ops)
         )
     }
 }
@@ -952,33 +980,10 @@ impl StepKernel for GemmConv {
         let residuals: Vec<&[f32]> = plan.residual_inputs().iter().map(|&i| ins[i]).collect();
         let (c, hw) = (s.out_channels, plan.p);
         if !plan.tile_ops.is_empty() {
-            // Plane by plane, each op a plain loop the compiler vectorizes, while the plane
-            // is in L1.
             first.par_chunks_mut(hw).enumerate().for_each(|(i, yp)| {
-                let ci = i % c;
-                let mut res = residuals.iter();
-                let mut chan = channel_ops.iter();
-                for op in &plan.tile_ops {
-                    match op {
-                        TileOp::Shift => {
-                            let b = chan.next().expect("op")[ci];
-                            yp.iter_mut().for_each(|v| *v += b);
-                        }
-                        TileOp::ScaleShift => {
-                            let a = chan.next().expect("op")[ci];
-                            let b = chan.next().expect("op")[ci];
-                            yp.iter_mut().for_each(|v| *v = *v * a + b);
-                        }
-                        TileOp::Add => {
-                            chan.next();
-                            let r = &res.next().expect("residual")[i * hw..(i + 1) * hw];
-                            yp.iter_mut().zip(r).for_each(|(v, r)| *v += r);
-                        }
-                        TileOp::Relu => yp
-                            .iter_mut()
-                            .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 }),
-                    }
-                }
+                let planes: Vec<&[f32]> =
+                    residuals.iter().map(|r| &r[i * hw..(i + 1) * hw]).collect();
+                apply_plane_ops(&plan.tile_ops, &channel_ops, &planes, i % c, yp);
             });
         }
         plan.run_epilogue_tail(n, ins, inouts, first, rest);
@@ -991,12 +996,7 @@ impl StepKernel for GemmConv {
     fn describe(&self) -> String {
         format!(
             "gemm, epilogue in one pass: {}",
-            self.plan
-                .tile_ops
-                .iter()
-                .map(|o| format!("{o:?}").to_lowercase())
-                .collect::<Vec<_>>()
-                .join("+")
+            tile_ops_text(&self.plan.tile_ops)
         )
     }
 }

@@ -13,9 +13,9 @@
 //!
 //! F(4x4) rounds more than direct convolution in f32; the tests bound it on the zoo.
 
-use super::conv::{pack_weights_into, ConvPlan};
+use super::conv::{apply_plane_ops, pack_weights_into, tile_ops_text, ConvPlan, SendPtr};
 use super::jit::{CompiledTiles, JitCode, TileSet};
-use super::microkernel::{TileFn, TileOp, TileSpec};
+use super::microkernel::{TileFn, TileSpec};
 use rayon::prelude::*;
 use resnetc_runtime::engine::{KernelCtx, StepKernel};
 use resnetc_runtime::program::Kernel;
@@ -338,18 +338,6 @@ impl WinogradPlan {
 /// Fewest input channels for which [`WinogradPlan::choose`] picks Winograd.
 pub const MIN_CHANNELS: usize = 32;
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    /// # Safety
-    /// As `pointer::add`.
-    unsafe fn at(self, off: usize) -> SendPtr {
-        SendPtr(self.0.add(off))
-    }
-}
-
 /// Pooled transform buffers; dropping puts them back.
 struct Scratch<'a> {
     pool: &'a std::sync::Mutex<Vec<(Vec<f32>, Vec<f32>)>>,
@@ -581,28 +569,11 @@ impl JitWinograd {
             }
             // The fused epilogue over the channel's plane while it is still in L1.
             let plane = std::slice::from_raw_parts_mut(y.0.add(c * oh * ow), oh * ow);
-            let (mut chan, mut res) = (channel_ops.iter(), residuals.iter());
-            for op in ops {
-                match op {
-                    TileOp::Shift => {
-                        let b = chan.next().expect("op")[c];
-                        plane.iter_mut().for_each(|v| *v += b);
-                    }
-                    TileOp::ScaleShift => {
-                        let scale = chan.next().expect("op")[c];
-                        let shift = chan.next().expect("op")[c];
-                        plane.iter_mut().for_each(|v| *v = *v * scale + shift);
-                    }
-                    TileOp::Add => {
-                        chan.next();
-                        let r = &res.next().expect("residual")[c * oh * ow..(c + 1) * oh * ow];
-                        plane.iter_mut().zip(r).for_each(|(v, r)| *v += r);
-                    }
-                    TileOp::Relu => plane
-                        .iter_mut()
-                        .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 }),
-                }
-            }
+            let planes: Vec<&[f32]> = residuals
+                .iter()
+                .map(|r| &r[c * oh * ow..(c + 1) * oh * ow])
+                .collect();
+            apply_plane_ops(ops, channel_ops, &planes, c, plane);
         }
     }
 
@@ -732,12 +703,7 @@ impl StepKernel for JitWinograd {
             "winograd F({m}x{m},3x3) {}x4 tiles k={} fused={}",
             p.mr,
             p.conv.spec.in_channels,
-            p.conv
-                .tile_ops
-                .iter()
-                .map(|o| format!("{o:?}").to_lowercase())
-                .collect::<Vec<_>>()
-                .join("+"),
+            tile_ops_text(&p.conv.tile_ops),
             m = p.m
         )
     }

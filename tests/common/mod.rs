@@ -1,4 +1,5 @@
-//! Hand-built graphs for pass and autodiff tests that do not go through the front end.
+//! Test helpers: hand-built graphs for pass and autodiff tests that do not go through the
+//! front end, and the team's shared data.
 #![allow(dead_code)]
 
 use resnetc::ir::{Graph, Mode, ModelMeta, Op, ParamKind, Preprocess, Value};
@@ -141,4 +142,33 @@ pub fn tiny_resnet(mode: Mode, width: usize, hw: usize, classes: usize) -> Graph
         .unwrap();
     g.outputs = vec![y];
     g
+}
+
+/// A file of the team's shared data. Missing, the calling test is skipped, and says so on
+/// the real stderr (not the captured one); under CI (`CI=true`) it fails instead.
+pub fn shared(rel: &str) -> Option<std::path::PathBuf> {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    shared_under(rel, ci)
+}
+
+pub fn shared_under(rel: &str, ci: bool) -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        !ci,
+        "{} is missing: CI must have ../shared (tests may skip only outside CI)",
+        p.display()
+    );
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {}: {} is not here (CI has ../shared)",
+        std::thread::current().name().unwrap_or("a test"),
+        p.display()
+    );
+    None
 }

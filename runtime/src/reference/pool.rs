@@ -23,35 +23,15 @@ fn pool_out(xd: Dims4, s: &PoolSpec) -> (usize, usize) {
 /// `[n, c, oh, ow]` with `(oh, ow) = s.out_hw(h, w)`, fully overwritten. A window lying entirely
 /// in padding yields `-inf`. NaN propagates as in PyTorch.
 pub fn max_pool2d<T: Real>(x: &[T], xd: Dims4, s: &PoolSpec, y: &mut [T]) {
-    // The window loops are written out (not through `pool_forward`'s iterator) because max
-    // pooling sits on ResNet's stem at 112x112, where the dynamic iterator cost 50 ms per
-    // batch of 16.
-    let (oh, ow) = pool_out(xd, s);
-    assert_eq!(x.len(), xd.len(), "max_pool2d: x length");
-    assert_eq!(y.len(), xd.n * xd.c * oh * ow, "max_pool2d: y length");
-    if y.is_empty() {
-        return;
-    }
-    let (h, w) = (xd.h, xd.w);
-    y.par_chunks_mut(oh * ow)
-        .zip(x.par_chunks(h * w))
-        .for_each(|(yp, xp)| {
-            for oy in 0..oh {
-                let (y0, y1) = window(oy, s.stride[0], s.pad[0], s.kernel[0], h);
-                for ox in 0..ow {
-                    let (x0, x1) = window(ox, s.stride[1], s.pad[1], s.kernel[1], w);
-                    let mut best = T::neg_infinity();
-                    for iy in y0..y1 {
-                        for &v in &xp[iy * w + x0..iy * w + x1] {
-                            if v > best || v.is_nan() {
-                                best = v;
-                            }
-                        }
-                    }
-                    yp[oy * ow + ox] = best;
-                }
+    pool_forward("max_pool2d", x, xd, s, y, |window| {
+        let mut best = T::neg_infinity();
+        for v in window {
+            if v > best || v.is_nan() {
+                best = v;
             }
-        });
+        }
+        best
+    });
 }
 
 /// Applies `reduce` to the in-bounds values of every window, plane by plane in parallel.
