@@ -156,6 +156,7 @@ fn parse_header(text: &str) -> std::result::Result<Header, String> {
                         "'descr' is {value}; only simple dtypes are supported, not structured ones"
                     ));
                 }
+                // The quoted-value branch above guarantees a closing quote, so len >= 2.
                 descr = Some(value[1..value.len() - 1].to_string());
             }
             "fortran_order" => {
@@ -166,7 +167,13 @@ fn parse_header(text: &str) -> std::result::Result<Header, String> {
                 })
             }
             "shape" => {
-                let body = &value[1..value.len() - 1];
+                let body = value
+                    .strip_prefix('(')
+                    .and_then(|v| v.strip_suffix(')'))
+                    .or_else(|| value.strip_prefix('[').and_then(|v| v.strip_suffix(']')))
+                    .ok_or_else(|| {
+                        format!("'shape' is {value}; expected a tuple such as (2, 3)")
+                    })?;
                 let dims = body
                     .split(',')
                     .map(str::trim)

@@ -90,3 +90,33 @@ fn truncations_are_errors() {
     let mut set = CifarSet::default();
     assert!(parse_cifar_bytes(Path::new("t.bin"), &valid_cifar()[..4000], &mut set).is_err());
 }
+
+/// Every single-byte substitution in the headers, exhaustively: random cases found a panic
+/// here once (a tab in place of the shape tuple's `(`), so the headers get the full sweep.
+#[test]
+fn every_single_byte_header_edit_is_handled() {
+    let npy = valid_npy();
+    let header_end = 10 + u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    let st = valid_safetensors();
+    let st_header_end = 8 + u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    for b in 0..=255u8 {
+        for i in 0..header_end {
+            let mut m = npy.clone();
+            m[i] = b;
+            let _ = parse_npy(Path::new("e.npy"), &m);
+        }
+        for i in 0..st_header_end {
+            let mut m = st.clone();
+            m[i] = b;
+            let _ = parse_safetensors(Path::new("e.safetensors"), &m);
+        }
+    }
+    // The case random testing found: the shape tuple's `(` replaced by a tab.
+    let text = String::from_utf8_lossy(&npy[10..header_end]).to_string();
+    let bad = text.replacen("(2", "\t2", 1);
+    let mut m = npy[..10].to_vec();
+    m.extend_from_slice(bad.as_bytes());
+    m.extend_from_slice(&npy[header_end..]);
+    let e = parse_npy(Path::new("tab.npy"), &m).unwrap_err().to_string();
+    assert!(e.contains("shape"), "{e}");
+}
