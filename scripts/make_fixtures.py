@@ -17,6 +17,10 @@ both languages). Architecture, key names and shapes come from the oracle's model
         BN tensors (weight, bias, running_mean, running_var), conv1.weight,
         layer1.0.conv1.weight, layer3.2.conv2.weight, linear.weight, linear.bias
   resnet20_sgd_grads.safetensors  d loss / d w of the trainable tensors of that subset
+  resnet20_adam_steps.safetensors / resnet20_adamw_steps.safetensors  three torch.optim.Adam /
+        AdamW steps, resnet20 batch 8, train-mode BN, batch k from seed k (k = 0, 1, 2):
+        losses (3,) f32, the after-step values of the same subset, and the optimizer state
+        `<key>.exp_avg` / `<key>.exp_avg_sq` of its trainable tensors under 10,000 elements
   manifest.json                seeds, shapes, generator version, versions, tolerances, command
 """
 from __future__ import annotations
@@ -39,6 +43,15 @@ SEED = 0
 EVAL_CASES = [("resnet20", 2), ("resnet56", 2), ("resnet18", 1), ("resnet50", 1)]
 TRAIN_MODEL, TRAIN_BATCH = "resnet20", 8
 SGD = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
+# Weight decay on for both, so Adam's coupled and AdamW's decoupled decay are both exercised.
+# eps 1e-3, not the default 1e-8: a step moves a weight by lr * m / (sqrt(v) + eps), whose slope
+# in the gradient is up to 1/eps near a zero gradient. With eps 1e-8 any two f32
+# implementations disagree by up to 2 lr on the weights whose gradient is as small as its
+# rounding error (measured: 5e-4 after three steps); with eps 1e-3 the same rounding moves
+# weights by under 1e-6, so the SGD test's 1e-5 tolerance stays meaningful.
+ADAM = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-3, weight_decay=1e-4)
+ADAMW = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-3, weight_decay=1e-2)
+ADAM_STEPS = 3
 TRAIN_EXTRA_KEYS = ["conv1.weight", "layer1.0.conv1.weight", "layer3.2.conv2.weight",
                     "linear.weight", "linear.bias"]
 BN_SUFFIXES = (".weight", ".bias", ".running_mean", ".running_var")
@@ -54,6 +67,9 @@ TOLERANCES = {
     "grads": "per tensor: max|g - g_ref| <= 1e-3 * max|g_ref| + 1e-7 (f32 backward, batch stats)",
     "after_step": "per tensor: max abs <= 1e-5 (step is lr*(g + wd*w); differences come from grads)",
     "running_stats": "max abs <= 1e-5",
+    "adam_after_3_steps": "per tensor: max|y - torch_f32| <= 1e-5 + 3 * f64_gap (weights, as "
+                          "after_step plus PyTorch's own f32 noise after three steps); moments "
+                          "<= 1e-3 * max + 3 * f64_gap",
 }
 
 
@@ -154,6 +170,69 @@ def train_fixture(models, out, torch, info):
         train_logits_std=float(logits.detach().numpy().std())))
 
 
+def adam_run(models, torch, decoupled, dtype):
+    """Three Adam (or AdamW) steps from zero state on three different batches, in `dtype`:
+    the losses, and the after-step values and optimizer moments of the training subset."""
+    import torch.nn.functional as F
+    name, batch = TRAIN_MODEL, TRAIN_BATCH
+    W = S.synthetic_weights(name, SEED)
+    m = models.torch_model(name, W).train().to(dtype)
+    settings = ADAMW if decoupled else ADAM
+    opt = (torch.optim.AdamW if decoupled else torch.optim.Adam)(m.parameters(), **settings)
+    losses = []
+    for k in range(ADAM_STEPS):
+        shape = (batch,) + models.input_shape(name)
+        x = S.synthetic_input(SEED + k, shape)
+        labels = S.synthetic_labels(SEED + k, batch, models.num_classes(name))
+        loss = F.cross_entropy(m(torch.from_numpy(x).to(dtype)), torch.from_numpy(labels))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    keys = train_subset_keys(W)
+    sd = m.state_dict()
+    after = {k: sd[k].detach().double().numpy().copy() for k in keys}
+    params = dict(m.named_parameters())
+    # The state of every tensor of the subset but the largest (layer3's 36,864-weight conv,
+    # whose after-step values are compared anyway), to keep the fixture small.
+    for k in keys:
+        if k in params and params[k].numel() < 10000:
+            st = opt.state[params[k]]
+            after[f"{k}.exp_avg"] = st["exp_avg"].double().numpy().copy()
+            after[f"{k}.exp_avg_sq"] = st["exp_avg_sq"].double().numpy().copy()
+    return losses, after, settings
+
+
+def adam_fixture(models, out, torch, info, decoupled):
+    """PyTorch's float32 result, and per tensor its own distance to the float64 result: three
+    steps of a batch-8 network in training mode amplify rounding, so that distance (PyTorch's
+    own f32 noise) sets the test's tolerance next to the SGD test's 1e-5."""
+    from safetensors.numpy import save_file
+    losses, after, settings = adam_run(models, torch, decoupled, torch.float32)
+    _, after64, _ = adam_run(models, torch, decoupled, torch.float64)
+    tensors = {k: v.astype(np.float32) for k, v in after.items()}
+    for k in after:
+        tensors[f"{k}.f64_gap"] = np.array(np.abs(after[k] - after64[k]).max(), np.float32)
+    tensors["losses"] = np.array(losses, np.float32)
+    name = TRAIN_MODEL
+    kind = "adamw" if decoupled else "adam"
+    fname = f"{name}_{kind}_steps.safetensors"
+    meta = {"info": f"{name} seed {SEED} generator {S.GENERATOR_VERSION}; see manifest.json"}
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.path.join(out, fname), meta)
+    gaps = {k: float(tensors[f"{k}.f64_gap"]) for k in after}
+    info.append(dict(
+        model=name, optimizer=kind, seed=SEED, batch=TRAIN_BATCH, steps=ADAM_STEPS,
+        settings={k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
+        procedure=f"model.train(); for k in 0..{ADAM_STEPS}: x = synthetic_input(seed + k), "
+                  "labels = synthetic_labels(seed + k, batch, 10), loss = mean cross_entropy, "
+                  f"zero_grad, backward, torch.optim.{'AdamW' if decoupled else 'Adam'}.step(); "
+                  "run in float32 (stored) and float64 (stored only as <key>.f64_gap = "
+                  "max|f32 - f64| per tensor)",
+        losses=losses, files={"steps": fname}, n_tensors=len(after),
+        max_weight_f64_gap=max(v for k, v in gaps.items() if not k.endswith(("exp_avg", "exp_avg_sq"))),
+        max_exp_avg_f64_gap=max(v for k, v in gaps.items() if k.endswith("exp_avg"))))
+
+
 def generate(out, oracle_dir):
     models = load_models(oracle_dir)
     import onnxruntime as ort
@@ -164,10 +243,12 @@ def generate(out, oracle_dir):
     except ImportError:
         torch = None
     os.makedirs(out, exist_ok=True)
-    evals, trains = [], []
+    evals, trains, adams = [], [], []
     eval_fixtures(models, out, torch, evals)
     if torch is not None:
         train_fixture(models, out, torch, trains)
+        adam_fixture(models, out, torch, adams, decoupled=False)
+        adam_fixture(models, out, torch, adams, decoupled=True)
     else:
         print("torch not installed: skipping f64 logits and the SGD step", file=sys.stderr)
     manifest = dict(
@@ -186,7 +267,7 @@ def generate(out, oracle_dir):
                       python=sys.version.split()[0]),
         command="scripts/oracle_env.sh && ~/.cache/resnetc-oracle/bin/python scripts/make_fixtures.py",
         tolerance_intent=TOLERANCES,
-        eval=evals, train=trains)
+        eval=evals, train=trains, adam=adams)
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=False)
         f.write("\n")

@@ -203,6 +203,7 @@ fn kernel_for(g: &Graph, n: NodeIndex) -> Result<(Kernel, Vec<usize>), IrError> 
             vec![],
         ),
         Op::SgdUpdate(spec) => (Kernel::SgdUpdate { spec: *spec }, vec![0, 2]),
+        Op::AdamUpdate(spec) => (Kernel::AdamUpdate { spec: *spec }, vec![0, 2, 3]),
         Op::Input | Op::Labels | Op::Param(_) => {
             return Err(err(g, n, format!("{} is not a kernel", op.mnemonic())));
         }

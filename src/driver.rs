@@ -14,7 +14,7 @@ use resnetc_runtime::data::{
 };
 use resnetc_runtime::executor::Executor;
 use resnetc_runtime::program::Program;
-use resnetc_runtime::spec::SgdSpec;
+use resnetc_runtime::spec::{Optimizer, SgdSpec};
 use resnetc_runtime::train::{self, Observer, Schedule, TrainConfig};
 use resnetc_runtime::weights::{check_weights, load_safetensors, save_safetensors};
 use resnetc_runtime::{npy, RuntimeError};
@@ -164,19 +164,23 @@ pub struct Compiled {
     pub compile_ms: f64,
 }
 
-/// Parses, checks and lowers the model, appends the training graph when `sgd` is given, and
+/// Parses, checks and lowers the model, appends the training graph with `optimizer` (SGD by
+/// default) in training mode, and
 /// runs the pass pipeline.
 pub fn compile_model(
     opts: &BuildOptions,
     mode: Mode,
-    sgd: Option<SgdSpec>,
+    optimizer: Option<Optimizer>,
 ) -> Result<Compiled, CliError> {
     let start = Instant::now();
     let lowered =
         frontend::compile_file(&opts.model, mode, &opts.overrides).map_err(CliError::Model)?;
     let mut g = lowered.clone();
     if mode == Mode::Training {
-        append_training(&mut g, Some(sgd.unwrap_or(DEFAULT_SGD)))?;
+        append_training(
+            &mut g,
+            Some(optimizer.unwrap_or(Optimizer::Sgd(DEFAULT_SGD))),
+        )?;
     }
     let pipeline = match &opts.passes {
         Some(list) => Pipeline::from_names(list).map_err(CliError::Usage)?,
@@ -235,7 +239,7 @@ pub fn build(opts: &BuildOptions, mode: Mode, emit: BuildEmit) -> Result<String,
 /// specialization, each headed by the steps that use it.
 fn emit_clif(opts: &BuildOptions, mode: Mode, step: Option<&str>) -> Result<String, CliError> {
     let program = match mode {
-        Mode::Training => training_program(opts, DEFAULT_SGD)?,
+        Mode::Training => training_program(opts, DEFAULT_SGD.into())?,
         Mode::Inference => inference_program(opts)?,
     };
     let options = match opts.engine {
@@ -290,9 +294,9 @@ pub fn inference_program(opts: &BuildOptions) -> Result<Program, CliError> {
     )?)
 }
 
-pub fn training_program(opts: &BuildOptions, sgd: SgdSpec) -> Result<Program, CliError> {
+pub fn training_program(opts: &BuildOptions, optimizer: Optimizer) -> Result<Program, CliError> {
     Ok(compile(
-        &compile_model(opts, Mode::Training, Some(sgd))?.optimized,
+        &compile_model(opts, Mode::Training, Some(optimizer))?.optimized,
     )?)
 }
 
@@ -336,7 +340,7 @@ pub fn check_bench_memory(
     train_mode: bool,
 ) -> Result<(), CliError> {
     let program = if train_mode {
-        training_program(opts, DEFAULT_SGD)?
+        training_program(opts, DEFAULT_SGD.into())?
     } else {
         inference_program(opts)?
     };
@@ -566,12 +570,52 @@ pub struct TrainOptions {
     pub warmup_epochs: f32,
     pub seed: u64,
     pub augment: bool,
-    pub sgd: SgdSpec,
+    pub optimizer: Optimizer,
     pub save: Option<PathBuf>,
     pub resume: Option<PathBuf>,
     pub log: Option<PathBuf>,
     pub train_limit: Option<usize>,
     pub weights: Option<PathBuf>,
+}
+
+/// A checkpoint's optimizer state must be the one this run's optimizer keeps: resuming Adam
+/// from SGD momentum (or the reverse) would silently restart the optimizer.
+fn check_optimizer_state(
+    path: &Path,
+    exec: &Executor,
+    saved: &std::collections::BTreeMap<String, resnetc_runtime::weights::Tensor>,
+    optimizer: Optimizer,
+) -> Result<(), CliError> {
+    let wanted: std::collections::BTreeSet<&str> = exec
+        .program
+        .params
+        .iter()
+        .filter(|p| p.role == resnetc_runtime::program::ParamRole::OptimizerState)
+        .map(|p| p.name.as_str())
+        .collect();
+    if saved.keys().all(|k| wanted.contains(k.as_str())) && saved.len() == wanted.len() {
+        return Ok(());
+    }
+    let kept_by = |k: &str| {
+        if k.ends_with(".momentum_buffer") {
+            "sgd"
+        } else if k.ends_with(".exp_avg") || k.ends_with(".exp_avg_sq") {
+            "adam or adamw"
+        } else {
+            "another optimizer"
+        }
+    };
+    let theirs = saved.keys().next().map_or("no optimizer", |k| kept_by(k));
+    Err(CliError::Runtime(RuntimeError::format(
+        path,
+        format!(
+            "holds the optimizer state of {theirs} ({} tensors), but this run uses --optimizer {} \
+             ({} tensors); resume with the optimizer the checkpoint was trained with",
+            saved.len(),
+            optimizer.name(),
+            wanted.len()
+        ),
+    )))
 }
 
 pub struct TrainSummary {
@@ -587,7 +631,7 @@ pub fn train(
     observer: &mut dyn Observer,
 ) -> Result<TrainSummary, CliError> {
     let dir = find_data_dir(data)?;
-    let program = training_program(opts, t.sgd)?;
+    let program = training_program(opts, t.optimizer)?;
     let mut train_data = load_split(&dir, Split::Train, &program)?;
     if let Some(limit) = t.train_limit {
         let keep = limit.min(train_data.labels.len());
@@ -612,10 +656,11 @@ pub fn train(
         let ck = resnetc_runtime::checkpoint::Checkpoint::load(ckpt)?;
         check_weights(ckpt, &exec.program.weight_table(), &ck.params)?;
         exec.load_weights(&ck.params)?;
+        check_optimizer_state(ckpt, &exec, &ck.optimizer, t.optimizer)?;
         for (k, v) in &ck.optimizer {
             exec.set_tensor(k, &v.data)?;
         }
-        exec.sgd_steps = ck.step;
+        exec.optimizer_steps = ck.step;
         start_epoch = ck.epoch;
     }
     let mut eval_exec = executor(eval_program, 256, opts.engine)?;
@@ -710,7 +755,7 @@ pub fn train(
 #[allow(clippy::too_many_arguments)]
 pub fn single_steps(
     opts: &BuildOptions,
-    sgd: SgdSpec,
+    optimizer: Optimizer,
     weights: Option<&Path>,
     input: &Path,
     labels: &Path,
@@ -719,7 +764,7 @@ pub fn single_steps(
     seed: u64,
     save: Option<&Path>,
 ) -> Result<Vec<f32>, CliError> {
-    let program = training_program(opts, sgd)?;
+    let program = training_program(opts, optimizer)?;
     let [c, h, w] = program.input_shape;
     let (shape, x) = npy::read_npy_f32(input)?;
     if shape.len() != 4 || shape[1..] != [c, h, w] {
@@ -777,7 +822,7 @@ pub fn bench(
     layers: bool,
 ) -> Result<String, CliError> {
     let program = if train_mode {
-        training_program(opts, DEFAULT_SGD)?
+        training_program(opts, DEFAULT_SGD.into())?
     } else {
         inference_program(opts)?
     };

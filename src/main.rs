@@ -155,16 +155,30 @@ struct RunArgs {
     /// Batch size (the last partial batch is kept).
     #[arg(long, default_value_t = 128)]
     batch: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 0.1)]
-    lr: f32,
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f32,
-    #[arg(long = "weight-decay", default_value_t = 1e-4)]
-    weight_decay: f32,
-    /// Nesterov momentum.
+    /// Optimizer, with torch.optim semantics: sgd, adam or adamw [default: sgd].
+    #[arg(long)]
+    optimizer: Option<String>,
+    /// Peak learning rate [default: 0.1 for sgd, 1e-3 for adam and adamw].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// L2 weight decay (decoupled for adamw) [default: 1e-4 for sgd, 0 for adam, 1e-2 for adamw].
+    #[arg(long = "weight-decay")]
+    weight_decay: Option<f32>,
+    /// Nesterov momentum (sgd).
     #[arg(long)]
     nesterov: bool,
+    /// Adam's first-moment decay [default: 0.9].
+    #[arg(long)]
+    beta1: Option<f32>,
+    /// Adam's second-moment decay [default: 0.999].
+    #[arg(long)]
+    beta2: Option<f32>,
+    /// Adam's denominator epsilon [default: 1e-8].
+    #[arg(long)]
+    eps: Option<f32>,
     /// Learning-rate schedule after the warm-up: per-iteration cosine to 0, or /10 at 50 % and 75 %.
     #[arg(long, value_enum, default_value = "cosine")]
     schedule: ScheduleArg,
@@ -374,12 +388,17 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
     resnetc::run_flags::check(&given, args.input.len()).map_err(CliError::Usage)?;
     set_threads(args.threads);
     let opts = build_options(&args.compile)?;
-    let sgd = resnetc_runtime::spec::SgdSpec {
+    let (optimizer, lr) = resnetc::run_flags::optimizer(&resnetc::run_flags::OptimizerFlags {
+        optimizer: args.optimizer.as_deref(),
+        lr: args.lr,
         momentum: args.momentum,
-        weight_decay: args.weight_decay,
-        dampening: 0.0,
         nesterov: args.nesterov,
-    };
+        weight_decay: args.weight_decay,
+        beta1: args.beta1,
+        beta2: args.beta2,
+        eps: args.eps,
+    })
+    .map_err(CliError::Usage)?;
     if args.train && args.steps.is_some() {
         let input = args
             .input
@@ -391,12 +410,12 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
             .ok_or_else(|| CliError::usage("single-step mode needs --labels y.npy"))?;
         let r = driver::single_steps(
             &opts,
-            sgd,
+            optimizer,
             args.weights.as_deref(),
             input,
             labels,
             args.steps.unwrap_or(1),
-            args.lr,
+            lr,
             args.seed,
             args.save.as_deref(),
         )?;
@@ -413,7 +432,7 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
         let cfg = driver::TrainOptions {
             epochs: args.epochs,
             batch: args.batch,
-            lr: args.lr,
+            lr,
             schedule: match args.schedule {
                 ScheduleArg::Step => Schedule::Step,
                 ScheduleArg::Cosine => Schedule::Cosine,
@@ -421,7 +440,7 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
             warmup_epochs: args.warmup,
             seed: args.seed,
             augment: !args.no_augment,
-            sgd,
+            optimizer,
             save: args.save.clone(),
             resume: args.resume.clone(),
             log: args.log.clone(),

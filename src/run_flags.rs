@@ -1,6 +1,8 @@
 //! Which flags of `resnetc run` act in which mode. A flag given on the command line that the
 //! chosen mode would ignore is an error (exit code 2) that says where the flag applies.
 
+use resnetc_runtime::spec::{AdamSpec, Optimizer, SgdSpec};
+
 /// What `resnetc run` does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunMode {
@@ -34,9 +36,13 @@ impl RunMode {
                 "labels",
                 "weights",
                 "lr",
+                "optimizer",
                 "momentum",
                 "weight_decay",
                 "nesterov",
+                "beta1",
+                "beta2",
+                "eps",
                 "seed",
                 "save",
             ],
@@ -45,9 +51,13 @@ impl RunMode {
                 "epochs",
                 "batch",
                 "lr",
+                "optimizer",
                 "momentum",
                 "weight_decay",
                 "nesterov",
+                "beta1",
+                "beta2",
+                "eps",
                 "schedule",
                 "warmup",
                 "seed",
@@ -144,6 +154,106 @@ pub fn check(given: &[&str], inputs: usize) -> Result<RunMode, String> {
     Ok(mode)
 }
 
+/// The optimizer flags of `run --train` as given (`None`: not on the command line).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OptimizerFlags<'a> {
+    pub optimizer: Option<&'a str>,
+    pub lr: Option<f32>,
+    pub momentum: Option<f32>,
+    pub nesterov: bool,
+    pub weight_decay: Option<f32>,
+    pub beta1: Option<f32>,
+    pub beta2: Option<f32>,
+    pub eps: Option<f32>,
+}
+
+/// The optimizer and peak learning rate the flags ask for, with PyTorch's defaults where a
+/// flag is absent (SGD: lr 0.1, momentum 0.9, weight decay 1e-4, this project's CIFAR recipe;
+/// Adam: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight decay 0; AdamW: weight decay 1e-2), or
+/// why the combination is wrong.
+pub fn optimizer(f: &OptimizerFlags) -> Result<(Optimizer, f32), String> {
+    let name = f.optimizer.unwrap_or("sgd");
+    let adam = match name {
+        "sgd" => false,
+        "adam" | "adamw" => true,
+        other => {
+            return Err(format!(
+                "unknown optimizer `{other}`; choose sgd, adam or adamw"
+            ))
+        }
+    };
+    let not_for = |flag: &str, value: bool| -> Result<(), String> {
+        if value {
+            Err(format!(
+                "{flag} has no effect with --optimizer {name}; it applies to {}",
+                if adam { "sgd" } else { "adam and adamw" }
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let check = |flag: &str, v: f32, ok: bool, range: &str| -> Result<f32, String> {
+        if v.is_finite() && ok {
+            Ok(v)
+        } else {
+            Err(format!("{flag} must be {range}, got {v}"))
+        }
+    };
+    let lr = f.lr.unwrap_or(if adam { 1e-3 } else { 0.1 });
+    check("--lr", lr, lr > 0.0, "a positive number")?;
+    let wd_default = match name {
+        "sgd" => 1e-4,
+        "adamw" => 1e-2,
+        _ => 0.0,
+    };
+    let weight_decay = f.weight_decay.unwrap_or(wd_default);
+    check(
+        "--weight-decay",
+        weight_decay,
+        weight_decay >= 0.0,
+        "zero or positive",
+    )?;
+    if !adam {
+        not_for("--beta1", f.beta1.is_some())?;
+        not_for("--beta2", f.beta2.is_some())?;
+        not_for("--eps", f.eps.is_some())?;
+        let momentum = f.momentum.unwrap_or(0.9);
+        check(
+            "--momentum",
+            momentum,
+            (0.0..1.0).contains(&momentum),
+            "in [0, 1)",
+        )?;
+        if f.nesterov && momentum == 0.0 {
+            return Err("--nesterov needs a momentum above 0".into());
+        }
+        let sgd = SgdSpec {
+            momentum,
+            weight_decay,
+            dampening: 0.0,
+            nesterov: f.nesterov,
+        };
+        return Ok((Optimizer::Sgd(sgd), lr));
+    }
+    not_for("--momentum", f.momentum.is_some())?;
+    not_for("--nesterov", f.nesterov)?;
+    let beta = |flag: &str, v: Option<f32>, default: f32| -> Result<f32, String> {
+        let b = v.unwrap_or(default);
+        check(flag, b, (0.0..1.0).contains(&b), "in [0, 1)")
+    };
+    let spec = AdamSpec {
+        beta1: beta("--beta1", f.beta1, 0.9)?,
+        beta2: beta("--beta2", f.beta2, 0.999)?,
+        eps: {
+            let e = f.eps.unwrap_or(1e-8);
+            check("--eps", e, e > 0.0, "a positive number")?
+        },
+        weight_decay,
+        decoupled: name == "adamw",
+    };
+    Ok((Optimizer::Adam(spec), lr))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +288,81 @@ mod tests {
         assert!(check(&["model", "input", "weights", "seed"], 1).is_err());
         assert!(check(&["model", "train", "weights", "resume"], 0).is_err());
         assert!(check(&["model"], 0).is_err());
+    }
+
+    #[test]
+    fn optimizer_defaults_are_pytorchs() {
+        let sgd = optimizer(&OptimizerFlags::default()).unwrap();
+        assert_eq!(sgd.1, 0.1);
+        assert!(matches!(sgd.0, Optimizer::Sgd(s) if s.momentum == 0.9 && s.weight_decay == 1e-4));
+        let (adam, lr) = optimizer(&OptimizerFlags {
+            optimizer: Some("adam"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(lr, 1e-3);
+        assert_eq!(
+            adam,
+            Optimizer::Adam(AdamSpec {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+                decoupled: false
+            })
+        );
+        let (adamw, _) = optimizer(&OptimizerFlags {
+            optimizer: Some("adamw"),
+            beta1: Some(0.8),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(
+            matches!(adamw, Optimizer::Adam(a) if a.decoupled && a.weight_decay == 1e-2 && a.beta1 == 0.8)
+        );
+    }
+
+    #[test]
+    fn optimizer_flags_that_do_not_apply_are_errors() {
+        let bad = |f: OptimizerFlags| optimizer(&f).unwrap_err();
+        let e = bad(OptimizerFlags {
+            optimizer: Some("adam"),
+            momentum: Some(0.5),
+            ..Default::default()
+        });
+        assert_eq!(
+            e,
+            "--momentum has no effect with --optimizer adam; it applies to sgd"
+        );
+        let e = bad(OptimizerFlags {
+            beta2: Some(0.99),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("--beta2 has no effect with --optimizer sgd"),
+            "{e}"
+        );
+        assert!(bad(OptimizerFlags {
+            optimizer: Some("adam"),
+            beta1: Some(1.0),
+            ..Default::default()
+        })
+        .contains("[0, 1)"));
+        assert!(bad(OptimizerFlags {
+            optimizer: Some("adam"),
+            eps: Some(0.0),
+            ..Default::default()
+        })
+        .contains("--eps"));
+        assert!(bad(OptimizerFlags {
+            lr: Some(f32::NAN),
+            ..Default::default()
+        })
+        .contains("--lr"));
+        assert!(bad(OptimizerFlags {
+            optimizer: Some("lamb"),
+            ..Default::default()
+        })
+        .contains("choose sgd, adam or adamw"));
     }
 }

@@ -68,7 +68,7 @@ fn fused_inference_equals_unfused() {
 
 fn training_program(level: u8, sgd: Option<SgdSpec>) -> Executor {
     let mut g = common::tiny_resnet(Mode::Training, 3, 6, 4);
-    append_training(&mut g, sgd).unwrap();
+    append_training(&mut g, sgd.map(Into::into)).unwrap();
     Pipeline::for_level(level, Mode::Training)
         .run(&mut g)
         .unwrap();

@@ -164,7 +164,7 @@ fn conv_case(
     let ctx = KernelCtx {
         n,
         lr: 0.0,
-        first_sgd_step: true,
+        optimizer_steps: 0,
         params_version: 1,
     };
     let mut want = vec![vec![0.0f32; out_len]];
@@ -324,7 +324,7 @@ fn both_engines_train(name: &str, batch: usize) {
 }
 
 fn engine_trains_like_reference(name: &str, batch: usize, jit: EngineKind) {
-    let program = driver::training_program(&model(name), driver::DEFAULT_SGD).unwrap();
+    let program = driver::training_program(&model(name), driver::DEFAULT_SGD.into()).unwrap();
     let [c, h, w] = program.input_shape;
     let x = random(9, batch * c * h * w);
     // The same input with noise of 1e-5 of its scale added (not a scaling, which the first
@@ -478,7 +478,7 @@ proptest! {
         let dy = random(seed, n * oc * oh * ow);
         let wt = random(seed + 1, spec.weight_shape().iter().product());
         let ins: Vec<&[f32]> = vec![&dy, &wt];
-        let ctx = KernelCtx { n, lr: 0.0, first_sgd_step: true, params_version: 1 };
+        let ctx = KernelCtx { n, lr: 0.0, optimizer_steps: 0, params_version: 1 };
         let len = n * cin * h * w;
         let mut want = vec![vec![0.0f32; len]];
         ReferenceEngine.kernel(&step).run(&ctx, &ins, &mut [], &mut want);
@@ -523,7 +523,7 @@ proptest! {
         let x = random(seed, n * cin * h * w);
         let dy = random(seed + 1, n * oc * oh * ow);
         let ins: Vec<&[f32]> = vec![&x, &dy];
-        let ctx = KernelCtx { n, lr: 0.0, first_sgd_step: true, params_version: 1 };
+        let ctx = KernelCtx { n, lr: 0.0, optimizer_steps: 0, params_version: 1 };
         let wlen: usize = spec.weight_shape().iter().product();
         let outs = |fill: f32| {
             let mut v = vec![vec![fill; wlen]];

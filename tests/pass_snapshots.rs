@@ -95,7 +95,7 @@ fn resnet20_training_graph() {
         dampening: 0.0,
         nesterov: false,
     };
-    let grads = append_training(&mut g, Some(sgd)).unwrap();
+    let grads = append_training(&mut g, Some(sgd.into())).unwrap();
     assert_eq!(
         grads.grads.len(),
         19 * 3 + 2,

@@ -53,7 +53,7 @@ fn training_pipeline_fuses_with_exports() {
         dampening: 0.0,
         nesterov: false,
     };
-    append_training(&mut g, Some(sgd)).unwrap();
+    append_training(&mut g, Some(sgd.into())).unwrap();
     verify(&g).unwrap();
     insta::assert_snapshot!("tiny_training_autodiff", to_text(&g));
     let updates = count(&g, |o| matches!(o, Op::SgdUpdate(_)));

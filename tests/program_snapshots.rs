@@ -56,7 +56,7 @@ fn compiled_programs() {
             render(&program, JitOptions::ALL)
         );
     }
-    let program = driver::training_program(&model("resnet20"), driver::DEFAULT_SGD).unwrap();
+    let program = driver::training_program(&model("resnet20"), driver::DEFAULT_SGD.into()).unwrap();
     insta::assert_snapshot!(
         "resnet20.training.jit_all",
         render(&program, JitOptions::ALL)

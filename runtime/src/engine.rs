@@ -15,8 +15,9 @@ pub struct KernelCtx {
     pub n: usize,
     /// Learning rate of optimizer steps.
     pub lr: f32,
-    /// The first optimizer step initializes momentum buffers.
-    pub first_sgd_step: bool,
+    /// Optimizer steps taken before this run: 0 on the first, which initializes optimizer
+    /// state; Adam's bias correction uses `optimizer_steps + 1`.
+    pub optimizer_steps: u64,
     /// Bumped by the executor whenever parameters may have changed (weights loaded, a
     /// training step taken), so kernels that pre-pack weights know when to pack again.
     pub params_version: u64,

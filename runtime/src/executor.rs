@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, Default)]
 pub struct ParamSnapshot {
     bufs: Vec<Vec<f32>>,
-    sgd_steps: u64,
+    optimizer_steps: u64,
 }
 
 pub struct Executor {
@@ -30,7 +30,7 @@ pub struct Executor {
     /// Learning rate used by optimizer steps.
     pub lr: f32,
     /// Optimizer steps taken so far (the first one initializes the momentum buffers).
-    pub sgd_steps: u64,
+    pub optimizer_steps: u64,
     prepared: bool,
     /// Per-kernel-kind wall time, when profiling is on.
     profile: Option<std::collections::BTreeMap<&'static str, (u32, std::time::Duration)>>,
@@ -82,7 +82,7 @@ impl Executor {
             bufs,
             batch,
             lr: 0.0,
-            sgd_steps: 0,
+            optimizer_steps: 0,
             prepared: false,
             profile: None,
             step_times: vec![],
@@ -158,10 +158,12 @@ impl Executor {
                         .for_each(|v| *v = (rng.uniform_f32() * 2.0 - 1.0) * bound);
                 }
                 ParamRole::BnGamma | ParamRole::RunningVar => buf.fill(1.0),
-                ParamRole::BnBeta | ParamRole::RunningMean | ParamRole::Momentum => buf.fill(0.0),
+                ParamRole::BnBeta | ParamRole::RunningMean | ParamRole::OptimizerState => {
+                    buf.fill(0.0)
+                }
             }
         }
-        self.sgd_steps = 0;
+        self.optimizer_steps = 0;
         self.prepared = false;
         self.params_version += 1;
     }
@@ -170,7 +172,7 @@ impl Executor {
     /// (checked by the caller with [`crate::weights::check_weights`]). Missing names are errors.
     pub fn load_weights(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
         for p in &self.program.params {
-            if p.role == ParamRole::Momentum {
+            if p.role == ParamRole::OptimizerState {
                 continue;
             }
             let t = tensors
@@ -229,7 +231,7 @@ impl Executor {
 
     /// Model weights (trainable tensors and running statistics).
     pub fn weights(&self) -> BTreeMap<String, Tensor> {
-        self.tensors(|r| r != ParamRole::Momentum)
+        self.tensors(|r| r != ParamRole::OptimizerState)
     }
 
     /// Runs the program on a batch. `input` is NCHW f32 of `n` images; `labels` are needed
@@ -259,7 +261,7 @@ impl Executor {
             dst.clear();
             dst.extend_from_slice(&self.bufs[p.buffer]);
         }
-        snapshot.sgd_steps = self.sgd_steps;
+        snapshot.optimizer_steps = self.optimizer_steps;
     }
 
     /// Puts back parameters taken with [`Executor::save_params`].
@@ -267,7 +269,7 @@ impl Executor {
         for (p, v) in self.program.params.iter().zip(&snapshot.bufs) {
             self.bufs[p.buffer].copy_from_slice(v);
         }
-        self.sgd_steps = snapshot.sgd_steps;
+        self.optimizer_steps = snapshot.optimizer_steps;
         self.prepared = false;
         self.params_version += 1;
     }
@@ -358,7 +360,7 @@ impl Executor {
         self.program.steps = steps;
         self.kernels = kernels;
         if self.program.training {
-            self.sgd_steps += 1;
+            self.optimizer_steps += 1;
             self.params_version += 1;
             // Parameters changed: folded weights (if any) are stale.
             self.prepared = self.program.prep.is_empty();
@@ -382,7 +384,7 @@ impl Executor {
             let ctx = KernelCtx {
                 n: self.batch,
                 lr: self.lr,
-                first_sgd_step: self.sgd_steps == 0,
+                optimizer_steps: self.optimizer_steps,
                 params_version: self.params_version,
             };
             let start = self.profile.is_some().then(std::time::Instant::now);
@@ -742,7 +744,20 @@ fn exec(
                 &mut v[0],
                 ctx.lr,
                 spec,
-                ctx.first_sgd_step,
+                ctx.optimizer_steps == 0,
+            );
+        }
+        Kernel::AdamUpdate { spec } => {
+            let (p, state) = inouts.split_at_mut(1);
+            let (m, v) = state.split_at_mut(1);
+            k::adam_step(
+                &mut p[0],
+                ins[0],
+                &mut m[0],
+                &mut v[0],
+                ctx.lr,
+                spec,
+                ctx.optimizer_steps + 1,
             );
         }
     }

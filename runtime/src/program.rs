@@ -1,7 +1,7 @@
 //! A compiled program: what the compiler hands the runtime. Steps over numbered buffers,
 //! a parameter table, a once-per-load weight-preparation schedule and the buffer plan.
 
-use crate::spec::{BnSpec, ConvSpec, EpilogueStep, PoolSpec, SgdSpec, ShortcutASpec};
+use crate::spec::{AdamSpec, BnSpec, ConvSpec, EpilogueStep, PoolSpec, SgdSpec, ShortcutASpec};
 use serde::{Deserialize, Serialize};
 
 pub type BufId = usize;
@@ -107,6 +107,10 @@ pub enum Kernel {
     SgdUpdate {
         spec: SgdSpec,
     },
+    /// ins: grad; inouts: param, exp_avg, exp_avg_sq.
+    AdamUpdate {
+        spec: AdamSpec,
+    },
 }
 
 impl Kernel {
@@ -146,6 +150,7 @@ impl Kernel {
             Kernel::ShortcutAGrad { .. } => "shortcut_a_grad",
             Kernel::LinearGrad { .. } => "linear_grad",
             Kernel::SgdUpdate { .. } => "sgd_update",
+            Kernel::AdamUpdate { .. } => "adam_update",
         }
     }
 }
@@ -187,8 +192,8 @@ pub enum ParamRole {
     BnBeta,
     RunningMean,
     RunningVar,
-    /// Optimizer state.
-    Momentum,
+    /// Optimizer state (momentum buffers, Adam moments).
+    OptimizerState,
 }
 
 impl ParamRole {
@@ -201,7 +206,7 @@ impl ParamRole {
     }
     /// Part of the model's weights file (trainable tensors and BN running statistics).
     pub fn is_model_weight(self) -> bool {
-        self != ParamRole::Momentum
+        self != ParamRole::OptimizerState
     }
     pub fn keyword(self) -> &'static str {
         match self {
@@ -211,7 +216,7 @@ impl ParamRole {
             ParamRole::BnBeta => "bn_beta",
             ParamRole::RunningMean => "running_mean",
             ParamRole::RunningVar => "running_var",
-            ParamRole::Momentum => "momentum",
+            ParamRole::OptimizerState => "optimizer_state",
         }
     }
 }

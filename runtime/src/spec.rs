@@ -120,6 +120,60 @@ pub struct SgdSpec {
     pub nesterov: bool,
 }
 
+/// Adam, exactly `torch.optim.Adam` (`decoupled: false`) or `torch.optim.AdamW`
+/// (`decoupled: true`), without amsgrad. At 1-based step `t`:
+/// Adam adds `wd * p` to the gradient, AdamW multiplies `p` by `1 - lr * wd` first; then
+/// `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
+/// `p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamSpec {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// AdamW's decoupled weight decay.
+    pub decoupled: bool,
+}
+
+/// The optimizer that autodiff appends to a training graph.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Optimizer {
+    Sgd(SgdSpec),
+    Adam(AdamSpec),
+}
+
+impl Optimizer {
+    /// The name users pass to `--optimizer`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Optimizer::Sgd(_) => "sgd",
+            Optimizer::Adam(a) if a.decoupled => "adamw",
+            Optimizer::Adam(_) => "adam",
+        }
+    }
+    /// Suffixes of the state tensors kept per trainable parameter, named as PyTorch's
+    /// optimizer `state` keys.
+    pub fn state_names(&self) -> &'static [&'static str] {
+        match self {
+            // SGD keeps its buffer even without momentum, so every SGD program has one layout.
+            Optimizer::Sgd(_) => &["momentum_buffer"],
+            Optimizer::Adam(_) => &["exp_avg", "exp_avg_sq"],
+        }
+    }
+}
+
+impl From<SgdSpec> for Optimizer {
+    fn from(s: SgdSpec) -> Self {
+        Optimizer::Sgd(s)
+    }
+}
+
+impl From<AdamSpec> for Optimizer {
+    fn from(a: AdamSpec) -> Self {
+        Optimizer::Adam(a)
+    }
+}
+
 /// Dimensions of an NCHW tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Dims4 {

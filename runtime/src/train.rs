@@ -139,7 +139,7 @@ pub fn train(
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for (i, batch) in loader.epoch(epoch).enumerate() {
-            exec.lr = cfg.lr_at(exec.sgd_steps, steps_per_epoch);
+            exec.lr = cfg.lr_at(exec.optimizer_steps, steps_per_epoch);
             // The parameters before the step, to replay a step that diverges (a copy of the
             // weights costs far less than a step).
             exec.save_params(&mut before);
@@ -256,9 +256,9 @@ fn resumed_log(path: &std::path::Path, start_epoch: usize) -> Result<String> {
 pub fn checkpoint(exec: &Executor, epoch: usize, cfg: &TrainConfig) -> Checkpoint {
     Checkpoint {
         params: exec.weights(),
-        optimizer: exec.tensors(|r| r == ParamRole::Momentum),
+        optimizer: exec.tensors(|r| r == ParamRole::OptimizerState),
         epoch,
-        step: exec.sgd_steps,
+        step: exec.optimizer_steps,
         rng_state: Rng::new(cfg.seed).state(),
         extra: serde_json::json!({
             "lr": cfg.lr,

@@ -4,14 +4,15 @@
 //!
 //! Guarantees: the graph gains `labels`, a mean softmax cross-entropy `loss`, one gradient
 //! value per trainable parameter (summing the contributions of every use), and, when an
-//! optimizer is given, one `SgdUpdate` per trainable parameter with a zero-initialized
-//! momentum buffer named `<param>.momentum_buffer`. Outputs become `[loss, logits]`
+//! optimizer is given, one update per trainable parameter (`SgdUpdate` with a zero-initialized
+//! momentum buffer `<param>.momentum_buffer`, or `AdamUpdate` with `<param>.exp_avg` and
+//! `<param>.exp_avg_sq`, PyTorch's state names). Outputs become `[loss, logits]`
 //! (followed by the gradients when no optimizer is given, for checking them).
 
 mod rules;
 
 use crate::ir::{Graph, IrError, Mode, Op, ParamKind, Shape, Value};
-use resnetc_runtime::spec::SgdSpec;
+use resnetc_runtime::spec::Optimizer;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The result of differentiation: the loss and each trainable parameter's gradient.
@@ -22,8 +23,8 @@ pub struct Gradients {
     pub grads: BTreeMap<String, Value>,
 }
 
-/// Appends loss, gradients and (with `sgd`) the optimizer update.
-pub fn append_training(g: &mut Graph, sgd: Option<SgdSpec>) -> Result<Gradients, IrError> {
+/// Appends loss, gradients and (with an optimizer) the parameter updates.
+pub fn append_training(g: &mut Graph, optimizer: Option<Optimizer>) -> Result<Gradients, IrError> {
     if g.mode != Mode::Training {
         return Err(IrError {
             message: "autodiff needs a training-mode graph (batch norm with batch statistics)"
@@ -88,7 +89,7 @@ pub fn append_training(g: &mut Graph, sgd: Option<SgdSpec>) -> Result<Gradients,
         }
     }
 
-    if let Some(spec) = sgd {
+    if let Some(optimizer) = optimizer {
         for p in g.params() {
             let (name, dims) = match &g.dag[p].op {
                 Op::Param(k) if k.trainable() => {
@@ -99,18 +100,20 @@ pub fn append_training(g: &mut Graph, sgd: Option<SgdSpec>) -> Result<Gradients,
             let Some(&grad) = grads.get(&name) else {
                 continue;
             };
-            let m = g.add_param(
-                ParamKind::Momentum,
-                format!("{name}.momentum_buffer"),
-                &dims,
-                None,
-            );
-            g.add_op(
-                Op::SgdUpdate(spec),
-                format!("{name}.sgd"),
-                &[p.into(), grad, m],
-                None,
-            )?;
+            let mut operands = vec![p.into(), grad];
+            for state in optimizer.state_names() {
+                operands.push(g.add_param(
+                    ParamKind::OptimizerState,
+                    format!("{name}.{state}"),
+                    &dims,
+                    None,
+                ));
+            }
+            let op = match optimizer {
+                Optimizer::Sgd(spec) => Op::SgdUpdate(spec),
+                Optimizer::Adam(spec) => Op::AdamUpdate(spec),
+            };
+            g.add_op(op, format!("{name}.{}", optimizer.name()), &operands, None)?;
         }
         g.outputs = vec![loss, logits];
     } else {

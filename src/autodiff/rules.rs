@@ -168,7 +168,8 @@ pub fn backward(
         | Op::GlobalAvgPoolGrad { .. }
         | Op::ShortcutAGrad { .. }
         | Op::LinearGrad { .. }
-        | Op::SgdUpdate(_)) => {
+        | Op::SgdUpdate(_)
+        | Op::AdamUpdate(_)) => {
             return Err(IrError {
                 message: format!(
                     "autodiff has no rule for `{}`; differentiate before fusing",

@@ -309,7 +309,7 @@ impl Graph {
         let (mut order, updates): (Vec<NodeIndex>, Vec<NodeIndex>) = self
             .topo_order()
             .into_iter()
-            .partition(|n| !matches!(self.dag[*n].op, Op::SgdUpdate(_)));
+            .partition(|n| !matches!(self.dag[*n].op, Op::SgdUpdate(_) | Op::AdamUpdate(_)));
         order.extend(updates);
         order
     }

@@ -3,7 +3,7 @@
 
 use super::shape::Shape;
 pub use resnetc_runtime::spec::EpilogueStep;
-use resnetc_runtime::spec::{BnSpec, ConvSpec, PoolSpec, SgdSpec, ShortcutASpec};
+use resnetc_runtime::spec::{AdamSpec, BnSpec, ConvSpec, PoolSpec, SgdSpec, ShortcutASpec};
 use std::fmt;
 
 /// What a parameter node holds: the runtime's parameter roles, so the IR and the program's
@@ -107,6 +107,9 @@ pub enum Op {
     LinearGrad { bias: bool },
     /// (param, grad, momentum): updates param and momentum in place. No outputs.
     SgdUpdate(SgdSpec),
+    /// (param, grad, exp_avg, exp_avg_sq): updates param and both moments in place. No
+    /// outputs.
+    AdamUpdate(AdamSpec),
 }
 
 /// A shape rule failure: what was wrong, in the user's terms.
@@ -205,6 +208,8 @@ impl Op {
             Op::ShortcutAGrad { .. } => "shortcut_a_grad",
             Op::LinearGrad { .. } => "linear_grad",
             Op::SgdUpdate(_) => "sgd_update",
+            Op::AdamUpdate(s) if s.decoupled => "adamw_update",
+            Op::AdamUpdate(_) => "adam_update",
         }
     }
 
@@ -222,7 +227,7 @@ impl Op {
             | Op::SoftmaxCrossEntropyGrad
             | Op::BatchNormGrad(_) => Pattern::Reduction,
             Op::Conv(_) | Op::FusedConv { .. } => Pattern::OutEwiseFusable,
-            Op::SgdUpdate(_) => Pattern::Effect,
+            Op::SgdUpdate(_) | Op::AdamUpdate(_) => Pattern::Effect,
             Op::MaxPool(_)
             | Op::AvgPool(_)
             | Op::ShortcutA(_)
@@ -242,7 +247,7 @@ impl Op {
     /// Whether the op writes state in place (so dead-code elimination must keep it).
     pub fn has_effect(&self) -> bool {
         match self {
-            Op::SgdUpdate(_) | Op::BatchNorm { training: true, .. } => true,
+            Op::SgdUpdate(_) | Op::AdamUpdate(_) | Op::BatchNorm { training: true, .. } => true,
             Op::FusedConv { epilogue, .. } => epilogue
                 .steps
                 .iter()
@@ -522,6 +527,13 @@ impl Op {
                 same(inputs[0], inputs[2], "sgd momentum")?;
                 Ok(vec![])
             }
+            Op::AdamUpdate(_) => {
+                want_arity(self, n, 4, 4)?;
+                same(inputs[0], inputs[1], "adam gradient")?;
+                same(inputs[0], inputs[2], "adam exp_avg")?;
+                same(inputs[0], inputs[3], "adam exp_avg_sq")?;
+                Ok(vec![])
+            }
         }
     }
 
@@ -568,7 +580,8 @@ impl Op {
             | Op::GlobalAvgPoolGrad { .. }
             | Op::ShortcutAGrad { .. }
             | Op::LinearGrad { .. }
-            | Op::SgdUpdate(_) => Some(0),
+            | Op::SgdUpdate(_)
+            | Op::AdamUpdate(_) => Some(0),
         }
     }
 }
@@ -679,6 +692,11 @@ impl fmt::Display for Op {
                 s.weight_decay,
                 s.dampening,
                 if s.nesterov { " nesterov" } else { "" }
+            ),
+            Op::AdamUpdate(s) => write!(
+                f,
+                "{m} beta1 {} beta2 {} eps {} weight_decay {}",
+                s.beta1, s.beta2, s.eps, s.weight_decay
             ),
             // No attributes.
             Op::Input

@@ -11,6 +11,7 @@
 //!   otherwise; gradient buffers are overwritten too (never accumulated into);
 //! - slice lengths are checked with `assert!` and a mismatch panics with a message.
 
+mod adam;
 mod bn;
 mod conv;
 mod elementwise;
@@ -19,6 +20,7 @@ mod pool;
 mod sgd;
 pub mod testing;
 
+pub use adam::adam_step;
 pub use bn::{
     batch_norm_backward, batch_norm_eval, batch_norm_train, batch_norm_train_inplace,
     batch_norm_update_running,
