@@ -12,7 +12,7 @@ use resnetc_runtime::engine::{Engine, KernelCtx, ReferenceEngine};
 use resnetc_runtime::executor::Executor;
 use resnetc_runtime::program::{Kernel, ParamRole, Step};
 use resnetc_runtime::rng::Rng;
-use resnetc_runtime::spec::{BnSpec, ConvSpec, EpilogueStep};
+use resnetc_runtime::spec::{AdamSpec, BnSpec, ConvSpec, EpilogueStep, SgdSpec};
 use std::path::PathBuf;
 
 fn random(seed: u64, n: usize) -> Vec<f32> {
@@ -569,5 +569,74 @@ fn non_finite_values_are_located_by_layer() {
         exec.set_tensor("linear.weight", &w).unwrap();
         let (step, _) = exec.locate_non_finite(&x, None).unwrap().expect("found");
         assert_eq!(step, "linear", "{engine:?}");
+    }
+}
+
+fn optimizer_kernel() -> impl Strategy<Value = Kernel> {
+    prop_oneof![
+        (0.0f32..0.99, 0.0f32..0.1, any::<bool>()).prop_map(
+            |(momentum, weight_decay, nesterov)| {
+                Kernel::SgdUpdate {
+                    spec: SgdSpec {
+                        momentum,
+                        weight_decay,
+                        dampening: 0.0,
+                        nesterov: nesterov && momentum > 0.0,
+                    },
+                }
+            }
+        ),
+        (
+            0.5f32..0.99,
+            0.9f32..0.9999,
+            1e-8f32..1e-3,
+            0.0f32..0.1,
+            any::<bool>()
+        )
+            .prop_map(
+                |(beta1, beta2, eps, weight_decay, decoupled)| Kernel::AdamUpdate {
+                    spec: AdamSpec {
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay,
+                        decoupled
+                    },
+                }
+            ),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
+    /// The JIT optimizer updates equal their reference twins (`sgd_step`, `adam_step`) over
+    /// several steps, the first included, on lengths that do and do not fill vectors and
+    /// parallel chunks. Same operations in the same order: 1e-6 relative (Adam's `sqrt` and
+    /// divisions round alike; the bound leaves room for a fused multiply-add).
+    #[test]
+    fn optimizer_update_matches_reference(
+        kernel in optimizer_kernel(),
+        len in prop_oneof![1usize..70, Just(32768 * 2 + 5)],
+        seed in 0u64..1000,
+    ) {
+        let states = if matches!(kernel, Kernel::AdamUpdate { .. }) { 2 } else { 1 };
+        let step = Step { name: "update".into(), kernel: kernel.clone(), ins: vec![], inouts: vec![], outs: vec![] };
+        let jit = JitEngine::for_kernels([&kernel], false).unwrap();
+        let mut jk = jit.kernel(&step);
+        prop_assert_eq!(jk.engine(), "jit");
+        let mut rk = ReferenceEngine.kernel(&step);
+        // State starts as garbage: the first step must ignore it, as PyTorch creates it then.
+        let mut want: Vec<Vec<f32>> = (0..=states).map(|i| random(seed + i as u64, len)).collect();
+        let mut got = want.clone();
+        for t in 0..3u64 {
+            let grad = random(seed + 100 + t, len);
+            let ctx = KernelCtx { n: 1, lr: 0.05, optimizer_steps: t, params_version: 1 };
+            rk.run(&ctx, &[&grad], &mut want, &mut []);
+            jk.run(&ctx, &[&grad], &mut got, &mut []);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_close(&format!("{kernel:?} len {len} step {t} buffer {i}"), g, w, 1e-6, 1e-7);
+            }
+        }
     }
 }

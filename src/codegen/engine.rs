@@ -10,6 +10,7 @@
 use super::backward::{grad_input_as_conv, GradWeightPlan, JitConvGradInput, JitConvGradWeight};
 use super::conv::{ConvPlan, GemmConv, JitConv, PACK_FROM_K};
 use super::jit::{cpu_unsupported, CompiledTiles, TileSet};
+use super::optimizer::{update_specs, JitUpdate};
 use super::winograd::{JitWinograd, WinogradPlan};
 use resnetc_runtime::engine::{Engine, ReferenceEngine, StepKernel};
 use resnetc_runtime::program::{Kernel, Program, Step};
@@ -133,6 +134,9 @@ impl JitEngine {
             for t in Self::tiles_of(kernel, &options) {
                 set.add(t);
             }
+            for u in update_specs(kernel) {
+                set.add_update(u);
+            }
         }
         Ok(JitEngine {
             tiles: set.compile(keep_clif)?,
@@ -168,11 +172,13 @@ impl JitEngine {
         &self.tiles.clif
     }
 
-    /// The tile symbols a step's kernel uses (empty when it runs on the reference kernel).
+    /// The symbols of the functions a step's kernel uses (empty when it runs on the
+    /// reference kernel).
     pub fn step_tiles(&self, step: &Step) -> Vec<String> {
         Self::tiles_of(&step.kernel, &self.options)
             .iter()
             .map(|t| t.symbol())
+            .chain(update_specs(&step.kernel).iter().map(|u| u.symbol()))
             .collect()
     }
 }
@@ -186,6 +192,9 @@ impl Engine for JitEngine {
         }
     }
     fn kernel(&self, step: &Step) -> Box<dyn StepKernel> {
+        if let Some(update) = JitUpdate::new(&step.kernel, &self.tiles) {
+            return Box::new(update);
+        }
         if let Some(plan) = plan_grad_weight(&step.kernel, &self.options) {
             return Box::new(JitConvGradWeight::new(plan, &self.tiles));
         }

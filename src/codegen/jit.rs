@@ -1,7 +1,9 @@
-//! The JIT module: compiles a set of tile specializations into one Cranelift JIT module and
-//! hands out native function pointers. Identical specializations share one function.
+//! The JIT module: compiles a set of specializations (conv tiles and optimizer updates) into
+//! one Cranelift JIT module and hands out native function pointers. Identical
+//! specializations share one function.
 
 use super::microkernel::{emit_tile, tile_signature, TileFn, TileSpec};
+use super::optimizer::{emit_update, update_signature, UpdateFn, UpdateSpec};
 use cranelift_codegen::ir::UserFuncName;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::FunctionBuilderContext;
@@ -59,16 +61,33 @@ impl Drop for JitCode {
     }
 }
 
-/// Collects tile specializations, compiles them together, and resolves them to pointers.
-#[derive(Default)]
-pub struct TileSet {
-    specs: BTreeMap<TileSpec, usize>,
+/// One function of the module.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum FnSpec {
+    Tile(TileSpec),
+    Update(UpdateSpec),
 }
 
-/// The compiled tiles of a [`TileSet`].
+impl FnSpec {
+    fn symbol(&self) -> String {
+        match self {
+            FnSpec::Tile(t) => t.symbol(),
+            FnSpec::Update(u) => u.symbol(),
+        }
+    }
+}
+
+/// Collects specializations, compiles them together, and resolves them to pointers.
+#[derive(Default)]
+pub struct TileSet {
+    specs: BTreeMap<FnSpec, usize>,
+}
+
+/// The compiled functions of a [`TileSet`].
 pub struct CompiledTiles {
     pub code: Arc<JitCode>,
     fns: BTreeMap<TileSpec, TileFn>,
+    updates: BTreeMap<UpdateSpec, UpdateFn>,
     /// Cranelift IR text per symbol (kept only when asked).
     pub clif: BTreeMap<String, String>,
     pub compile_time: std::time::Duration,
@@ -81,18 +100,30 @@ impl CompiledTiles {
             .get(spec)
             .unwrap_or_else(|| panic!("tile {} was not compiled", spec.symbol()))
     }
+    pub fn get_update(&self, spec: &UpdateSpec) -> UpdateFn {
+        *self
+            .updates
+            .get(spec)
+            .unwrap_or_else(|| panic!("update {} was not compiled", spec.symbol()))
+    }
+    /// Distinct functions compiled.
     pub fn len(&self) -> usize {
-        self.fns.len()
+        self.fns.len() + self.updates.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.fns.is_empty()
+        self.len() == 0
     }
 }
 
 impl TileSet {
     pub fn add(&mut self, spec: TileSpec) {
         let n = self.specs.len();
-        self.specs.entry(spec).or_insert(n);
+        self.specs.entry(FnSpec::Tile(spec)).or_insert(n);
+    }
+
+    pub fn add_update(&mut self, spec: UpdateSpec) {
+        let n = self.specs.len();
+        self.specs.entry(FnSpec::Update(spec)).or_insert(n);
     }
 
     /// Compiles every tile into one module. `keep_clif` keeps the IR text for `--emit clif`.
@@ -120,17 +151,25 @@ impl TileSet {
         let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
         let mut ctx = module.make_context();
         let mut fctx = FunctionBuilderContext::new();
-        let mut ids: Vec<(TileSpec, FuncId)> = vec![];
+        let mut ids: Vec<(FnSpec, FuncId)> = vec![];
         let mut clif = BTreeMap::new();
         for spec in self.specs.keys() {
-            let sig = tile_signature(call_conv);
+            let sig = match spec {
+                FnSpec::Tile(_) => tile_signature(call_conv),
+                FnSpec::Update(_) => update_signature(call_conv),
+            };
             let name = spec.symbol();
             let id = module
                 .declare_function(&name, Linkage::Local, &sig)
                 .map_err(|e| format!("declare {name}: {e}"))?;
             ctx.func.signature = sig;
             ctx.func.name = UserFuncName::user(0, id.as_u32());
-            emit_tile(spec, &mut ctx.func, &mut fctx, module.target_config());
+            match spec {
+                FnSpec::Tile(t) => emit_tile(t, &mut ctx.func, &mut fctx, module.target_config()),
+                FnSpec::Update(u) => {
+                    emit_update(u, &mut ctx.func, &mut fctx, module.target_config())
+                }
+            }
             ctx.set_disasm(keep_clif);
             let ir = keep_clif.then(|| ctx.func.display().to_string());
             module
@@ -150,21 +189,28 @@ impl TileSet {
         module
             .finalize_definitions()
             .map_err(|e| format!("finalize: {e}"))?;
-        let fns = ids
-            .into_iter()
-            .map(|(spec, id)| {
-                let p = module.get_finalized_function(id);
+        let mut fns = BTreeMap::new();
+        let mut updates = BTreeMap::new();
+        for (spec, id) in ids {
+            let p = module.get_finalized_function(id);
+            match spec {
                 // SAFETY: the function was emitted with `tile_signature`, which is `TileFn`'s
                 // C ABI on this target.
-                let f = unsafe { std::mem::transmute::<*const u8, TileFn>(p) };
-                (spec, f)
-            })
-            .collect();
+                FnSpec::Tile(t) => {
+                    fns.insert(t, unsafe { std::mem::transmute::<*const u8, TileFn>(p) });
+                }
+                // SAFETY: likewise `update_signature` and `UpdateFn`.
+                FnSpec::Update(u) => {
+                    updates.insert(u, unsafe { std::mem::transmute::<*const u8, UpdateFn>(p) });
+                }
+            }
+        }
         Ok(CompiledTiles {
             code: Arc::new(JitCode {
                 module: Some(module),
             }),
             fns,
+            updates,
             clif,
             compile_time: start.elapsed(),
         })

@@ -9,6 +9,7 @@ pub mod conv;
 pub mod engine;
 pub mod jit;
 pub mod microkernel;
+pub mod optimizer;
 pub mod winograd;
 
 pub use engine::JitEngine;
