@@ -96,6 +96,8 @@ pub struct BuildOptions {
     pub overrides: Vec<(String, i64)>,
     /// Which kernels run the compiled program.
     pub engine: EngineKind,
+    /// Freeze targets for training (`--freeze`), besides the model file's `freeze`.
+    pub freeze: Vec<String>,
 }
 
 /// The kernels a program runs on.
@@ -144,6 +146,7 @@ impl BuildOptions {
             passes: None,
             overrides: vec![],
             engine: EngineKind::default(),
+            freeze: vec![],
         }
     }
 }
@@ -177,6 +180,12 @@ pub fn compile_model(
         frontend::compile_file(&opts.model, mode, &opts.overrides).map_err(CliError::Model)?;
     let mut g = lowered.clone();
     if mode == Mode::Training {
+        crate::passes::freeze::freeze_layers(&mut g, &opts.freeze).map_err(|e| {
+            CliError::Usage(format!(
+                "--freeze / freeze in {}: {e}",
+                opts.model.display()
+            ))
+        })?;
         append_training(
             &mut g,
             Some(optimizer.unwrap_or(Optimizer::Sgd(DEFAULT_SGD))),
@@ -346,6 +355,30 @@ pub fn check_bench_memory(
     };
     let largest = batches.iter().copied().max().unwrap_or(1);
     check_memory(&[(&program, largest)])
+}
+
+/// Loads the tensors of a weights file or training checkpoint that match the model by name
+/// and shape; the others keep their initialization. Returns what happened to each tensor.
+pub fn init_from(
+    exec: &mut Executor,
+    path: &Path,
+    skip_mismatch: bool,
+) -> Result<resnetc_runtime::weights::PartialLoad, CliError> {
+    let mut tensors = load_safetensors(path)?;
+    // A checkpoint's optimizer state belongs to the run that wrote it.
+    tensors.retain(|k, _| !k.starts_with(resnetc_runtime::checkpoint::OPTIMIZER_PREFIX));
+    let plan = resnetc_runtime::weights::plan_partial_load(
+        path,
+        &exec.program.weight_table(),
+        &tensors,
+        skip_mismatch,
+    )?;
+    for (name, _, status) in &plan.rows {
+        if *status == resnetc_runtime::weights::LoadStatus::Loaded {
+            exec.set_tensor(name, &tensors[name].data)?;
+        }
+    }
+    Ok(plan)
 }
 
 /// Loads a safetensors file into an executor, checking names and shapes against the model.
@@ -576,6 +609,11 @@ pub struct TrainOptions {
     pub log: Option<PathBuf>,
     pub train_limit: Option<usize>,
     pub weights: Option<PathBuf>,
+    /// Transfer learning: load the tensors of this file that the model shares, initialize the
+    /// rest.
+    pub init_from: Option<PathBuf>,
+    /// With `init_from`: same-named tensors of another shape start fresh instead of failing.
+    pub skip_mismatch: bool,
 }
 
 /// A checkpoint's optimizer state must be the one this run's optimizer keeps: resuming Adam
@@ -651,6 +689,14 @@ pub fn train(
     let mut start_epoch = 0;
     if let Some(w) = &t.weights {
         load_weights(&mut exec, w)?;
+    }
+    if let Some(w) = &t.init_from {
+        let plan = init_from(&mut exec, w, t.skip_mismatch)?;
+        observer.start(&format!(
+            "initializing from {}:\n{}",
+            w.display(),
+            plan.table()
+        ));
     }
     if let Some(ckpt) = &t.resume {
         let ck = resnetc_runtime::checkpoint::Checkpoint::load(ckpt)?;

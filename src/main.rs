@@ -96,6 +96,11 @@ struct CompileArgs {
     /// oracle). `build --emit clif` shows the code of the chosen JIT engine.
     #[arg(long, value_enum, default_value_t = EngineArg::Jit)]
     engine: EngineArg,
+    /// Training leaves these unchanged (Keras' `trainable = False`): sections (stem, layer1,
+    /// head), a range `..layer3` up to a section, or layer names; comma-separated. Frozen
+    /// batch norms use their running statistics.
+    #[arg(long, value_delimiter = ',', value_name = "LAYERS")]
+    freeze: Vec<String>,
 }
 
 #[derive(Args)]
@@ -197,6 +202,14 @@ struct RunArgs {
     /// Write weights (inference/single step) or a checkpoint (training) here, atomically.
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Transfer learning: load the tensors of these weights (or checkpoint) whose names and
+    /// shapes the model shares, initialize the rest (a new head), and print what was loaded.
+    #[arg(long = "init-from", value_name = "WEIGHTS")]
+    init_from: Option<PathBuf>,
+    /// With --init-from: tensors with the model's name but another shape start fresh instead
+    /// of being an error.
+    #[arg(long = "skip-mismatch")]
+    skip_mismatch: bool,
     /// Resume training from a checkpoint.
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -255,6 +268,7 @@ fn build_options(c: &CompileArgs) -> Result<BuildOptions, CliError> {
         overrides.push((k.trim().to_string(), v));
     }
     Ok(BuildOptions {
+        freeze: c.freeze.clone(),
         model: c.model.clone(),
         opt_level: c.opt,
         passes: c.passes.clone(),
@@ -346,6 +360,16 @@ fn given_ids(sub: &str, m: &ArgMatches) -> Vec<String> {
 }
 
 /// Flags of every subcommand that contradict each other.
+/// `--freeze` shapes the training graph only.
+fn freeze_needs_train(opts: BuildOptions, train: bool) -> Result<BuildOptions, CliError> {
+    if !train && !opts.freeze.is_empty() {
+        return Err(CliError::usage(
+            "--freeze has no effect without --train: it changes what training updates",
+        ));
+    }
+    Ok(opts)
+}
+
 fn check_compile_flags(given: &[String]) -> Result<(), CliError> {
     if given.iter().any(|g| g == "opt") && given.iter().any(|g| g == "passes") {
         return Err(CliError::usage(
@@ -446,6 +470,8 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
             log: args.log.clone(),
             train_limit: args.train_limit,
             weights: args.weights.clone(),
+            init_from: args.init_from.clone(),
+            skip_mismatch: args.skip_mismatch,
         };
         let mut progress = Progress {
             bar: None,
@@ -506,6 +532,7 @@ fn main() -> ExitCode {
                 .map_or(vec![], |m| given_ids("build", m)),
         )
         .and_then(|()| build_options(&b.compile))
+        .and_then(|opts| freeze_needs_train(opts, b.train))
         .and_then(|opts| {
             let mode = if b.train {
                 Mode::Training
@@ -536,6 +563,7 @@ fn main() -> ExitCode {
                 .map_or(vec![], |m| given_ids("bench", m)),
         )
         .and_then(|()| build_options(&b.compile))
+        .and_then(|opts| freeze_needs_train(opts, b.train))
         .and_then(|opts| {
             set_threads(b.threads);
             let batches: Result<Vec<usize>, _> = b

@@ -43,6 +43,7 @@ impl RunMode {
                 "beta1",
                 "beta2",
                 "eps",
+                "freeze",
                 "seed",
                 "save",
             ],
@@ -58,6 +59,7 @@ impl RunMode {
                 "beta1",
                 "beta2",
                 "eps",
+                "freeze",
                 "schedule",
                 "warmup",
                 "seed",
@@ -67,6 +69,8 @@ impl RunMode {
                 "resume",
                 "log",
                 "weights",
+                "init_from",
+                "skip_mismatch",
                 "data",
             ],
             RunMode::Eval => &["eval", "weights", "data", "batch"],
@@ -145,6 +149,12 @@ pub fn check(given: &[&str], inputs: usize) -> Result<RunMode, String> {
         }
         RunMode::SingleStep | RunMode::Infer if has("seed") && has("weights") => {
             return Err("--seed has no effect with --weights: the seed only draws random (He) weights when no --weights are given".into())
+        }
+        RunMode::Train if has("init_from") && (has("weights") || has("resume")) => {
+            return Err("--init-from has no effect with --weights or --resume: those load every tensor; --init-from loads the ones the model shares".into())
+        }
+        RunMode::Train if has("skip_mismatch") && !has("init_from") => {
+            return Err("--skip-mismatch has no effect without --init-from: it decides what a partial load does with tensors of another shape".into())
         }
         RunMode::Train if has("weights") && has("resume") => {
             return Err("--weights has no effect with --resume: the checkpoint holds the weights to continue from".into())

@@ -1,7 +1,7 @@
 //! `resnetc build` reports: a Keras-style layer table, totals, the fused kernel list, and the
 //! JSON object.
 
-use crate::ir::{Graph, Op};
+use crate::ir::{Graph, Mode, Op};
 use std::fmt::Write;
 
 /// One row of the layer table.
@@ -110,6 +110,15 @@ pub fn render(lowered: &Graph, fused: &Graph) -> String {
     }
     let _ = writeln!(s, "{line}");
     let _ = writeln!(s, "Total params: {}", grouped(lowered.param_count()));
+    if fused.mode == Mode::Training {
+        let frozen = frozen_params(lowered, fused);
+        let _ = writeln!(
+            s,
+            "Trainable params: {}\nFrozen params: {}",
+            grouped(lowered.param_count() - frozen),
+            grouped(frozen)
+        );
+    }
     let _ = writeln!(
         s,
         "MACs per image: {} ({:.2} G)",
@@ -129,6 +138,20 @@ pub fn render(lowered: &Graph, fused: &Graph) -> String {
     s
 }
 
+/// Trainable-kind parameter values (weights, biases, BN gamma and beta) that the training
+/// graph `fused` freezes.
+pub fn frozen_params(lowered: &Graph, fused: &Graph) -> u64 {
+    lowered
+        .params()
+        .into_iter()
+        .filter(|&p| {
+            matches!(lowered.dag[p].op, Op::Param(k) if k.trainable())
+                && fused.frozen.contains(&lowered.dag[p].name)
+        })
+        .map(|p| lowered.dag[p].shape().numel() as u64)
+        .sum()
+}
+
 /// The `--json` object.
 pub fn json(lowered: &Graph, fused: &Graph, compile_ms: f64, passes: &[&str]) -> serde_json::Value {
     let [c, h, w] = lowered.meta.input;
@@ -137,7 +160,7 @@ pub fn json(lowered: &Graph, fused: &Graph, compile_ms: f64, passes: &[&str]) ->
         .first()
         .map(|v| lowered.shape(*v).dims.clone())
         .unwrap_or_default();
-    serde_json::json!({
+    let mut j = serde_json::json!({
         "model": lowered.meta.name,
         "params": lowered.param_count(),
         "macs": lowered.macs(),
@@ -148,5 +171,11 @@ pub fn json(lowered: &Graph, fused: &Graph, compile_ms: f64, passes: &[&str]) ->
         "kernels": kernels(fused).len(),
         "passes": passes,
         "compile_ms": compile_ms,
-    })
+    });
+    if fused.mode == Mode::Training {
+        let frozen = frozen_params(lowered, fused);
+        j["trainable_params"] = (lowered.param_count() - frozen).into();
+        j["frozen_params"] = frozen.into();
+    }
+    j
 }

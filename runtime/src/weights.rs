@@ -340,3 +340,150 @@ pub fn save_safetensors(
     let bytes = encode_safetensors(tensors, metadata)?;
     write_atomic(path, &bytes)
 }
+
+/// What a partial load (`--init-from`) did with one tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadStatus {
+    /// Same name and shape in the file: loaded.
+    Loaded,
+    /// Not in the file: keeps its fresh initialization (a new head, say).
+    Initialized,
+    /// In the file with another shape: skipped (only when asked), keeps its initialization.
+    SkippedShape { file: Vec<usize> },
+    /// In the file only: not part of this model.
+    Unused,
+}
+
+impl LoadStatus {
+    fn label(&self) -> String {
+        match self {
+            LoadStatus::Loaded => "loaded".into(),
+            LoadStatus::Initialized => "initialized (not in the file)".into(),
+            LoadStatus::SkippedShape { file } => {
+                format!("initialized (file has shape {file:?})")
+            }
+            LoadStatus::Unused => "unused (not in the model)".into(),
+        }
+    }
+}
+
+/// The plan of a partial load: every tensor of the model and of the file, in model order then
+/// file order, with its shape and status.
+#[derive(Clone, Debug, Default)]
+pub struct PartialLoad {
+    pub rows: Vec<(String, Vec<usize>, LoadStatus)>,
+}
+
+impl PartialLoad {
+    /// Tensors with a given status.
+    pub fn count(&self, pred: impl Fn(&LoadStatus) -> bool) -> usize {
+        self.rows.iter().filter(|r| pred(&r.2)).count()
+    }
+
+    /// One table: consecutive tensors of one layer with one status share a row
+    /// (`layer1.0.bn1.{weight,bias,running_mean,running_var}  loaded`).
+    pub fn table(&self) -> String {
+        let mut groups: Vec<(String, Vec<String>, String)> = vec![];
+        for (name, shape, status) in &self.rows {
+            let (layer, leaf) = name.rsplit_once('.').unwrap_or(("", name.as_str()));
+            let label = status.label();
+            let leaf = if matches!(status, LoadStatus::Loaded) {
+                leaf.to_string()
+            } else {
+                format!("{leaf} {shape:?}")
+            };
+            match groups.last_mut() {
+                Some((l, leaves, s)) if l == layer && *s == label => leaves.push(leaf),
+                _ => groups.push((layer.to_string(), vec![leaf], label)),
+            }
+        }
+        let cells: Vec<(String, String)> = groups
+            .into_iter()
+            .map(|(layer, leaves, label)| {
+                let leaves = if leaves.len() == 1 {
+                    leaves[0].clone()
+                } else {
+                    format!("{{{}}}", leaves.join(","))
+                };
+                let name = if layer.is_empty() {
+                    leaves
+                } else {
+                    format!("{layer}.{leaves}")
+                };
+                (name, label)
+            })
+            .collect();
+        let w = cells.iter().map(|c| c.0.len()).max().unwrap_or(0);
+        let mut s = String::new();
+        for (name, label) in cells {
+            s += &format!("  {name:<w$}  {label}\n");
+        }
+        s += &format!(
+            "  {} loaded, {} initialized, {} skipped for their shape, {} unused\n",
+            self.count(|s| *s == LoadStatus::Loaded),
+            self.count(|s| *s == LoadStatus::Initialized),
+            self.count(|s| matches!(s, LoadStatus::SkippedShape { .. })),
+            self.count(|s| *s == LoadStatus::Unused),
+        );
+        s
+    }
+}
+
+/// Plans loading the tensors of `found` whose names and shapes match `expected` (the model's
+/// weight table). A same-named tensor of another shape is an error naming it, unless
+/// `skip_mismatch`; a file that shares no tensor with the model is an error too.
+pub fn plan_partial_load(
+    path: impl AsRef<Path>,
+    expected: &[(String, Vec<usize>)],
+    found: &BTreeMap<String, Tensor>,
+    skip_mismatch: bool,
+) -> Result<PartialLoad> {
+    let path = path.as_ref();
+    let mut plan = PartialLoad::default();
+    let mut mismatched = vec![];
+    for (name, shape) in expected {
+        let status = match found.get(name) {
+            None => LoadStatus::Initialized,
+            Some(t) if &t.shape == shape => LoadStatus::Loaded,
+            Some(t) => {
+                mismatched.push(format!(
+                    "    - {name}: the file has {:?}, the model needs {shape:?}",
+                    t.shape
+                ));
+                LoadStatus::SkippedShape {
+                    file: t.shape.clone(),
+                }
+            }
+        };
+        plan.rows.push((name.clone(), shape.clone(), status));
+    }
+    let known: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    for (name, t) in found {
+        if !known.contains(name.as_str()) && !is_bn_counter(name) {
+            plan.rows
+                .push((name.clone(), t.shape.clone(), LoadStatus::Unused));
+        }
+    }
+    if !mismatched.is_empty() && !skip_mismatch {
+        return Err(RuntimeError::Weights {
+            path: path.to_path_buf(),
+            msg: format!(
+                "{} tensor(s) have the model's name but another shape:\n{}\n  \
+                 rename the new layer in the model file (`fc 10 as new_fc`) so it starts fresh, \
+                 or pass --skip-mismatch to initialize these tensors instead of loading them",
+                mismatched.len(),
+                mismatched.join("\n")
+            ),
+        });
+    }
+    if plan.count(|s| *s == LoadStatus::Loaded) == 0 {
+        return Err(RuntimeError::Weights {
+            path: path.to_path_buf(),
+            msg: "no tensor of the file has a name and shape of the model, so nothing would \
+                  be loaded; check that the file belongs to this architecture (`build --emit \
+                  ir` lists the model's tensor names)"
+                .into(),
+        });
+    }
+    Ok(plan)
+}

@@ -49,7 +49,7 @@ pub fn append_training(g: &mut Graph, optimizer: Option<Optimizer>) -> Result<Gr
     for &n in &order {
         let node = &g.dag[n];
         let wants = match node.op {
-            Op::Param(k) => k.trainable(),
+            Op::Param(k) => k.trainable() && !g.frozen.contains(&node.name),
             Op::Input | Op::Labels => false,
             _ => g.inputs(n).iter().any(|v| needs.contains(&v.node)),
         };

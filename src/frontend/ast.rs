@@ -136,6 +136,11 @@ pub enum ModelItem {
         opts: BnOpts,
         span: Span,
     },
+    /// `freeze stem, layer1` or `freeze ..layer3`: what training leaves unchanged.
+    Freeze {
+        targets: Vec<Ident>,
+        span: Span,
+    },
     Stem {
         layers: Vec<Layer>,
         span: Span,
@@ -154,6 +159,7 @@ impl ModelItem {
             ModelItem::Input { span, .. }
             | ModelItem::Classes { span, .. }
             | ModelItem::BatchNorm { span, .. }
+            | ModelItem::Freeze { span, .. }
             | ModelItem::Stem { span, .. }
             | ModelItem::Head { span, .. } => *span,
             ModelItem::Preprocess(p) => p.span,
@@ -609,6 +615,10 @@ pub fn pretty(file: &File) -> String {
                             s.push_str("  batchnorm");
                             bn_opts(opts, &mut s);
                             s.push('\n');
+                        }
+                        ModelItem::Freeze { targets, .. } => {
+                            let t: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+                            let _ = writeln!(s, "  freeze {}", t.join(", "));
                         }
                         ModelItem::Stem { layers, .. } => layers_block(&mut s, "stem", layers),
                         ModelItem::Head { layers, .. } => layers_block(&mut s, "head", layers),

@@ -377,6 +377,7 @@ pub fn check<'a>(
             ModelItem::Classes { .. } => "classes",
             ModelItem::Preprocess(_) => "preprocess",
             ModelItem::BatchNorm { .. } => "batchnorm",
+            ModelItem::Freeze { .. } => "freeze",
             ModelItem::Stem { .. } => "stem",
             ModelItem::Head { .. } => "head",
             _ => continue,

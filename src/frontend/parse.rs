@@ -489,6 +489,17 @@ fn model(p: P) -> R<Model> {
                 bn_opts(&c, &mut opts)?;
                 items.push(ModelItem::BatchNorm { opts, span: csp });
             }
+            Rule::freeze_decl => items.push(ModelItem::Freeze {
+                targets: c
+                    .clone()
+                    .into_inner()
+                    .map(|t| Ident {
+                        name: t.as_str().to_string(),
+                        span: span(&t),
+                    })
+                    .collect(),
+                span: csp,
+            }),
             Rule::stem => items.push(ModelItem::Stem {
                 layers: layers_of(&c)?,
                 span: csp,
@@ -610,10 +621,11 @@ fn describe(rule: Rule) -> Option<&'static str> {
         | Rule::classes_decl
         | Rule::preprocess_decl
         | Rule::batchnorm_decl
+        | Rule::freeze_decl
         | Rule::stem
         | Rule::stages
         | Rule::head => {
-            "a model item (`input`, `classes`, `preprocess`, `batchnorm`, `stem`, `stages`, `head`, `param`)"
+            "a model item (`input`, `classes`, `preprocess`, `batchnorm`, `freeze`, `stem`, `stages`, `head`, `param`)"
         }
         Rule::pre_scale | Rule::pre_mean | Rule::pre_std => "`scale`, `mean` or `std`",
         Rule::layer

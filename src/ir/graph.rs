@@ -107,6 +107,18 @@ pub struct Graph {
     pub outputs: Vec<Value>,
     pub meta: ModelMeta,
     pub mode: Mode,
+    /// The model's sections in order (`stem`, each stage label, `head`) with the names of
+    /// the parameters each one created, for freezing by section.
+    pub sections: Vec<Section>,
+    /// Parameters that training leaves unchanged (see [`crate::passes::freeze`]).
+    pub frozen: std::collections::BTreeSet<String>,
+}
+
+/// A named part of the model and its parameters (weights and BN statistics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Section {
+    pub name: String,
+    pub params: Vec<String>,
 }
 
 impl Graph {
@@ -116,6 +128,71 @@ impl Graph {
             outputs: vec![],
             meta,
             mode,
+            sections: vec![],
+            frozen: Default::default(),
+        }
+    }
+
+    /// Names of the parameters created so far, in creation order.
+    pub fn param_names(&self) -> Vec<String> {
+        self.params()
+            .into_iter()
+            .map(|p| self.dag[p].name.clone())
+            .collect()
+    }
+
+    /// The parameter names that freeze targets name (see [`crate::passes::freeze`]), or an
+    /// error naming a target that names nothing.
+    pub fn resolve_layers(
+        &self,
+        targets: &[String],
+    ) -> Result<std::collections::BTreeSet<String>, String> {
+        let g = self;
+        let sections: Vec<&str> = g.sections.iter().map(|s| s.name.as_str()).collect();
+        let all = g.param_names();
+        let mut names = std::collections::BTreeSet::new();
+        for raw in targets {
+            let t = raw.trim();
+            if let Some(last) = t.strip_prefix("..") {
+                let end = sections.iter().position(|s| *s == last).ok_or_else(|| {
+                    format!(
+                        "`..{last}`: a range ends at a section, and the model's sections are {}",
+                        sections.join(", ")
+                    )
+                })?;
+                for s in &g.sections[..=end] {
+                    names.extend(s.params.iter().cloned());
+                }
+            } else if let Some(s) = g.sections.iter().find(|s| s.name == t) {
+                names.extend(s.params.iter().cloned());
+            } else {
+                let prefix = format!("{t}.");
+                let hits: Vec<&String> = all
+                    .iter()
+                    .filter(|n| *n == t || n.starts_with(&prefix))
+                    .collect();
+                if hits.is_empty() {
+                    return Err(format!(
+                        "`{t}` names no section, layer or tensor of the model; its sections are {} \
+                         (`build --emit ir` lists the layers)",
+                        sections.join(", ")
+                    ));
+                }
+                names.extend(hits.into_iter().cloned());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Records that the parameters created since `before` (a [`Graph::param_names`] length)
+    /// belong to section `name`.
+    pub fn close_section(&mut self, name: &str, before: usize) {
+        let params = self.param_names().split_off(before);
+        if !params.is_empty() {
+            self.sections.push(Section {
+                name: name.to_string(),
+                params,
+            });
         }
     }
 

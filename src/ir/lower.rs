@@ -757,6 +757,7 @@ impl<'c, 'a> Lower<'c, 'a> {
                 None => 1,
             };
             let kind = g.shortcut.map_or(section_kind, |s| s.0);
+            let before = self.g.param_names().len();
             for j in 0..count {
                 let s = if j == 0 { stride } else { 1 };
                 let prefix = format!("{label}.{j}.");
@@ -788,6 +789,7 @@ impl<'c, 'a> Lower<'c, 'a> {
                     }
                 };
             }
+            self.g.close_section(&label, before);
         }
         Ok(x)
     }
@@ -950,16 +952,20 @@ pub fn lower(ck: &Checked, mode: Mode) -> Result<Graph, Diagnostic> {
     for it in &m.items {
         match it {
             ModelItem::Stem { layers, .. } => {
+                let before = lw.g.param_names().len();
                 for l in layers {
                     x = lw.layer(x, l, &mut top, scope)?;
                 }
+                lw.g.close_section("stem", before);
             }
             ModelItem::Stages(st) => x = lw.stages(x, st, &mut stage_no)?,
             ModelItem::Head { layers, span } => {
                 head_span = *span;
+                let before = lw.g.param_names().len();
                 for l in layers {
                     x = lw.layer(x, l, &mut top, scope)?;
                 }
+                lw.g.close_section("head", before);
             }
             _ => {}
         }
@@ -976,6 +982,23 @@ pub fn lower(ck: &Checked, mode: Mode) -> Result<Graph, Diagnostic> {
         .help("end the head with `avgpool; fc classes`"));
     }
     lw.g.outputs = vec![x];
+    // `freeze` names what training leaves unchanged; the training driver applies it, but a
+    // name that matches nothing is an error in every mode.
+    for it in &m.items {
+        if let ModelItem::Freeze { targets, .. } = it {
+            for t in targets {
+                let names = lw
+                    .g
+                    .resolve_layers(std::slice::from_ref(&t.name))
+                    .map_err(|e| {
+                        Diagnostic::new(Category::Name, e)
+                            .label(t.span, "not in this model")
+                            .help("freeze sections (stem, layer1, head), a range such as `..layer3`, or layer names")
+                    })?;
+                lw.g.frozen.extend(names);
+            }
+        }
+    }
     if lw.g.checked_macs().is_none() {
         return Err(shape_err(
             m.name.span,

@@ -7,7 +7,7 @@ pub mod print;
 pub mod shape;
 pub mod verify;
 
-pub use graph::{Graph, IrError, Mode, ModelMeta, Node, Operand, Preprocess, Span, Value};
+pub use graph::{Graph, IrError, Mode, ModelMeta, Node, Operand, Preprocess, Section, Span, Value};
 pub use op::{Epilogue, EpilogueStep, Op, ParamKind, Pattern};
 pub use shape::Shape;
 pub use verify::verify;

@@ -5,6 +5,7 @@
 
 pub mod dead_code;
 pub mod fold_batch_norm;
+pub mod freeze;
 pub mod fuse_epilogue;
 pub mod fuse_residual_add;
 mod util;
