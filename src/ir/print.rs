@@ -46,6 +46,9 @@ pub fn to_text(g: &Graph) -> String {
             .collect();
         let shapes: Vec<String> = node.outputs.iter().map(|s| s.to_string()).collect();
         let _ = write!(s, "%{} = {}", ids[&n], node.op);
+        if g.frozen.contains(&node.name) {
+            s.push_str(" frozen");
+        }
         if !args.is_empty() {
             let _ = write!(s, " ({})", args.join(", "));
         }
