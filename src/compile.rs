@@ -163,6 +163,17 @@ fn kernel_for(g: &Graph, n: NodeIndex) -> Result<(Kernel, Vec<usize>), IrError> 
                 vec![],
             )
         }
+        Op::BatchNormEvalGrad(spec) => {
+            let (c, h, w) = chw(2);
+            (
+                Kernel::BatchNormEvalGrad {
+                    spec: *spec,
+                    c,
+                    hw: h * w,
+                },
+                vec![],
+            )
+        }
         Op::ReluGrad => (Kernel::ReluGrad, vec![]),
         Op::MaxPoolGrad(spec) => (
             Kernel::MaxPoolGrad {

@@ -689,6 +689,14 @@ fn exec(
             };
             k::batch_norm_backward(ins[0], d, ins[1], spec.eps, ins[2], dx, dgamma, dbeta);
         }
+        Kernel::BatchNormEvalGrad { spec, c, hw } => k::batch_norm_eval_backward(
+            ins[2],
+            Dims4::new(n, *c, 1, *hw),
+            ins[0],
+            ins[1],
+            spec.eps,
+            &mut outs[0],
+        ),
         Kernel::ReluGrad => k::relu_backward(ins[0], ins[1], &mut outs[0]),
         Kernel::MaxPoolGrad { spec, c, in_hw } => k::max_pool2d_backward(
             ins[0],

@@ -79,6 +79,12 @@ pub enum Kernel {
         c: usize,
         hw: usize,
     },
+    /// ins: gamma, running_var, dy; outs: dx.
+    BatchNormEvalGrad {
+        spec: BnSpec,
+        c: usize,
+        hw: usize,
+    },
     ReluGrad,
     MaxPoolGrad {
         spec: PoolSpec,
@@ -143,6 +149,7 @@ impl Kernel {
             Kernel::ConvGradInput { .. } => "conv_grad_input",
             Kernel::ConvGradWeight { .. } => "conv_grad_weight",
             Kernel::BatchNormGrad { .. } => "batch_norm_grad",
+            Kernel::BatchNormEvalGrad { .. } => "batch_norm_eval_grad",
             Kernel::ReluGrad => "relu_grad",
             Kernel::MaxPoolGrad { .. } => "max_pool_grad",
             Kernel::AvgPoolGrad { .. } => "avg_pool_grad",

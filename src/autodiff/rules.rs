@@ -67,15 +67,21 @@ pub fn backward(
             out.push((ins[1], Value { node: b, port: 1 }));
             out.push((ins[2], Value { node: b, port: 2 }));
         }
+        // Inference mode (a frozen BN): y = x * gamma / sqrt(running_var + eps) + shift with
+        // constant statistics, so dx = dy * gamma / sqrt(running_var + eps). Its parameters
+        // are frozen and get no gradient.
         Op::BatchNorm {
-            training: false, ..
-        } => return Err(IrError {
-            message:
-                "cannot differentiate batch norm in inference mode; lower the model for training"
-                    .into(),
-            node: Some(name),
-            span,
-        }),
+            spec,
+            training: false,
+        } => {
+            let dx = g.add(
+                Op::BatchNormEvalGrad(spec),
+                format!("{name}.grad"),
+                &[ins[1], ins[4], dy],
+                span,
+            )?;
+            out.push((ins[0], dx));
+        }
         // y = max(x, 0): dx = dy where y > 0, else 0 (the subgradient at 0 is 0, as PyTorch).
         Op::Relu => {
             let dx = g.add(Op::ReluGrad, format!("{name}.grad"), &[n.into(), dy], span)?;
@@ -162,6 +168,7 @@ pub fn backward(
         | Op::ConvGradInput { .. }
         | Op::ConvGradWeight(_)
         | Op::BatchNormGrad(_)
+        | Op::BatchNormEvalGrad(_)
         | Op::ReluGrad
         | Op::MaxPoolGrad(_)
         | Op::AvgPoolGrad { .. }

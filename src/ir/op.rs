@@ -90,6 +90,8 @@ pub enum Op {
     ConvGradWeight(ConvSpec),
     /// (x, gamma, dy) -> dx, dgamma, dbeta (training mode).
     BatchNormGrad(BnSpec),
+    /// (gamma, running_var, dy) -> dx of a frozen (inference-mode) batch norm.
+    BatchNormEvalGrad(BnSpec),
     /// (y, dy) -> dx, with `y` the forward output.
     ReluGrad,
     /// (x, dy) -> dx
@@ -201,6 +203,7 @@ impl Op {
             Op::ConvGradInput { .. } => "conv_grad_input",
             Op::ConvGradWeight(_) => "conv_grad_weight",
             Op::BatchNormGrad(_) => "batch_norm_grad",
+            Op::BatchNormEvalGrad(_) => "batch_norm_eval_grad",
             Op::ReluGrad => "relu_grad",
             Op::MaxPoolGrad(_) => "max_pool_grad",
             Op::AvgPoolGrad { .. } => "avg_pool_grad",
@@ -226,6 +229,7 @@ impl Op {
             | Op::SoftmaxCrossEntropy
             | Op::SoftmaxCrossEntropyGrad
             | Op::BatchNormGrad(_) => Pattern::Reduction,
+            Op::BatchNormEvalGrad(_) => Pattern::OutEwiseFusable,
             Op::Conv(_) | Op::FusedConv { .. } => Pattern::OutEwiseFusable,
             Op::SgdUpdate(_) | Op::AdamUpdate(_) => Pattern::Effect,
             Op::MaxPool(_)
@@ -276,6 +280,7 @@ impl Op {
             | Op::ConvGradInput { .. }
             | Op::ConvGradWeight(_)
             | Op::BatchNormGrad(_)
+            | Op::BatchNormEvalGrad(_)
             | Op::ReluGrad
             | Op::MaxPoolGrad(_)
             | Op::AvgPoolGrad { .. }
@@ -470,6 +475,13 @@ impl Op {
                     Shape::fixed(&[c]),
                 ])
             }
+            Op::BatchNormEvalGrad(_) => {
+                want_arity(self, n, 3, 3)?;
+                let (c, _, _) = feature_map(inputs[2], "batch norm gradient")?;
+                per_channel(inputs[0], c, "gamma")?;
+                per_channel(inputs[1], c, "running variance")?;
+                Ok(vec![inputs[2].clone()])
+            }
             Op::ReluGrad => {
                 want_arity(self, n, 2, 2)?;
                 same(inputs[0], inputs[1], "relu gradient")?;
@@ -574,6 +586,7 @@ impl Op {
             | Op::ConvGradInput { .. }
             | Op::ConvGradWeight(_)
             | Op::BatchNormGrad(_)
+            | Op::BatchNormEvalGrad(_)
             | Op::ReluGrad
             | Op::MaxPoolGrad(_)
             | Op::AvgPoolGrad { .. }
@@ -683,7 +696,7 @@ impl fmt::Display for Op {
             Op::ConvGradInput { conv, .. } | Op::ConvGradWeight(conv) => {
                 write!(f, "{m} {}", conv_attrs(conv))
             }
-            Op::BatchNormGrad(s) => write!(f, "{m} eps {}", s.eps),
+            Op::BatchNormGrad(s) | Op::BatchNormEvalGrad(s) => write!(f, "{m} eps {}", s.eps),
             Op::LinearGrad { bias } => write!(f, "{m}{}", if *bias { " bias" } else { "" }),
             Op::SgdUpdate(s) => write!(
                 f,

@@ -6,15 +6,14 @@
 //!   frozen backbone costs a forward pass and nothing of the backward);
 //! - a batch norm with any frozen parameter is frozen whole and normalizes with its running
 //!   statistics, which it no longer updates, as Keras does for a frozen BN layer;
-//! - gradients never have to pass through a frozen batch norm to reach a trainable
-//!   parameter: that is an error naming both (freeze the earlier layers too).
+//! - gradients still pass through frozen layers to the trainable ones before them (a frozen
+//!   batch norm scales them by `gamma / sqrt(running_var + eps)`).
 //!
 //! A target is a section (`stem`, a stage label such as `layer3`, `head`), a range of
 //! sections `..layer3` (from the first section up to and including `layer3`), a layer name
 //! (`layer4.0.conv1`, which freezes its tensors) or a tensor name (`fc.bias`).
 
 use crate::ir::{Graph, IrError, Mode, Op};
-use std::collections::HashSet;
 
 fn error(message: String) -> IrError {
     IrError {
@@ -44,7 +43,6 @@ pub fn freeze_layers(g: &mut Graph, targets: &[String]) -> Result<usize, IrError
         .node_indices()
         .filter(|&n| matches!(g.dag[n].op, Op::BatchNorm { training: true, .. }))
         .collect();
-    let mut frozen_bns = vec![];
     for n in bns {
         let params: Vec<String> = g
             .inputs(n)
@@ -57,41 +55,6 @@ pub fn freeze_layers(g: &mut Graph, targets: &[String]) -> Result<usize, IrError
             if let Op::BatchNorm { training, .. } = &mut g.dag[n].op {
                 *training = false;
             }
-            frozen_bns.push(n);
-        }
-    }
-    // Which values depend on a parameter that still trains.
-    let mut needs: HashSet<_> = HashSet::new();
-    for n in g.topo_order() {
-        let wants = match g.dag[n].op {
-            Op::Param(k) => k.trainable() && !frozen.contains(&g.dag[n].name),
-            Op::Input | Op::Labels => false,
-            _ => g.inputs(n).iter().any(|v| needs.contains(&v.node)),
-        };
-        if wants {
-            needs.insert(n);
-        }
-    }
-    for n in frozen_bns {
-        let x = g.inputs(n)[0];
-        if needs.contains(&x.node) {
-            let trainable = g
-                .params()
-                .into_iter()
-                .find(|&p| needs.contains(&p))
-                .map(|p| g.dag[p].name.clone())
-                .unwrap_or_default();
-            return Err(error(format!(
-                "batch norm `{}` is frozen, but `{trainable}` before it still trains, and its \
-                 gradient would have to pass through a frozen batch norm; freeze the layers \
-                 before `{}` too (for example `..{}`)",
-                g.dag[n].name,
-                g.dag[n].name,
-                g.sections
-                    .iter()
-                    .find(|s| s.params.contains(&g.dag[g.inputs(n)[1].node].name))
-                    .map_or("stem", |s| s.name.as_str())
-            )));
         }
     }
     let count = frozen.len();

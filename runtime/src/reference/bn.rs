@@ -235,6 +235,29 @@ pub fn batch_norm_eval<T: Real>(
     apply_affine(x, d, running_mean, &scale, beta, y);
 }
 
+/// Inference-mode batch norm backward (a frozen BN inside a trained network): the running
+/// statistics are constants, so `dx = dy * gamma / sqrt(running_var + eps)` per channel.
+pub fn batch_norm_eval_backward<T: Real>(
+    dy: &[T],
+    d: Dims4,
+    gamma: &[T],
+    running_var: &[T],
+    eps: T,
+    dx: &mut [T],
+) {
+    check_lens("batch_norm_eval_backward", d, dy, dx, &[gamma, running_var]);
+    let eps = eps.to_f64_lossy();
+    let scale: Vec<T> = (0..d.c)
+        .map(|ci| {
+            T::from_f64_lossy(
+                gamma[ci].to_f64_lossy() / (running_var[ci].to_f64_lossy() + eps).sqrt(),
+            )
+        })
+        .collect();
+    let zero = vec![T::zero(); d.c];
+    apply_affine(dy, d, &zero, &scale, &zero, dx);
+}
+
 /// Training-mode batch norm backward; recomputes the batch statistics from `x`.
 ///
 /// With `M = N*H*W`, `x̂ = (x - mean) * invstd`: `dbeta = Σ dy`, `dgamma = Σ dy * x̂`,

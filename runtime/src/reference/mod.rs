@@ -22,8 +22,8 @@ pub mod testing;
 
 pub use adam::adam_step;
 pub use bn::{
-    batch_norm_backward, batch_norm_eval, batch_norm_train, batch_norm_train_inplace,
-    batch_norm_update_running,
+    batch_norm_backward, batch_norm_eval, batch_norm_eval_backward, batch_norm_train,
+    batch_norm_train_inplace, batch_norm_update_running,
 };
 pub use conv::{conv2d, conv2d_backward_data, conv2d_backward_weight, conv2d_naive};
 pub use elementwise::{
