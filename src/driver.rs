@@ -422,8 +422,8 @@ pub fn find_data_dir(explicit: Option<&Path>) -> Result<PathBuf, CliError> {
     }
     let list: Vec<String> = tried.iter().map(|d| format!("  {}", d.display())).collect();
     Err(CliError::Usage(format!(
-        "no CIFAR-10 data found; looked in:\n{}\nGet the binary version from https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz,\n\
-         extract it so that data/cifar-10-batches-bin/data_batch_1.bin exists, or pass --data DIR or set RESNETC_DATA",
+        "no CIFAR-10 data found; looked in:\n{}\nRun `resnetc data cifar10` to download the official binary version (162 MB, MD5-checked)\n\
+         into data/cifar-10-batches-bin, or pass --data DIR or set RESNETC_DATA",
         list.join("\n")
     )))
 }

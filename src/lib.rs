@@ -6,6 +6,7 @@
 pub mod autodiff;
 pub mod codegen;
 pub mod compile;
+pub mod datasets;
 pub mod diag;
 pub mod driver;
 pub mod frontend;

@@ -51,6 +51,68 @@ enum Command {
     Run(Box<RunArgs>),
     /// Measure inference or training throughput of the compiled model.
     Bench(BenchArgs),
+    /// Download a data set where `run` looks for it: `resnetc data cifar10`.
+    Data(DataArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum DatasetArg {
+    /// The official CIFAR-10 binary archive (162 MB), MD5-checked, into DIR/cifar-10-batches-bin.
+    Cifar10,
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// Which data set.
+    #[arg(value_enum)]
+    dataset: DatasetArg,
+    /// Parent directory of the extracted data (`run` looks in data/cifar-10-batches-bin).
+    #[arg(long, default_value = "data")]
+    dir: PathBuf,
+    /// Download from a mirror instead of the official URL.
+    #[arg(long, default_value = resnetc::datasets::CIFAR10_URL)]
+    url: String,
+    /// The archive's expected MD5 (the official archive's by default).
+    #[arg(long, default_value = resnetc::datasets::CIFAR10_MD5)]
+    md5: String,
+    /// Download again even if a complete copy is there.
+    #[arg(long)]
+    force: bool,
+}
+
+fn data(a: &DataArgs) -> Result<(), CliError> {
+    let DatasetArg::Cifar10 = a.dataset;
+    let d = resnetc::datasets::Download {
+        dir: a.dir.clone(),
+        url: a.url.clone(),
+        md5: a.md5.clone(),
+        force: a.force,
+    };
+    let bar = ProgressBar::new(0);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+    {
+        bar.set_style(style);
+    }
+    let outcome = resnetc::datasets::fetch_cifar10(&d, &mut |done, total| {
+        if let Some(t) = total {
+            bar.set_length(t);
+        }
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    match outcome? {
+        resnetc::datasets::Outcome::Fetched { dir, bytes } => outln!(
+            "downloaded {bytes} bytes from {}, MD5 checked, extracted to {}",
+            a.url,
+            dir.display()
+        ),
+        resnetc::datasets::Outcome::Present(dir) => outln!(
+            "{} already holds CIFAR-10 (--force downloads it again)",
+            dir.display()
+        ),
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -553,6 +615,7 @@ fn main() -> ExitCode {
             };
             driver::build(&opts, mode, emit).map(|text| out!("{text}"))
         }),
+        Command::Data(a) => data(a),
         Command::Run(r) => {
             let sub = matches.subcommand_matches("run");
             run(r, &sub.map_or(vec![], |m| given_ids("run", m)))

@@ -94,12 +94,12 @@ fn d03_misspelt_item() {
     resnet::syntax
 
       × syntax error: expected `;`, `}` or a model item (`input`, `classes`, `preprocess`,
-      │ `batchnorm`, `stem`, `stages`, `head`, `param`), found `clases`
+      │ `batchnorm`, `freeze`, `stem`, `stages`, `head`, `param`), found `clases`
        ╭─[03_misspelt_item.resnet:3:3]
      2 │   input 3 x 32 x 32
      3 │   clases 10
        ·   ───┬──
-       ·      ╰── expected `;`, `}` or a model item (`input`, `classes`, `preprocess`, `batchnorm`, `stem`, `stages`, `head`, `param`)
+       ·      ╰── expected `;`, `}` or a model item (`input`, `classes`, `preprocess`, `batchnorm`, `freeze`, `stem`, `stages`, `head`, `param`)
      4 │   head { avgpool; fc 10 }
        ╰────
       help: did you mean `classes`?
@@ -119,7 +119,7 @@ fn d04_unclosed() {
     resnet::syntax
 
       × syntax error: expected `}` or a model item (`input`, `classes`, `preprocess`, `batchnorm`,
-      │ `stem`, `stages`, `head`, `param`), found end of file
+      │ `freeze`, `stem`, `stages`, `head`, `param`), found end of file
        ╭─[04_unclosed.resnet:5:1]
      4 │   head { avgpool; fc classes }
        ╰────
@@ -683,12 +683,12 @@ fn d25_unexpected_char() {
     resnet::syntax
 
       × syntax error: expected `}` or a model item (`input`, `classes`, `preprocess`, `batchnorm`,
-      │ `stem`, `stages`, `head`, `param`), found `@`
+      │ `freeze`, `stem`, `stages`, `head`, `param`), found `@`
        ╭─[25_unexpected_char.resnet:3:38]
      2 │   input 3 x 32 x 32; classes 10
      3 │   stem { conv 16 3x3 -> bn -> relu } @
        ·                                      ┬
-       ·                                      ╰── expected `}` or a model item (`input`, `classes`, `preprocess`, `batchnorm`, `stem`, `stages`, `head`, `param`)
+       ·                                      ╰── expected `}` or a model item (`input`, `classes`, `preprocess`, `batchnorm`, `freeze`, `stem`, `stages`, `head`, `param`)
      4 │   head { avgpool; fc classes }
        ╰────
       help: end the previous item with `;` or close the section with `}`
