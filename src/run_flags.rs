@@ -33,6 +33,7 @@ impl RunMode {
                 "input",
                 "labels",
                 "weights",
+                "weights_format",
                 "lr",
                 "momentum",
                 "weight_decay",
@@ -57,10 +58,20 @@ impl RunMode {
                 "resume",
                 "log",
                 "weights",
+                "weights_format",
                 "data",
             ],
-            RunMode::Eval => &["eval", "weights", "data", "batch"],
-            RunMode::Infer => &["input", "weights", "output", "labels", "seed", "save"],
+            RunMode::Eval => &["eval", "weights", "weights_format", "data", "batch"],
+            RunMode::Infer => &[
+                "input",
+                "weights",
+                "weights_format",
+                "output",
+                "labels",
+                "seed",
+                "save",
+                "top",
+            ],
         }
     }
 }
@@ -135,6 +146,9 @@ pub fn check(given: &[&str], inputs: usize) -> Result<RunMode, String> {
         }
         RunMode::SingleStep | RunMode::Infer if has("seed") && has("weights") => {
             return Err("--seed has no effect with --weights: the seed only draws random (He) weights when no --weights are given".into())
+        }
+        _ if has("weights_format") && !has("weights") => {
+            return Err("--weights-format has no effect without --weights: it says how the --weights file names its tensors".into())
         }
         RunMode::Train if has("weights") && has("resume") => {
             return Err("--weights has no effect with --resume: the checkpoint holds the weights to continue from".into())
