@@ -193,4 +193,23 @@ mod tests {
         assert!(check(&["model", "train", "weights", "resume"], 0).is_err());
         assert!(check(&["model"], 0).is_err());
     }
+
+    #[test]
+    fn top_and_weights_format() {
+        assert_eq!(
+            check(&["model", "input", "top", "weights", "weights_format"], 1),
+            Ok(RunMode::Infer)
+        );
+        assert_eq!(
+            check(&["model", "eval", "weights", "weights_format"], 0),
+            Ok(RunMode::Eval)
+        );
+        let e = check(&["model", "eval", "weights", "top"], 0).unwrap_err();
+        assert!(e.starts_with("--top has no effect in evaluation"), "{e}");
+        let e = check(&["model", "input", "weights_format"], 1).unwrap_err();
+        assert!(
+            e.starts_with("--weights-format has no effect without --weights"),
+            "{e}"
+        );
+    }
 }
