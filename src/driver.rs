@@ -481,8 +481,8 @@ fn softmax(row: &[f32]) -> Vec<f32> {
 }
 
 /// Inference on a `.npy` tensor or on image files. Returns the text to print: the `top` most
-/// probable classes of each input. `save` writes the weights the run used (loaded, or drawn
-/// with `seed`).
+/// probable classes of each input (default 5, or all classes when there are fewer). `save`
+/// writes the weights the run used (loaded, or drawn with `seed`).
 #[allow(clippy::too_many_arguments)]
 pub fn infer(
     opts: &BuildOptions,
@@ -493,17 +493,22 @@ pub fn infer(
     seed: u64,
     json: bool,
     save: Option<&Path>,
-    top: usize,
+    top: Option<usize>,
 ) -> Result<String, CliError> {
     let program = inference_program(opts)?;
     let [c, h, w] = program.input_shape;
     let classes = program.classes;
-    if top == 0 || top > classes {
-        return Err(CliError::usage(format!(
-            "--top {top}: the model `{}` has {classes} classes; give a number from 1 to {classes}",
-            program.name
-        )));
-    }
+    let top = match top {
+        None => 5.min(classes),
+        Some(k) if k == 0 || k > classes => {
+            let name = &program.name;
+            return Err(CliError::usage(format!(
+                "--top {k}: the model `{name}` has {classes} classes; \
+                 give a number from 1 to {classes}"
+            )));
+        }
+        Some(k) => k,
+    };
     let mut notes = String::new();
     let is_npy = inputs.len() == 1
         && inputs[0]

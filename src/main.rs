@@ -159,10 +159,10 @@ struct RunArgs {
     /// for single-step mode.
     #[arg(long)]
     labels: Option<PathBuf>,
-    /// How many of the most probable classes inference prints per input (1 to the model's
-    /// class count).
-    #[arg(long, default_value_t = 5)]
-    top: usize,
+    /// How many of the most probable classes inference prints per input, from 1 to the
+    /// model's class count [default: 5, or the class count if smaller].
+    #[arg(long, value_name = "K")]
+    top: Option<usize>,
     /// Training epochs.
     #[arg(long, default_value_t = 5)]
     epochs: usize,

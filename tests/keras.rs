@@ -409,6 +409,19 @@ fn top_k_inference() {
             "{err}"
         );
     }
+    // A model of fewer than 5 classes lists all of them by default.
+    let m = d.join("three.resnet");
+    std::fs::write(&m, CAFFE).unwrap();
+    let x3 = d.join("x3.npy");
+    resnetc_runtime::npy::write_npy_f32(&x3, &[1, 3, 4, 5], &[0.5; 60]).unwrap();
+    let o = resnetc(&["run", m.to_str().unwrap(), "--input", x3.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("  ")).count(),
+        3,
+        "{out}"
+    );
     let o = resnetc(&["run", "models/resnet20.resnet", "--train", "--top", "3"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--top has no effect in training"));
