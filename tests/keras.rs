@@ -541,21 +541,33 @@ fn shared_digits_load_into_a_32x32_model() {
 
 // ---- ResNet-50 at 32x32 -------------------------------------------------------------------
 
-/// `-D size=32` builds ResNet-50 for 32x32 CIFAR images with the same parameters, and a
-/// training step runs on it.
+/// `-D size=32` builds ResNet-50 for 32x32 CIFAR images with the same parameters,
+/// `-D num_classes=10` gives it CIFAR-10's classes, and a training step runs on it.
 #[test]
 fn resnet50_takes_its_input_size_as_a_parameter() {
     let path = root().join("models/resnet50.resnet");
     let full = compile_file(&path, Mode::Inference, &[]).unwrap();
     let small = compile_file(&path, Mode::Inference, &[("size".into(), 32)]).unwrap();
+    let cifar = compile_file(
+        &path,
+        Mode::Inference,
+        &[("size".into(), 32), ("num_classes".into(), 10)],
+    )
+    .unwrap();
     assert_eq!(full.meta.input, [3, 224, 224]);
     assert_eq!(small.meta.input, [3, 32, 32]);
     assert_eq!(full.param_count(), 25_557_032);
     assert_eq!(small.param_count(), full.param_count());
     assert!(small.macs() < full.macs() / 40, "{}", small.macs());
+    // Keras' ResNet50(classes=10): the fc has 10 of the 1000 outputs, each 2048 weights + bias.
+    assert_eq!(cifar.meta.classes, 10);
+    assert_eq!(
+        cifar.param_count(),
+        full.param_count() - (2048 + 1) * (1000 - 10)
+    );
 
     let opts = BuildOptions {
-        overrides: vec![("size".into(), 32)],
+        overrides: vec![("size".into(), 32), ("num_classes".into(), 10)],
         engine: EngineKind::Reference,
         ..BuildOptions::new(&path)
     };
@@ -576,6 +588,17 @@ fn resnet50_takes_its_input_size_as_a_parameter() {
         "the step updates weights"
     );
 
-    let o = resnetc(&["build", "models/resnet50.resnet", "-D", "size=32", "--json"]);
+    let o = resnetc(&[
+        "build",
+        "models/resnet50.resnet",
+        "-D",
+        "size=32",
+        "-D",
+        "num_classes=10",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(j["params"], 23_528_522, "{j}");
 }
