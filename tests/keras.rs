@@ -236,6 +236,36 @@ fn keras_weights_that_do_not_fit_are_clear_errors() {
     assert!(m.contains("'conv2d_1/scale' [16] is not used"), "{m}");
     assert!(m.contains("Keras layer 'optimizer'"), "{m}");
 
+    // The same layers created in another order (the shortcut before the residual branch):
+    // the shapes give it away, and the error says so.
+    let src = std::fs::read_to_string(root().join("models/resnet8_mlperf.resnet")).unwrap();
+    let (r, sc) = (
+        src.lines()
+            .find(|l| l.trim_start().starts_with("r = in"))
+            .unwrap(),
+        src.lines()
+            .find(|l| l.trim_start().starts_with("s = shortcut"))
+            .unwrap(),
+    );
+    let swapped = src.replace(&format!("{r}\n{sc}"), &format!("{sc}\n{r}"));
+    assert_ne!(swapped, src);
+    let d = tmp("swapped");
+    let m = d.join("swapped.resnet");
+    std::fs::write(&m, swapped).unwrap();
+    let file = d.join("k.safetensors");
+    save_safetensors(&file, &keras, None).unwrap();
+    let program = driver::inference_program(&BuildOptions::new(&m)).unwrap();
+    let mut exec = Executor::new(program, 1);
+    let e = driver::load_weights(&mut exec, &file, WeightsFormat::Auto)
+        .unwrap_err()
+        .render();
+    assert!(
+        e.contains(
+            "'conv2d_3/kernel' has shape [3, 3, 16, 32]; the model's `stack2.0.shortcut.weight`"
+        ) && e.contains("lists its layers in another order"),
+        "{e}"
+    );
+
     // A model with another structure: the counts differ.
     let m = keras_error(&keras, "resnet20");
     assert!(
