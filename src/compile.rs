@@ -345,6 +345,7 @@ pub fn compile(g: &Graph) -> Result<Program, IrError> {
         input_shape: meta.input,
         classes: meta.classes,
         preprocess: Preprocessing {
+            bgr: meta.preprocess.bgr,
             scale: meta.preprocess.scale,
             mean: meta.preprocess.mean.clone(),
             std: meta.preprocess.std.clone(),

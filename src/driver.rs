@@ -13,6 +13,7 @@ use resnetc_runtime::data::{
     Split,
 };
 use resnetc_runtime::executor::Executor;
+use resnetc_runtime::keras::{from_keras, WeightsFormat};
 use resnetc_runtime::program::Program;
 use resnetc_runtime::spec::{Optimizer, SgdSpec};
 use resnetc_runtime::train::{self, Observer, Schedule, TrainConfig};
@@ -98,6 +99,8 @@ pub struct BuildOptions {
     pub engine: EngineKind,
     /// Freeze targets for training (`--freeze`), besides the model file's `freeze`.
     pub freeze: Vec<String>,
+    /// How `--weights` files name their tensors (PyTorch or Keras names and layouts).
+    pub weights_format: WeightsFormat,
 }
 
 /// The kernels a program runs on.
@@ -147,6 +150,7 @@ impl BuildOptions {
             overrides: vec![],
             engine: EngineKind::default(),
             freeze: vec![],
+            weights_format: WeightsFormat::default(),
         }
     }
 }
@@ -382,8 +386,17 @@ pub fn init_from(
 }
 
 /// Loads a safetensors file into an executor, checking names and shapes against the model.
-pub fn load_weights(exec: &mut Executor, path: &Path) -> Result<(), CliError> {
-    let tensors = load_safetensors(path)?;
+/// Keras-named files (by `format`, or detected by `WeightsFormat::Auto`) are mapped onto the
+/// model's parameters and transposed first ([`resnetc_runtime::keras`]).
+pub fn load_weights(
+    exec: &mut Executor,
+    path: &Path,
+    format: WeightsFormat,
+) -> Result<(), CliError> {
+    let mut tensors = load_safetensors(path)?;
+    if format.resolve(&tensors) == WeightsFormat::Keras {
+        tensors = from_keras(path, &exec.program.weight_slots(), &tensors)?;
+    }
     check_weights(path, &exec.program.weight_table(), &tensors)?;
     exec.load_weights(&tensors)?;
     Ok(())
@@ -394,7 +407,8 @@ pub fn normalize_of(p: &Program) -> Result<Normalize, CliError> {
         p.preprocess.scale,
         p.preprocess.mean.clone(),
         p.preprocess.std.clone(),
-    )?)
+    )?
+    .with_bgr(p.preprocess.bgr))
 }
 
 /// Where training and evaluation look for CIFAR-10 when `--data` is not given, in order.
@@ -488,7 +502,7 @@ pub fn evaluate(
     let norm = normalize_of(&program)?;
     check_memory(&[(&program, batch)])?;
     let mut exec = executor(program, batch, opts.engine)?;
-    load_weights(&mut exec, weights)?;
+    load_weights(&mut exec, weights, opts.weights_format)?;
     Ok(train::evaluate(
         &mut exec,
         set,
@@ -503,8 +517,9 @@ fn softmax(row: &[f32]) -> Vec<f32> {
     e.into_iter().map(|v| v / s).collect()
 }
 
-/// Inference on a `.npy` tensor or on image files. Returns the text to print. `save` writes
-/// the weights the run used (loaded, or drawn with `seed`).
+/// Inference on a `.npy` tensor or on image files. Returns the text to print: the `top` most
+/// probable classes of each input (default 5, or all classes when there are fewer). `save`
+/// writes the weights the run used (loaded, or drawn with `seed`).
 #[allow(clippy::too_many_arguments)]
 pub fn infer(
     opts: &BuildOptions,
@@ -515,10 +530,22 @@ pub fn infer(
     seed: u64,
     json: bool,
     save: Option<&Path>,
+    top: Option<usize>,
 ) -> Result<String, CliError> {
     let program = inference_program(opts)?;
     let [c, h, w] = program.input_shape;
     let classes = program.classes;
+    let top = match top {
+        None => 5.min(classes),
+        Some(k) if k == 0 || k > classes => {
+            let name = &program.name;
+            return Err(CliError::usage(format!(
+                "--top {k}: the model `{name}` has {classes} classes; \
+                 give a number from 1 to {classes}"
+            )));
+        }
+        Some(k) => k,
+    };
     let mut notes = String::new();
     let is_npy = inputs.len() == 1
         && inputs[0]
@@ -545,7 +572,7 @@ pub fn infer(
     check_memory(&[(&program, n.max(1))])?;
     let mut exec = executor(program, n.max(1), opts.engine)?;
     match weights {
-        Some(p) => load_weights(&mut exec, p)?,
+        Some(p) => load_weights(&mut exec, p, opts.weights_format)?,
         None => {
             exec.init_he(seed);
             notes += "note: no --weights given; the model has random (He) weights\n";
@@ -572,22 +599,22 @@ pub fn infer(
         } else {
             inputs[i].display().to_string()
         };
-        let mut top = vec![];
+        let mut best = vec![];
         text += &format!("{label}\n");
-        for &k in idx.iter().take(5.min(classes)) {
+        for &k in idx.iter().take(top) {
             // Without --labels there are no class names: the list shows indices only.
             match names.as_ref().map(|ci| ci.name(k).unwrap_or("")) {
                 Some(name) => {
                     text += &format!("  {:>6.2}%  {k:>4}  {name}\n", p[k] * 100.0);
-                    top.push(serde_json::json!({"class": k, "name": name, "probability": p[k]}));
+                    best.push(serde_json::json!({"class": k, "name": name, "probability": p[k]}));
                 }
                 None => {
                     text += &format!("  {:>6.2}%  {k:>4}\n", p[k] * 100.0);
-                    top.push(serde_json::json!({"class": k, "probability": p[k]}));
+                    best.push(serde_json::json!({"class": k, "probability": p[k]}));
                 }
             }
         }
-        rows.push(serde_json::json!({"input": label, "top5": top}));
+        rows.push(serde_json::json!({"input": label, "top": best}));
     }
     if json {
         text += &format!("{}\n", serde_json::json!({ "predictions": rows }));
@@ -688,7 +715,7 @@ pub fn train(
     exec.init_he(t.seed);
     let mut start_epoch = 0;
     if let Some(w) = &t.weights {
-        load_weights(&mut exec, w)?;
+        load_weights(&mut exec, w, opts.weights_format)?;
     }
     if let Some(w) = &t.init_from {
         let plan = init_from(&mut exec, w, t.skip_mismatch)?;
@@ -829,7 +856,7 @@ pub fn single_steps(
     check_memory(&[(&program, shape[0])])?;
     let mut exec = executor(program, shape[0], opts.engine)?;
     match weights {
-        Some(p) => load_weights(&mut exec, p)?,
+        Some(p) => load_weights(&mut exec, p, opts.weights_format)?,
         None => exec.init_he(seed),
     }
     exec.lr = lr;

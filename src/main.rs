@@ -6,6 +6,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand,
 use indicatif::{ProgressBar, ProgressStyle};
 use resnetc::driver::{self, BuildOptions, CliError};
 use resnetc::ir::Mode;
+use resnetc_runtime::keras::WeightsFormat;
 use resnetc_runtime::train::{EpochStats, Observer, Schedule};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -132,6 +133,13 @@ enum EngineArg {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum WeightsFormatArg {
+    Auto,
+    Pytorch,
+    Keras,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum Stage {
     Parsed,
     Lowered,
@@ -196,9 +204,14 @@ struct RunArgs {
     /// Report top-1 accuracy on the data directory's test_batch.bin.
     #[arg(long)]
     eval: bool,
-    /// Weights (safetensors; PyTorch state-dict names).
+    /// Weights (safetensors; PyTorch state-dict names, or Keras layer names).
     #[arg(long)]
     weights: Option<PathBuf>,
+    /// How --weights names its tensors: `pytorch` (the model's parameter names, OIHW), `keras`
+    /// (conv2d_N/kernel HWIO, batch_normalization_N/gamma, dense/kernel [in, out], matched to
+    /// the model's layers in order), or `auto` (keras when a name contains `/`).
+    #[arg(long = "weights-format", value_enum, default_value_t = WeightsFormatArg::Auto)]
+    weights_format: WeightsFormatArg,
     /// Data directory: CIFAR-10 binary files (data_batch_*.bin, test_batch.bin), or image
     /// folders DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg (or val/).
     #[arg(long)]
@@ -213,6 +226,10 @@ struct RunArgs {
     /// for single-step mode.
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// How many of the most probable classes inference prints per input, from 1 to the
+    /// model's class count [default: 5, or the class count if smaller].
+    #[arg(long, value_name = "K")]
+    top: Option<usize>,
     /// Training epochs.
     #[arg(long, default_value_t = 5)]
     epochs: usize,
@@ -340,6 +357,7 @@ fn build_options(c: &CompileArgs) -> Result<BuildOptions, CliError> {
             EngineArg::JitAll => driver::EngineKind::JitAll,
             EngineArg::Reference => driver::EngineKind::Reference,
         },
+        weights_format: Default::default(),
     })
 }
 
@@ -473,7 +491,12 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
     let given: Vec<&str> = given.iter().map(String::as_str).collect();
     resnetc::run_flags::check(&given, args.input.len()).map_err(CliError::Usage)?;
     set_threads(args.threads);
-    let opts = build_options(&args.compile)?;
+    let mut opts = build_options(&args.compile)?;
+    opts.weights_format = match args.weights_format {
+        WeightsFormatArg::Auto => WeightsFormat::Auto,
+        WeightsFormatArg::Pytorch => WeightsFormat::PyTorch,
+        WeightsFormatArg::Keras => WeightsFormat::Keras,
+    };
     let (optimizer, lr) = resnetc::run_flags::optimizer(&resnetc::run_flags::OptimizerFlags {
         optimizer: args.optimizer.as_deref(),
         lr: args.lr,
@@ -574,6 +597,7 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
             args.seed,
             args.json,
             args.save.as_deref(),
+            args.top,
         )?;
         out!("{text}");
         return Ok(());

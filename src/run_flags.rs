@@ -35,6 +35,7 @@ impl RunMode {
                 "input",
                 "labels",
                 "weights",
+                "weights_format",
                 "lr",
                 "optimizer",
                 "momentum",
@@ -71,10 +72,20 @@ impl RunMode {
                 "weights",
                 "init_from",
                 "skip_mismatch",
+                "weights_format",
                 "data",
             ],
-            RunMode::Eval => &["eval", "weights", "data", "batch"],
-            RunMode::Infer => &["input", "weights", "output", "labels", "seed", "save"],
+            RunMode::Eval => &["eval", "weights", "weights_format", "data", "batch"],
+            RunMode::Infer => &[
+                "input",
+                "weights",
+                "weights_format",
+                "output",
+                "labels",
+                "seed",
+                "save",
+                "top",
+            ],
         }
     }
 }
@@ -155,6 +166,9 @@ pub fn check(given: &[&str], inputs: usize) -> Result<RunMode, String> {
         }
         RunMode::Train if has("skip_mismatch") && !has("init_from") => {
             return Err("--skip-mismatch has no effect without --init-from: it decides what a partial load does with tensors of another shape".into())
+        }
+        _ if has("weights_format") && !has("weights") => {
+            return Err("--weights-format has no effect without --weights: it says how the --weights file names its tensors".into())
         }
         RunMode::Train if has("weights") && has("resume") => {
             return Err("--weights has no effect with --resume: the checkpoint holds the weights to continue from".into())
@@ -374,5 +388,24 @@ mod tests {
             ..Default::default()
         })
         .contains("choose sgd, adam or adamw"));
+    }
+
+    #[test]
+    fn top_and_weights_format() {
+        assert_eq!(
+            check(&["model", "input", "top", "weights", "weights_format"], 1),
+            Ok(RunMode::Infer)
+        );
+        assert_eq!(
+            check(&["model", "eval", "weights", "weights_format"], 0),
+            Ok(RunMode::Eval)
+        );
+        let e = check(&["model", "eval", "weights", "top"], 0).unwrap_err();
+        assert!(e.starts_with("--top has no effect in evaluation"), "{e}");
+        let e = check(&["model", "input", "weights_format"], 1).unwrap_err();
+        assert!(
+            e.starts_with("--weights-format has no effect without --weights"),
+            "{e}"
+        );
     }
 }

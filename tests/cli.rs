@@ -348,7 +348,7 @@ fn run_flags_act_or_are_rejected() {
     let saved = resnetc_runtime::weights::load_safetensors(&w).unwrap();
     assert_eq!(saved.len(), 19 * 5 + 2);
     // No class names: no name column, no empty "name" in JSON.
-    let top = &json_line(&out)["predictions"][0]["top5"];
+    let top = &json_line(&out)["predictions"][0]["top"];
     assert!(top[0].get("name").is_none(), "{top}");
     assert!(
         out.lines()
@@ -497,7 +497,7 @@ fn image_inference_prints_top5_with_class_names() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     let j = json_line(&out);
-    let top = j["predictions"][0]["top5"].as_array().unwrap();
+    let top = j["predictions"][0]["top"].as_array().unwrap();
     assert_eq!(top.len(), 5);
     let p: Vec<f64> = top
         .iter()

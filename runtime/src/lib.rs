@@ -9,7 +9,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod executor;
-
+pub mod keras;
 pub mod memory;
 pub mod npy;
 pub mod program;

@@ -236,9 +236,13 @@ pub struct ParamSlot {
     pub buffer: BufId,
 }
 
-/// Input preprocessing from the model file: `(pixel * scale - mean[c]) / std[c]`.
+/// Input preprocessing from the model file: `(pixel * scale - mean[c]) / std[c]`, after
+/// reversing the channels (RGB to BGR) when `bgr`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Preprocessing {
+    /// Keras "caffe" mode: RGB images become BGR before `mean` and `std` apply.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bgr: bool,
     pub scale: f32,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
@@ -289,6 +293,13 @@ impl Program {
             .iter()
             .filter(|p| p.role.is_model_weight())
             .map(|p| (p.name.clone(), p.shape.clone()))
+            .collect()
+    }
+    /// The slots of every model weight, in state-dict order (see [`Program::weight_table`]).
+    pub fn weight_slots(&self) -> Vec<&ParamSlot> {
+        self.params
+            .iter()
+            .filter(|p| p.role.is_model_weight())
             .collect()
     }
 }

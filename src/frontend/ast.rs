@@ -170,6 +170,8 @@ impl ModelItem {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preprocess {
+    /// `bgr`: reverse the channels (RGB to BGR) before normalizing.
+    pub bgr: Option<Span>,
     pub scale: Option<FloatExpr>,
     pub mean: Option<(Vec<Float>, Span)>,
     pub std: Option<(Vec<Float>, Span)>,
@@ -597,6 +599,9 @@ pub fn pretty(file: &File) -> String {
                         }
                         ModelItem::Preprocess(p) => {
                             s.push_str("  preprocess");
+                            if p.bgr.is_some() {
+                                s.push_str(" bgr");
+                            }
                             if let Some(sc) = &p.scale {
                                 let _ = write!(s, " scale {}", sc.num.text);
                                 if let Some(d) = &sc.den {

@@ -446,6 +446,7 @@ fn model(p: P) -> R<Model> {
             }),
             Rule::preprocess_decl => {
                 let mut pp = Preprocess {
+                    bgr: None,
                     scale: None,
                     mean: None,
                     std: None,
@@ -454,6 +455,7 @@ fn model(p: P) -> R<Model> {
                 for x in c.clone().into_inner() {
                     let xsp = span(&x);
                     match x.as_rule() {
+                        Rule::pre_bgr => pp.bgr = Some(xsp),
                         Rule::pre_scale => {
                             let fe = first_inner(&x, "scale")?;
                             let fs: Vec<Float> = fe
@@ -627,7 +629,9 @@ fn describe(rule: Rule) -> Option<&'static str> {
         | Rule::head => {
             "a model item (`input`, `classes`, `preprocess`, `batchnorm`, `freeze`, `stem`, `stages`, `head`, `param`)"
         }
-        Rule::pre_scale | Rule::pre_mean | Rule::pre_std => "`scale`, `mean` or `std`",
+        Rule::pre_bgr | Rule::pre_scale | Rule::pre_mean | Rule::pre_std => {
+            "`bgr`, `scale`, `mean` or `std`"
+        }
         Rule::layer
         | Rule::conv
         | Rule::bn

@@ -63,9 +63,10 @@ pub enum Mode {
 }
 
 /// Input preprocessing the model expects, as metadata for the runtime's data loaders:
-/// `(pixel * scale - mean[c]) / std[c]`.
+/// `(pixel * scale - mean[c]) / std[c]`, after reversing the channels (RGB to BGR) when `bgr`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preprocess {
+    pub bgr: bool,
     pub scale: f32,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,

@@ -865,6 +865,7 @@ pub fn lower(ck: &Checked, mode: Mode) -> Result<Graph, Diagnostic> {
     let c = input[0];
     let preprocess = match pre {
         None => Preprocess {
+            bgr: false,
             scale: 1.0,
             mean: vec![0.0; c],
             std: vec![1.0; c],
@@ -915,7 +916,18 @@ pub fn lower(ck: &Checked, mode: Mode) -> Result<Graph, Diagnostic> {
                     v
                 }
             };
+            if let (Some(sp), true) = (p.bgr, c != 3) {
+                return Err(shape_err(
+                    sp,
+                    format!(
+                        "preprocess bgr reverses RGB channels, but the input has {c} channel(s)"
+                    ),
+                    "needs `input 3 x H x W`",
+                )
+                .help("remove `bgr`, or give the model a 3-channel input"));
+            }
             Preprocess {
+                bgr: p.bgr.is_some(),
                 scale,
                 mean: list(&p.mean, "mean", 0.0)?,
                 std: list(&p.std, "std", 1.0)?,

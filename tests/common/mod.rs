@@ -11,6 +11,7 @@ pub fn meta(name: &str, input: [usize; 3], classes: usize) -> ModelMeta {
         input,
         classes,
         preprocess: Preprocess {
+            bgr: false,
             scale: 1.0 / 255.0,
             mean: vec![0.5; 3],
             std: vec![0.25; 3],

@@ -130,6 +130,11 @@ impl BatchLoader {
             config.normalize.mean.clone(),
             config.normalize.std.clone(),
         )?;
+        if config.normalize.bgr && c != 3 {
+            return Err(RuntimeError::Shape(format!(
+                "BGR channel reversal needs 3-channel (RGB) images, these have {c}"
+            )));
+        }
         let tables = Arc::new(config.normalize.tables());
         Ok(BatchLoader {
             data,
@@ -211,7 +216,13 @@ fn make_batch(
             }
             None => src,
         };
-        apply_tables(tables, pixels, h * w, &mut images[k * per..(k + 1) * per]);
+        apply_tables(
+            tables,
+            config.normalize.bgr,
+            pixels,
+            h * w,
+            &mut images[k * per..(k + 1) * per],
+        );
     }
     let labels = indices.iter().map(|&i| data.labels[i]).collect();
     Batch {

@@ -1,6 +1,8 @@
 //! Per-channel normalization of u8 CHW images into f32: `((pixel * scale) - mean[c]) / std[c]`,
 //! evaluated in exactly that order in f32 (like torchvision `ToTensor` + `Normalize` when
-//! `scale = 1/255`), through a 256-entry lookup table per channel.
+//! `scale = 1/255`), through a 256-entry lookup table per channel. With `bgr`, the channels
+//! are reversed first (RGB images to BGR, as Keras' "caffe" `preprocess_input`), and `mean[c]`,
+//! `std[c]` belong to the reversed channel `c`.
 
 use crate::error::{Result, RuntimeError};
 
@@ -9,14 +11,47 @@ pub struct Normalize {
     pub scale: f32,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// Reverse the channel order (RGB -> BGR) before normalizing: output channel `c` reads
+    /// input channel `channels - 1 - c`.
+    pub bgr: bool,
 }
 
 impl Normalize {
     /// Validated constructor: `mean` and `std` have one entry per channel, `std` non-zero.
     pub fn new(scale: f32, mean: Vec<f32>, std: Vec<f32>) -> Result<Normalize> {
-        let n = Normalize { scale, mean, std };
+        let n = Normalize {
+            scale,
+            mean,
+            std,
+            bgr: false,
+        };
         n.validate()?;
         Ok(n)
+    }
+
+    /// Keras' "caffe" mode (`keras.applications.resnet50.preprocess_input`): RGB to BGR, then
+    /// subtract the ImageNet BGR mean (103.939, 116.779, 123.68); no scaling.
+    pub fn caffe() -> Normalize {
+        Normalize {
+            scale: 1.0,
+            mean: vec![103.939, 116.779, 123.68],
+            std: vec![1.0; 3],
+            bgr: true,
+        }
+    }
+
+    /// The same normalization with the channels reversed first (`bgr`) or not.
+    pub fn with_bgr(self, bgr: bool) -> Normalize {
+        Normalize { bgr, ..self }
+    }
+
+    /// The input channel that output channel `c` reads.
+    pub fn source_channel(&self, c: usize) -> usize {
+        if self.bgr {
+            self.channels() - 1 - c
+        } else {
+            c
+        }
     }
 
     /// pixels / 255 then ImageNet mean (0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225), used by
@@ -26,6 +61,7 @@ impl Normalize {
             scale: 1.0 / 255.0,
             mean: vec![0.485, 0.456, 0.406],
             std: vec![0.229, 0.224, 0.225],
+            bgr: false,
         }
     }
 
@@ -35,6 +71,7 @@ impl Normalize {
             scale: 1.0,
             mean: vec![0.0; channels],
             std: vec![1.0; channels],
+            bgr: false,
         }
     }
 
@@ -59,7 +96,7 @@ impl Normalize {
         Ok(())
     }
 
-    /// One 256-entry table per channel.
+    /// One 256-entry table per output channel.
     pub fn tables(&self) -> Vec<[f32; 256]> {
         self.mean
             .iter()
@@ -74,7 +111,8 @@ impl Normalize {
             .collect()
     }
 
-    /// The normalized value of one pixel of channel `c`.
+    /// The normalized value for output channel `c` of a `pixel` of input channel
+    /// [`Normalize::source_channel`]`(c)`.
     pub fn value(&self, c: usize, pixel: u8) -> f32 {
         ((pixel as f32 * self.scale) - self.mean[c]) / self.std[c]
     }
@@ -93,7 +131,7 @@ impl Normalize {
             )));
         }
         let tables = self.tables();
-        apply_tables(&tables, chw, plane, out);
+        apply_tables(&tables, self.bgr, chw, plane, out);
         Ok(())
     }
 
@@ -105,15 +143,23 @@ impl Normalize {
     }
 }
 
-/// Normalizes with precomputed [`Normalize::tables`]; lengths must already be checked.
-pub(crate) fn apply_tables(tables: &[[f32; 256]], chw: &[u8], plane: usize, out: &mut [f32]) {
+/// Normalizes with precomputed [`Normalize::tables`], reversing the channels when `bgr`;
+/// lengths must already be checked.
+pub(crate) fn apply_tables(
+    tables: &[[f32; 256]],
+    bgr: bool,
+    chw: &[u8],
+    plane: usize,
+    out: &mut [f32],
+) {
     let c = tables.len();
     for (img, oimg) in chw
         .chunks_exact(c * plane)
         .zip(out.chunks_exact_mut(c * plane))
     {
         for (ch, t) in tables.iter().enumerate() {
-            let src = &img[ch * plane..(ch + 1) * plane];
+            let from = if bgr { c - 1 - ch } else { ch };
+            let src = &img[from * plane..(from + 1) * plane];
             let dst = &mut oimg[ch * plane..(ch + 1) * plane];
             for (d, &s) in dst.iter_mut().zip(src) {
                 *d = t[s as usize];
