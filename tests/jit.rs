@@ -166,6 +166,8 @@ fn conv_case(
         lr: 0.0,
         first_sgd_step: true,
         params_version: 1,
+        seed: 0,
+        step: 0,
     };
     let mut want = vec![vec![0.0f32; out_len]];
     ReferenceEngine
@@ -478,7 +480,7 @@ proptest! {
         let dy = random(seed, n * oc * oh * ow);
         let wt = random(seed + 1, spec.weight_shape().iter().product());
         let ins: Vec<&[f32]> = vec![&dy, &wt];
-        let ctx = KernelCtx { n, lr: 0.0, first_sgd_step: true, params_version: 1 };
+        let ctx = KernelCtx { n, lr: 0.0, first_sgd_step: true, params_version: 1, seed: 0, step: 0 };
         let len = n * cin * h * w;
         let mut want = vec![vec![0.0f32; len]];
         ReferenceEngine.kernel(&step).run(&ctx, &ins, &mut [], &mut want);
@@ -523,7 +525,7 @@ proptest! {
         let x = random(seed, n * cin * h * w);
         let dy = random(seed + 1, n * oc * oh * ow);
         let ins: Vec<&[f32]> = vec![&x, &dy];
-        let ctx = KernelCtx { n, lr: 0.0, first_sgd_step: true, params_version: 1 };
+        let ctx = KernelCtx { n, lr: 0.0, first_sgd_step: true, params_version: 1, seed: 0, step: 0 };
         let wlen: usize = spec.weight_shape().iter().product();
         let outs = |fill: f32| {
             let mut v = vec![vec![fill; wlen]];

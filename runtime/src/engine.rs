@@ -20,6 +20,11 @@ pub struct KernelCtx {
     /// Bumped by the executor whenever parameters may have changed (weights loaded, a
     /// training step taken), so kernels that pre-pack weights know when to pack again.
     pub params_version: u64,
+    /// The run's seed (`--seed`), for kernels that draw random numbers (dropout masks).
+    pub seed: u64,
+    /// Training steps taken before this run (0 for the first), so random draws differ per
+    /// step and a resumed run draws what the uninterrupted one would have.
+    pub step: u64,
 }
 
 /// A compiled step: reads `ins`, updates `inouts` in place, overwrites `outs`, in the order
