@@ -380,6 +380,37 @@ fn gradients_through_a_softmax_inside_the_head() {
     }
 }
 
+#[test]
+fn gradients_through_dropout_on_feature_maps_in_a_block() {
+    // Wide ResNet puts dropout between the two convs of a block.
+    let src = "block wd() {
+  a = in -> bn -> relu
+  r = a -> conv width 3x3 -> bn -> relu -> dropout 0.3 -> conv width 3x3
+  out = r + in
+}
+model wd {
+  input 3 x 6 x 6
+  classes 5
+  stem { conv 4 3x3 }
+  stages wd { layer1: 1 x 4 }
+  head { bn -> relu; avgpool; fc classes }
+}
+";
+    let g = lower(src, Mode::Training);
+    assert!(g.find("layer1.0.dropout").is_some());
+    for engine in ENGINES {
+        check_gradients(
+            src,
+            engine,
+            &[
+                "layer1.0.conv1.weight",
+                "layer1.0.conv2.weight",
+                "fc.weight",
+            ],
+        );
+    }
+}
+
 // ---- dropout and flatten against a naive computation -------------------------------------------
 
 /// No stem: flatten, dropout and fc straight on the input, so the loss and the fc gradients
