@@ -176,6 +176,11 @@ fn bad_dropout_probability_is_a_clear_error() {
             "{e}"
         );
     }
+    let e = error(&tiny("avgpool; fc 8 -> dropout 0.999999999; fc classes"));
+    assert!(
+        e.contains("less than 1, got 0.999999999 (1 in single"),
+        "{e}"
+    );
     // A missing probability is a syntax error that asks for a number.
     let e = parse_only("tiny.resnet", &tiny("avgpool; dropout; fc classes"))
         .unwrap_err()

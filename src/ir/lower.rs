@@ -480,8 +480,13 @@ impl<'c, 'a> Lower<'c, 'a> {
                     return Err(shape_err(
                         f.span,
                         format!(
-                            "dropout probability must be at least 0 and less than 1, got {}",
-                            f.text
+                            "dropout probability must be at least 0 and less than 1, got {}{}",
+                            f.text,
+                            if (0.0..1.0).contains(&f.value) {
+                                " (1 in single precision)"
+                            } else {
+                                ""
+                            }
                         ),
                         format!("P is {}", f.text),
                     )
