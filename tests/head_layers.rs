@@ -539,6 +539,50 @@ fn dropout_masks_follow_the_seed_and_the_step() {
     );
 }
 
+/// Resuming (weights, momentum and the step count restored into a new executor, as
+/// `--resume` does) draws the masks the uninterrupted run draws: three steps in one go equal
+/// one step, a restart, and two more.
+#[test]
+fn a_resumed_run_draws_the_same_dropout_masks() {
+    let src = tiny("flatten; fc 16 -> relu -> dropout 0.5; fc classes -> softmax");
+    let mut g = lower(&src, Mode::Training);
+    append_training(&mut g, Some(driver::DEFAULT_SGD)).unwrap();
+    Pipeline::for_level(1, Mode::Training).run(&mut g).unwrap();
+    let program = compile(&g).unwrap();
+    let x = input(4, 3 * 6 * 6, 12);
+    let labels = [4, 3, 2, 1];
+    for engine in ENGINES {
+        let start = |exec: &mut Executor| {
+            randomize(exec, 8);
+            exec.seed = 31;
+            exec.lr = 0.05;
+        };
+        let mut whole = executor(program.clone(), 4, engine);
+        start(&mut whole);
+        let losses: Vec<f32> = (0..3)
+            .map(|_| whole.run(&x, Some(&labels)).unwrap()[0][0])
+            .collect();
+        let mut first = executor(program.clone(), 4, engine);
+        start(&mut first);
+        assert_eq!(first.run(&x, Some(&labels)).unwrap()[0][0], losses[0]);
+        let mut resumed = executor(program.clone(), 4, engine);
+        start(&mut resumed);
+        for (name, t) in first.tensors(|_| true) {
+            resumed.set_tensor(&name, &t.data).unwrap();
+        }
+        resumed.sgd_steps = first.sgd_steps;
+        let rest: Vec<f32> = (0..2)
+            .map(|_| resumed.run(&x, Some(&labels)).unwrap()[0][0])
+            .collect();
+        assert_eq!(rest, losses[1..], "{engine:?}");
+        assert_eq!(
+            resumed.tensors(|_| true),
+            whole.tensors(|_| true),
+            "{engine:?}"
+        );
+    }
+}
+
 #[test]
 fn dropout_is_the_identity_in_inference() {
     let with = tiny("flatten; fc 16 -> relu -> dropout 0.5; fc classes");
