@@ -4,7 +4,9 @@
 //! and block by block (conv1/bn1, conv2/bn2[, conv3/bn3], downsample), then the head, which is
 //! exactly the order of a torchvision `state_dict`. Node names follow PyTorch: `conv1`, `bn1`,
 //! `relu`, `maxpool`, `layer1.0.conv1`, `layer1.0.relu1`, `layer1.0.add`, `layer2.0.downsample.0`,
-//! `layer2.0.shortcut` (option A), `avgpool`, `fc`; `as NAME` overrides a layer's name.
+//! `layer2.0.shortcut` (option A), `avgpool`, `flatten`, `dropout`, `fc` (`fc1`, `fc2`, ... when
+//! a scope has several unnamed ones); `as NAME` overrides a layer's name. `dropout` is lowered
+//! only in training graphs: in inference it is the identity and has no node.
 //!
 //! Every shape problem becomes a diagnostic at the span of the layer or stage responsible.
 
