@@ -24,6 +24,14 @@ fn err(g: &Graph, n: NodeIndex, message: String) -> IrError {
     }
 }
 
+/// A dropout layer's random stream: FNV-1a of its node name, so each layer draws its own
+/// mask and the mask does not depend on the order of compilation.
+fn stream_of(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The kernel for an op, and which input slots it updates in place.
 fn kernel_for(g: &Graph, n: NodeIndex) -> Result<(Kernel, Vec<usize>), IrError> {
     let ins = g.inputs(n);
@@ -215,6 +223,22 @@ fn kernel_for(g: &Graph, n: NodeIndex) -> Result<(Kernel, Vec<usize>), IrError> 
         ),
         Op::SgdUpdate(spec) => (Kernel::SgdUpdate { spec: *spec }, vec![0, 2]),
         Op::AdamUpdate(spec) => (Kernel::AdamUpdate { spec: *spec }, vec![0, 2, 3]),
+        Op::Flatten => (Kernel::Flatten, vec![]),
+        Op::FlattenGrad { .. } => (Kernel::FlattenGrad, vec![]),
+        Op::Dropout { p } => (
+            Kernel::Dropout {
+                p: *p,
+                stream: stream_of(&g.dag[n].name),
+            },
+            vec![],
+        ),
+        Op::DropoutGrad => (Kernel::DropoutGrad, vec![]),
+        Op::SoftmaxGrad => (
+            Kernel::SoftmaxGrad {
+                classes: in_shape(0).numel(),
+            },
+            vec![],
+        ),
         Op::Input | Op::Labels | Op::Param(_) => {
             return Err(err(g, n, format!("{} is not a kernel", op.mnemonic())));
         }

@@ -546,6 +546,8 @@ pub fn infer(
         }
         Some(k) => k,
     };
+    // A head that ends in `softmax` outputs probabilities already.
+    let probabilities = program.outputs_probabilities();
     let mut notes = String::new();
     let is_npy = inputs.len() == 1
         && inputs[0]
@@ -585,13 +587,23 @@ pub fn infer(
     let logits = exec.run(&data, None)?[0].to_vec();
     if let Some(out) = output {
         npy::write_npy_f32(out, &[n, classes], &logits)?;
-        notes += &format!("wrote logits {n}x{classes} to {}\n", out.display());
+        let what = if probabilities {
+            "probabilities"
+        } else {
+            "logits"
+        };
+        notes += &format!("wrote {what} {n}x{classes} to {}\n", out.display());
     }
     let names = class_index.map(ClassIndex::load).transpose()?;
     let mut text = notes;
     let mut rows = vec![];
     for i in 0..n {
-        let p = softmax(&logits[i * classes..(i + 1) * classes]);
+        let row = &logits[i * classes..(i + 1) * classes];
+        let p = if probabilities {
+            row.to_vec()
+        } else {
+            softmax(row)
+        };
         let mut idx: Vec<usize> = (0..classes).collect();
         idx.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
         let label = if is_npy {
@@ -713,6 +725,7 @@ pub fn train(
     check_memory(&[(&program, t.batch), (&eval_program, 256)])?;
     let mut exec = executor(program, t.batch, opts.engine)?;
     exec.init_he(t.seed);
+    exec.seed = t.seed;
     let mut start_epoch = 0;
     if let Some(w) = &t.weights {
         load_weights(&mut exec, w, opts.weights_format)?;
@@ -859,6 +872,7 @@ pub fn single_steps(
         Some(p) => load_weights(&mut exec, p, opts.weights_format)?,
         None => exec.init_he(seed),
     }
+    exec.seed = seed;
     exec.lr = lr;
     let mut losses = vec![];
     for _ in 0..steps {

@@ -269,7 +269,7 @@ struct RunArgs {
     /// Linear warm-up in epochs, from lr/5.
     #[arg(long, default_value_t = 1.0)]
     warmup: f32,
-    /// Seed for initialization, shuffling and augmentation.
+    /// Seed for initialization, shuffling, augmentation and dropout masks.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Disable the pad-4 crop and flip augmentation.

@@ -68,12 +68,12 @@ fn d02_misspelt_layer() {
     resnet::syntax
 
       × syntax error: expected `}` or a layer (`conv`, `bn`, `relu`, `maxpool`, `avgpool`, `fc`,
-      │ `softmax`), found `maxpol`
+      │ `softmax`, `flatten`, `dropout`), found `maxpol`
        ╭─[02_misspelt_layer.resnet:3:40]
      2 │   input 3 x 224 x 224; classes 1000
      3 │   stem { conv 64 7x7 /2 -> bn -> relu; maxpol 3x3 /2 }
        ·                                        ───┬──
-       ·                                           ╰── expected `}` or a layer (`conv`, `bn`, `relu`, `maxpool`, `avgpool`, `fc`, `softmax`)
+       ·                                           ╰── expected `}` or a layer (`conv`, `bn`, `relu`, `maxpool`, `avgpool`, `fc`, `softmax`, `flatten`, `dropout`)
      4 │   stages basic { layer1: 2 x 64 }
        ╰────
       help: did you mean `maxpool`?
@@ -509,7 +509,7 @@ fn d18_fc_on_map() {
     exit 2
     resnet::shape
 
-      × fc needs pooled features N x C, but its input is Nx16x32x32
+      × fc needs flat features N x K, but its input is Nx16x32x32
        ╭─[18_fc_on_map.resnet:4:10]
      3 │   stem { conv 16 3x3 -> bn -> relu }
      4 │   head { fc classes }
@@ -517,7 +517,7 @@ fn d18_fc_on_map() {
        ·               ╰── input is a feature map
      5 │ }
        ╰────
-      help: add `avgpool` (global average pool) before `fc`
+      help: add `avgpool` (global average pool) or `flatten` before `fc`
     "#);
 }
 
@@ -875,12 +875,13 @@ fn d32_control_bytes_escaped() {
 
       × syntax error: expected `->`, `/`, `;`, `as`, `bias`, `groups`, `nobias`, `pad`, `}`, `as
       │ NAME`, `pad N` or `pad same`, `bias` or `nobias`, `groups N`, a layer (`conv`, `bn`, `relu`,
-      │ `maxpool`, `avgpool`, `fc`, `softmax`) or a stride like `/2`, found `\u{1b}`
+      │ `maxpool`, `avgpool`, `fc`, `softmax`, `flatten`, `dropout`) or a stride like `/2`, found
+      │ `\u{1b}`
        ╭─[32_control_bytes.resnet:3:22]
      2 │   input 3 x 32 x 32; classes 10
      3 │   stem { conv 16 3x3 \u{1b}[31m\u{0} }
        ·                      ───┬──
-       ·                         ╰── expected `->`, `/`, `;`, `as`, `bias`, `groups`, `nobias`, `pad`, `}`, `as NAME`, `pad N` or `pad same`, `bias` or `nobias`, `groups N`, a layer (`conv`, `bn`, `relu`, `maxpool`, `avgpool`, `fc`, `softmax`) or a stride like `/2`
+       ·                         ╰── expected `->`, `/`, `;`, `as`, `bias`, `groups`, `nobias`, `pad`, `}`, `as NAME`, `pad N` or `pad same`, `bias` or `nobias`, `groups N`, a layer (`conv`, `bn`, `relu`, `maxpool`, `avgpool`, `fc`, `softmax`, `flatten`, `dropout`) or a stride like `/2`
      4 │   head { avgpool; fc classes }
        ╰────
       help: end the previous item with `;` or close the section with `}`

@@ -21,6 +21,10 @@ pub struct KernelCtx {
     /// Bumped by the executor whenever parameters may have changed (weights loaded, a
     /// training step taken), so kernels that pre-pack weights know when to pack again.
     pub params_version: u64,
+    /// The run's seed (`--seed`), for kernels that draw random numbers (dropout masks),
+    /// which draw per `optimizer_steps` so a resumed run draws what the uninterrupted one
+    /// would have.
+    pub seed: u64,
 }
 
 /// A compiled step: reads `ins`, updates `inouts` in place, overwrites `outs`, in the order

@@ -31,6 +31,9 @@ pub struct Executor {
     pub lr: f32,
     /// Optimizer steps taken so far (the first one initializes the momentum buffers).
     pub optimizer_steps: u64,
+    /// The run's seed: dropout masks are drawn from it and the step number
+    /// ([`KernelCtx::seed`]).
+    pub seed: u64,
     prepared: bool,
     /// Per-kernel-kind wall time, when profiling is on.
     profile: Option<std::collections::BTreeMap<&'static str, (u32, std::time::Duration)>>,
@@ -83,6 +86,7 @@ impl Executor {
             batch,
             lr: 0.0,
             optimizer_steps: 0,
+            seed: 0,
             prepared: false,
             profile: None,
             step_times: vec![],
@@ -386,6 +390,7 @@ impl Executor {
                 lr: self.lr,
                 optimizer_steps: self.optimizer_steps,
                 params_version: self.params_version,
+                seed: self.seed,
             };
             let start = self.profile.is_some().then(std::time::Instant::now);
             kernel.run(&ctx, &ins, &mut inouts, &mut outs);
@@ -743,6 +748,16 @@ fn exec(
                 dw,
                 db,
             );
+        }
+        Kernel::Flatten | Kernel::FlattenGrad => k::flatten(ins[0], &mut outs[0]),
+        Kernel::Dropout { p, stream } => {
+            let (y, mask) = outs.split_at_mut(1);
+            k::dropout_mask(*p, ctx.seed, ctx.optimizer_steps, *stream, n, &mut mask[0]);
+            k::mul(ins[0], &mask[0], &mut y[0]);
+        }
+        Kernel::DropoutGrad => k::mul(ins[1], ins[0], &mut outs[0]),
+        Kernel::SoftmaxGrad { classes } => {
+            k::softmax_rows_backward(ins[0], ins[1], n, *classes, &mut outs[0])
         }
         Kernel::SgdUpdate { spec } => {
             let (p, v) = inouts.split_at_mut(1);

@@ -117,6 +117,22 @@ pub enum Kernel {
     AdamUpdate {
         spec: AdamSpec,
     },
+    /// ins: x (N x C x H x W); outs: N x (C*H*W). A copy: NCHW data is already in that order.
+    Flatten,
+    /// ins: dy (N x K); outs: dx (N x C x H x W). A copy.
+    FlattenGrad,
+    /// ins: x; outs: y, mask. Draws the mask from the run's seed, the step number and
+    /// `stream` (one per dropout layer), see [`crate::reference::dropout_mask`].
+    Dropout {
+        p: f32,
+        stream: u64,
+    },
+    /// ins: mask, dy; outs: dx = dy * mask.
+    DropoutGrad,
+    /// ins: y (the softmax output), dy; outs: dx.
+    SoftmaxGrad {
+        classes: usize,
+    },
 }
 
 impl Kernel {
@@ -158,6 +174,11 @@ impl Kernel {
             Kernel::LinearGrad { .. } => "linear_grad",
             Kernel::SgdUpdate { .. } => "sgd_update",
             Kernel::AdamUpdate { .. } => "adam_update",
+            Kernel::Flatten => "flatten",
+            Kernel::FlattenGrad => "flatten_grad",
+            Kernel::Dropout { .. } => "dropout",
+            Kernel::DropoutGrad => "dropout_grad",
+            Kernel::SoftmaxGrad { .. } => "softmax_grad",
         }
     }
 }
@@ -282,6 +303,13 @@ impl Program {
             .filter(|b| b.batched)
             .map(|b| b.len(batch) * 4)
             .sum()
+    }
+    /// Whether the (first) output holds probabilities rather than logits: the last step is
+    /// a softmax that writes it (a head that ends in `softmax`).
+    pub fn outputs_probabilities(&self) -> bool {
+        self.steps.last().is_some_and(|s| {
+            matches!(s.kernel, Kernel::Softmax { .. }) && s.outs.first() == self.outputs.first()
+        })
     }
     pub fn param(&self, name: &str) -> Option<&ParamSlot> {
         self.params.iter().find(|p| p.name == name)

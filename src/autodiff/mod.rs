@@ -8,6 +8,12 @@
 //! momentum buffer `<param>.momentum_buffer`, or `AdamUpdate` with `<param>.exp_avg` and
 //! `<param>.exp_avg_sq`, PyTorch's state names). Outputs become `[loss, logits]`
 //! (followed by the gradients when no optimizer is given, for checking them).
+//!
+//! A model whose output is a `softmax` (a head ending in `softmax`, whose inference output is
+//! probabilities) trains as Keras' `from_logits` and PyTorch's `CrossEntropyLoss` do: the
+//! final softmax is removed from the training graph and the loss fuses it with the
+//! cross-entropy on its input, so training is exactly that of the model without the softmax,
+//! and the `logits` output is the softmax's input.
 
 mod rules;
 
@@ -33,13 +39,20 @@ pub fn append_training(g: &mut Graph, optimizer: Option<Optimizer>) -> Result<Gr
             span: None,
         });
     }
-    let [logits] = g.outputs[..] else {
+    let [mut logits] = g.outputs[..] else {
         return Err(IrError {
             message: "autodiff needs exactly one output, the logits".into(),
             node: None,
             span: None,
         });
     };
+    // A final softmax is fused into the loss (softmax cross-entropy of its input).
+    if g.dag[logits.node].op == Op::Softmax && g.use_count(logits) == 1 {
+        let pre = g.inputs(logits.node)[0];
+        g.remove(logits.node);
+        g.outputs = vec![pre];
+        logits = pre;
+    }
     let labels = g.add_source(Op::Labels, "labels", Shape::batched(&[]), None);
     let loss = g.add(Op::SoftmaxCrossEntropy, "loss", &[logits, labels], None)?;
 

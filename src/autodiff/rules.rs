@@ -153,13 +153,45 @@ pub fn backward(
                 out.push((ins[2], Value { node: l, port: 2 }));
             }
         }
+        // y = softmax(x) per row: dx = y * (dy - sum_j dy_j * y_j). (A final softmax never gets
+        // here: the loss fuses it, see `append_training`.)
+        Op::Softmax => {
+            let dx = g.add(
+                Op::SoftmaxGrad,
+                format!("{name}.grad"),
+                &[n.into(), dy],
+                span,
+            )?;
+            out.push((ins[0], dx));
+        }
+        // y = x reshaped to N x (C*H*W): dx = dy reshaped back.
+        Op::Flatten => {
+            let (c, h, w) = g.shape(ins[0]).chw().ok_or_else(|| IrError {
+                message: "flatten's input is not a feature map".into(),
+                node: Some(name.clone()),
+                span,
+            })?;
+            let dx = g.add(
+                Op::FlattenGrad { chw: [c, h, w] },
+                format!("{name}.grad"),
+                &[dy],
+                span,
+            )?;
+            out.push((ins[0], dx));
+        }
+        // y = x * mask (mask 0 or 1/(1-p), output 1 of the forward): dx = dy * mask, the
+        // same mask.
+        Op::Dropout { .. } => {
+            let mask = Value { node: n, port: 1 };
+            let dx = g.add(Op::DropoutGrad, format!("{name}.grad"), &[mask, dy], span)?;
+            out.push((ins[0], dx));
+        }
         // No rule: sources have no inputs to differentiate, fused and folded ops are
         // differentiated before the passes create them, and backward ops are not
         // differentiated again.
         other @ (Op::Input
         | Op::Labels
         | Op::Param(_)
-        | Op::Softmax
         | Op::FoldBnWeight(_)
         | Op::FoldBnBias { .. }
         | Op::FusedConv { .. }
@@ -175,6 +207,9 @@ pub fn backward(
         | Op::GlobalAvgPoolGrad { .. }
         | Op::ShortcutAGrad { .. }
         | Op::LinearGrad { .. }
+        | Op::SoftmaxGrad
+        | Op::FlattenGrad { .. }
+        | Op::DropoutGrad
         | Op::SgdUpdate(_)
         | Op::AdamUpdate(_)) => {
             return Err(IrError {

@@ -235,6 +235,10 @@ pub enum LayerKind {
         bias: Option<(bool, Span)>,
     },
     Softmax,
+    /// `flatten`: N x C x H x W -> N x (C*H*W), in C, H, W order.
+    Flatten,
+    /// `dropout P`: zeroes each value with probability `P` in training (identity in inference).
+    Dropout(Float),
 }
 
 impl LayerKind {
@@ -247,6 +251,8 @@ impl LayerKind {
             LayerKind::AvgPool(_) => "avgpool",
             LayerKind::Fc { .. } => "fc",
             LayerKind::Softmax => "softmax",
+            LayerKind::Flatten => "flatten",
+            LayerKind::Dropout(_) => "dropout",
         }
     }
 }
@@ -479,6 +485,10 @@ pub fn layer_to_string(l: &Layer) -> String {
             }
         }
         LayerKind::Softmax => s.push_str("softmax"),
+        LayerKind::Flatten => s.push_str("flatten"),
+        LayerKind::Dropout(p) => {
+            let _ = write!(s, "dropout {}", p.text);
+        }
     }
     if let Some(a) = &l.alias {
         let _ = write!(s, " as {}", a.name);

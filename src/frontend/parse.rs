@@ -279,6 +279,15 @@ fn layer(p: P) -> R<Layer> {
             }
             Rule::relu => kind = Some(LayerKind::Relu),
             Rule::softmax => kind = Some(LayerKind::Softmax),
+            Rule::flatten => kind = Some(LayerKind::Flatten),
+            Rule::dropout => {
+                let f = c
+                    .clone()
+                    .into_inner()
+                    .find(|x| x.as_rule() == Rule::float)
+                    .ok_or_else(|| internal(&c, "dropout"))?;
+                kind = Some(LayerKind::Dropout(float(&f)?));
+            }
             Rule::maxpool => match pool(&c)? {
                 Some(pl) => kind = Some(LayerKind::MaxPool(pl)),
                 None => return Err(internal(&c, "maxpool")),
@@ -640,7 +649,12 @@ fn describe(rule: Rule) -> Option<&'static str> {
         | Rule::maxpool
         | Rule::avgpool
         | Rule::fc
-        | Rule::softmax => "a layer (`conv`, `bn`, `relu`, `maxpool`, `avgpool`, `fc`, `softmax`)",
+        | Rule::softmax
+        | Rule::flatten
+        | Rule::dropout
+        | Rule::dropout_kw => {
+            "a layer (`conv`, `bn`, `relu`, `maxpool`, `avgpool`, `fc`, `softmax`, `flatten`, `dropout`)"
+        }
         Rule::alias => "`as NAME`",
         Rule::stride => "a stride like `/2`",
         Rule::pad => "`pad N` or `pad same`",
@@ -672,7 +686,9 @@ fn describe_token(t: &str) -> Option<String> {
     Some(format!("`{t}`"))
 }
 
-const LAYER_WORDS: &[&str] = &["conv", "bn", "relu", "maxpool", "avgpool", "fc", "softmax"];
+const LAYER_WORDS: &[&str] = &[
+    "conv", "bn", "relu", "maxpool", "avgpool", "fc", "softmax", "flatten", "dropout",
+];
 const ITEM_WORDS: &[&str] = &[
     "input",
     "classes",

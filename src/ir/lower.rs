@@ -4,7 +4,9 @@
 //! and block by block (conv1/bn1, conv2/bn2[, conv3/bn3], downsample), then the head, which is
 //! exactly the order of a torchvision `state_dict`. Node names follow PyTorch: `conv1`, `bn1`,
 //! `relu`, `maxpool`, `layer1.0.conv1`, `layer1.0.relu1`, `layer1.0.add`, `layer2.0.downsample.0`,
-//! `layer2.0.shortcut` (option A), `avgpool`, `fc`; `as NAME` overrides a layer's name.
+//! `layer2.0.shortcut` (option A), `avgpool`, `flatten`, `dropout`, `fc` (`fc1`, `fc2`, ... when
+//! a scope has several unnamed ones); `as NAME` overrides a layer's name. `dropout` is lowered
+//! only in training graphs: in inference it is the identity and has no node.
 //!
 //! Every shape problem becomes a diagnostic at the span of the layer or stage responsible.
 
@@ -96,6 +98,23 @@ struct Namer {
     prefix: String,
     top: bool,
     counts: HashMap<&'static str, usize>,
+    /// Kinds numbered from 1 (`fc1`, `fc2`) rather than `fc`, `fc2`: see [`numbered_kinds`].
+    numbered: Vec<&'static str>,
+}
+
+/// Layer kinds whose unnamed layers are all numbered in a scope. Several unnamed `fc` layers
+/// (a head with hidden dense layers) are `fc1`, `fc2`, ...: a single one stays `fc`, the
+/// torchvision name, so a new multi-layer head never takes a pretrained model's `fc` name.
+fn numbered_kinds<'l>(layers: impl IntoIterator<Item = &'l Layer>) -> Vec<&'static str> {
+    let fcs = layers
+        .into_iter()
+        .filter(|l| l.alias.is_none() && matches!(l.kind, LayerKind::Fc { .. }))
+        .count();
+    if fcs > 1 {
+        vec!["fc"]
+    } else {
+        vec![]
+    }
 }
 
 impl Namer {
@@ -104,6 +123,7 @@ impl Namer {
             prefix: prefix.into(),
             top,
             counts: HashMap::new(),
+            numbered: vec![],
         }
     }
     fn next(&mut self, kind: &'static str) -> String {
@@ -113,6 +133,7 @@ impl Namer {
         let base = match kind {
             "conv" | "bn" => format!("{kind}{n}"),
             "relu" if !self.top => format!("relu{n}"),
+            _ if self.numbered.contains(&kind) => format!("{kind}{n}"),
             _ if n == 1 => kind.to_string(),
             _ => format!("{kind}{n}"),
         };
@@ -169,7 +190,7 @@ impl<'c, 'a> Lower<'c, 'a> {
                 ),
                 format!("{what} on a {} value", self.g.shape(x)),
             )
-            .help("feature-map layers go before the global `avgpool`")
+            .help("feature-map layers go before the global `avgpool` or `flatten`")
         })
     }
 
@@ -432,6 +453,56 @@ impl<'c, 'a> Lower<'c, 'a> {
             LayerKind::Bn(o) => self.bn(x, Some(o), name, span),
             LayerKind::Relu => self.simple(Op::Relu, x, name, span),
             LayerKind::Softmax => self.simple(Op::Softmax, x, name, span),
+            LayerKind::Flatten => {
+                if self.g.shape(x).chw().is_none() {
+                    let flat = self.g.shape(x).batched && self.g.shape(x).rank() == 1;
+                    return Err(shape_err(
+                        span,
+                        format!(
+                            "flatten needs a feature map N x C x H x W, but its input is {}",
+                            self.g.shape(x)
+                        ),
+                        if flat {
+                            "the input is already flat"
+                        } else {
+                            "flatten on this value"
+                        },
+                    )
+                    .help(if flat {
+                        "remove this `flatten`: `fc` reads N x K features as they are (the global `avgpool` already gives N x C)"
+                    } else {
+                        "put `flatten` right after the last feature-map layer, before `fc`"
+                    }));
+                }
+                self.simple(Op::Flatten, x, name, span)
+            }
+            LayerKind::Dropout(f) => {
+                let p = f.value as f32;
+                if !(0.0..1.0).contains(&f.value) || !(0.0..1.0).contains(&p) {
+                    return Err(shape_err(
+                        f.span,
+                        format!(
+                            "dropout probability must be at least 0 and less than 1, got {}{}",
+                            f.text,
+                            if (0.0..1.0).contains(&f.value) {
+                                " (1 in single precision)"
+                            } else {
+                                ""
+                            }
+                        ),
+                        format!("P is {}", f.text),
+                    )
+                    .help("P is the fraction of values zeroed in training (Keras' `Dropout(rate)`, PyTorch's `p`): use a value from 0 up to, not including, 1, such as 0.5"));
+                }
+                self.claim(&name, span)?;
+                if self.g.mode != Mode::Training {
+                    // Identity in inference: no node at all.
+                    return Ok(x);
+                }
+                self.g
+                    .add(Op::Dropout { p }, name, &[x], Some(span))
+                    .map_err(|e| ir_err(e, span))
+            }
             LayerKind::MaxPool(p) | LayerKind::AvgPool(Some(p)) => {
                 let (_, h, w) = self.chw(x, span, kw)?;
                 let what = if kw == "maxpool" {
@@ -464,12 +535,12 @@ impl<'c, 'a> Lower<'c, 'a> {
                         return Err(shape_err(
                             span,
                             format!(
-                                "fc needs pooled features N x C, but its input is {}",
+                                "fc needs flat features N x K, but its input is {}",
                                 self.g.shape(x)
                             ),
                             "input is a feature map",
                         )
-                        .help("add `avgpool` (global average pool) before `fc`"))
+                        .help("add `avgpool` (global average pool) or `flatten` before `fc`"))
                     }
                 };
                 let out = ranged(out, scope, "fc outputs", 1, MAX_SIZE)?;
@@ -666,6 +737,7 @@ impl<'c, 'a> Lower<'c, 'a> {
         let mut values: HashMap<&str, Flow> = HashMap::new();
         values.insert(BLOCK_INPUT, Some(x));
         let mut namer = Namer::new(prefix.to_string(), false);
+        namer.numbered = numbered_kinds(b.body.iter().flat_map(|st| &st.layers));
         let mut last: Flow = Some(x);
         let get = |values: &HashMap<&str, Flow>, v: &Ident| -> R<Flow> {
             values.get(v.name.as_str()).copied().ok_or_else(|| {
@@ -959,6 +1031,10 @@ pub fn lower(ck: &Checked, mode: Mode) -> Result<Graph, Diagnostic> {
     lw.names.insert("input".into(), m.name.span);
     let mut x = lw.g.add_input();
     let mut top = Namer::new("", true);
+    top.numbered = numbered_kinds(m.items.iter().flat_map(|it| match it {
+        ModelItem::Stem { layers, .. } | ModelItem::Head { layers, .. } => layers.as_slice(),
+        _ => &[],
+    }));
     let mut stage_no = 0;
     let mut head_span = m.span;
     for it in &m.items {

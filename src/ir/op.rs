@@ -70,6 +70,12 @@ pub enum Op {
     Linear { out_features: usize, bias: bool },
     /// (x) softmax over the last dimension.
     Softmax,
+    /// (x) N x C x H x W -> N x (C*H*W), in C, H, W order (a reshape of NCHW data).
+    Flatten,
+    /// (x) -> y, mask. Training only (inference graphs leave it out): keeps each value with
+    /// probability `1 - p`, scaled by `1 / (1 - p)`; `mask` holds the factor of each value
+    /// (0 or `1 / (1 - p)`), drawn from the run's seed and the step number.
+    Dropout { p: f32 },
     /// Inference weight preparation, run once at load: (weight, gamma, running_var) ->
     /// `weight * gamma / sqrt(var + eps)` per output channel.
     FoldBnWeight(BnSpec),
@@ -107,6 +113,12 @@ pub enum Op {
     },
     /// (x, weight, dy) -> dx, dweight[, dbias]
     LinearGrad { bias: bool },
+    /// (y, dy) -> dx of a softmax over the last dimension, with `y` the forward output.
+    SoftmaxGrad,
+    /// (dy) -> dx: the flat gradient reshaped back to N x C x H x W.
+    FlattenGrad { chw: [usize; 3] },
+    /// (mask, dy) -> dx = dy * mask, with the mask of the forward dropout.
+    DropoutGrad,
     /// (param, grad, momentum): updates param and momentum in place. No outputs.
     SgdUpdate(SgdSpec),
     /// (param, grad, exp_avg, exp_avg_sq): updates param and both moments in place. No
@@ -213,13 +225,18 @@ impl Op {
             Op::SgdUpdate(_) => "sgd_update",
             Op::AdamUpdate(s) if s.decoupled => "adamw_update",
             Op::AdamUpdate(_) => "adam_update",
+            Op::Flatten => "flatten",
+            Op::Dropout { .. } => "dropout",
+            Op::SoftmaxGrad => "softmax_grad",
+            Op::FlattenGrad { .. } => "flatten_grad",
+            Op::DropoutGrad => "dropout_grad",
         }
     }
 
     pub fn pattern(&self) -> Pattern {
         match self {
             Op::Input | Op::Labels | Op::Param(_) => Pattern::Source,
-            Op::Relu | Op::Add | Op::ReluGrad => Pattern::Elementwise,
+            Op::Relu | Op::Add | Op::ReluGrad | Op::DropoutGrad => Pattern::Elementwise,
             Op::BatchNorm {
                 training: false, ..
             } => Pattern::Broadcast,
@@ -228,8 +245,8 @@ impl Op {
             | Op::Softmax
             | Op::SoftmaxCrossEntropy
             | Op::SoftmaxCrossEntropyGrad
+            | Op::SoftmaxGrad
             | Op::BatchNormGrad(_) => Pattern::Reduction,
-            Op::BatchNormEvalGrad(_) => Pattern::OutEwiseFusable,
             Op::Conv(_) | Op::FusedConv { .. } => Pattern::OutEwiseFusable,
             Op::SgdUpdate(_) | Op::AdamUpdate(_) => Pattern::Effect,
             Op::MaxPool(_)
@@ -244,7 +261,11 @@ impl Op {
             | Op::AvgPoolGrad { .. }
             | Op::GlobalAvgPoolGrad { .. }
             | Op::ShortcutAGrad { .. }
-            | Op::LinearGrad { .. } => Pattern::Opaque,
+            | Op::LinearGrad { .. }
+            | Op::BatchNormEvalGrad(_)
+            | Op::Flatten
+            | Op::FlattenGrad { .. }
+            | Op::Dropout { .. } => Pattern::Opaque,
         }
     }
 
@@ -286,7 +307,12 @@ impl Op {
             | Op::AvgPoolGrad { .. }
             | Op::GlobalAvgPoolGrad { .. }
             | Op::ShortcutAGrad { .. }
-            | Op::LinearGrad { .. } => false,
+            | Op::LinearGrad { .. }
+            | Op::Flatten
+            | Op::Dropout { .. }
+            | Op::SoftmaxGrad
+            | Op::FlattenGrad { .. }
+            | Op::DropoutGrad => false,
         }
     }
 
@@ -533,6 +559,33 @@ impl Op {
                 }
                 Ok(outs)
             }
+            Op::Flatten => {
+                want_arity(self, n, 1, 1)?;
+                let (c, h, w) = feature_map(inputs[0], "flatten")?;
+                Ok(vec![Shape::batched(&[c * h * w])])
+            }
+            Op::Dropout { p } => {
+                want_arity(self, n, 1, 1)?;
+                if !(0.0..1.0).contains(p) {
+                    return Err(format!("dropout probability must be in [0, 1), got {p}"));
+                }
+                if !inputs[0].batched {
+                    return Err(format!("dropout needs a batched value, got {}", inputs[0]));
+                }
+                Ok(vec![inputs[0].clone(), inputs[0].clone()])
+            }
+            Op::SoftmaxGrad | Op::DropoutGrad => {
+                want_arity(self, n, 2, 2)?;
+                same(inputs[0], inputs[1], self.mnemonic())?;
+                Ok(vec![inputs[0].clone()])
+            }
+            Op::FlattenGrad { chw } => {
+                want_arity(self, n, 1, 1)?;
+                let x = Shape::batched(chw);
+                let y = Op::Flatten.infer(&[&x])?;
+                same(&y[0], inputs[0], "flatten gradient")?;
+                Ok(vec![x])
+            }
             Op::SgdUpdate(_) => {
                 want_arity(self, n, 3, 3)?;
                 same(inputs[0], inputs[1], "sgd gradient")?;
@@ -595,6 +648,11 @@ impl Op {
             | Op::LinearGrad { .. }
             | Op::SgdUpdate(_)
             | Op::AdamUpdate(_) => Some(0),
+            Op::Flatten
+            | Op::Dropout { .. }
+            | Op::SoftmaxGrad
+            | Op::FlattenGrad { .. }
+            | Op::DropoutGrad => Some(0),
         }
     }
 }
@@ -698,6 +756,7 @@ impl fmt::Display for Op {
             }
             Op::BatchNormGrad(s) | Op::BatchNormEvalGrad(s) => write!(f, "{m} eps {}", s.eps),
             Op::LinearGrad { bias } => write!(f, "{m}{}", if *bias { " bias" } else { "" }),
+            Op::Dropout { p } => write!(f, "{m} {p}"),
             Op::SgdUpdate(s) => write!(
                 f,
                 "{m} momentum {} weight_decay {} dampening {}{}",
@@ -721,7 +780,11 @@ impl fmt::Display for Op {
             | Op::SoftmaxCrossEntropy
             | Op::SoftmaxCrossEntropyGrad
             | Op::ReluGrad
-            | Op::GlobalAvgPoolGrad { .. } => write!(f, "{m}"),
+            | Op::GlobalAvgPoolGrad { .. }
+            | Op::Flatten
+            | Op::SoftmaxGrad
+            | Op::FlattenGrad { .. }
+            | Op::DropoutGrad => write!(f, "{m}"),
         }
     }
 }

@@ -49,9 +49,12 @@ impl Shape {
         self.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
     }
     /// Why this shape breaks the limits ([`MAX_DIM`] per dimension, [`MAX_ELEMENTS`] per
-    /// batch item), if it does.
+    /// batch item), if it does. Flat features `N x K` (a `flatten` of a feature map) and
+    /// fully connected weights `[out, in]` are bounded by their element count only: `K` is
+    /// not a size but `C*H*W` (100,352 after ResNet-50's last stage).
     pub fn limit_violation(&self) -> Option<String> {
-        if let Some(d) = self.dims.iter().find(|&&d| d > MAX_DIM) {
+        let flat = (self.batched && self.rank() == 1) || (!self.batched && self.rank() == 2);
+        if let Some(d) = self.dims.iter().find(|&&d| d > MAX_DIM && !flat) {
             return Some(format!(
                 "{self} has a dimension of {d}, more than the limit of {MAX_DIM}"
             ));

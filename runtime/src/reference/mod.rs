@@ -15,6 +15,7 @@ mod adam;
 mod bn;
 mod conv;
 mod elementwise;
+mod head;
 mod linear;
 mod pool;
 mod sgd;
@@ -29,6 +30,7 @@ pub use conv::{conv2d, conv2d_backward_data, conv2d_backward_weight, conv2d_naiv
 pub use elementwise::{
     add, add_inplace, bias_inplace, relu, relu_backward, relu_inplace, scale_shift_inplace,
 };
+pub use head::{dropout_mask, flatten, mul, softmax_rows_backward};
 pub use linear::{
     argmax_rows, linear, linear_backward, softmax_cross_entropy, softmax_cross_entropy_backward,
     softmax_rows,
