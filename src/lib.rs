@@ -8,6 +8,7 @@ pub mod codegen;
 pub mod compile;
 pub mod diag;
 pub mod driver;
+pub mod export;
 pub mod frontend;
 pub mod ir;
 pub mod passes;
