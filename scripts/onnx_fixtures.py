@@ -16,6 +16,8 @@ Dev-only: the project's tests do not run Python. For each models/*.resnet:
 4. `resnetc run --input` on the reference and the JIT engine: max|y - ort| must be at most
    RTOL * max|ort| + ATOL (below).
 
+The same for tests/fixtures/onnx/features.resnet, a small model with what the zoo does not use.
+
 Written to tests/fixtures/onnx/: <model>_ort_logits.npy (the ORT outputs, float32) and
 manifest.json with, per model, the SHA-256 and size of the exported file that ORT ran, the node
 counts, and the measured errors. tests/onnx_export.rs re-exports each model with the same weights
@@ -47,6 +49,9 @@ RTOL = 1e-5
 ATOL = 1e-6
 BOTTLENECK = {"resnet50", "resnet101", "resnet152"}
 OUT = os.path.join(REPO, "tests", "fixtures", "onnx")
+# Besides the zoo: a small model with the features the zoo does not use (softmax, grouped and
+# biased convs, asymmetric padding, pooling windows, fc without bias).
+EXTRA_MODELS = [os.path.join(OUT, "features.resnet")]
 
 
 def run(cmd, **kw):
@@ -116,7 +121,7 @@ def check_model(bin_, path, tmp, ort, onnx):
         err = float(np.abs(y - y_ort).max())
         errs[engine] = dict(max_abs=err, max_rel=rel_err(y, y_ort),
                             ok=err <= RTOL * float(np.abs(y_ort).max()) + ATOL)
-    rec = dict(model=name, file=f"models/{name}.resnet", batch=batch, input_shape=[batch] + chw,
+    rec = dict(model=name, file=os.path.relpath(path, REPO), batch=batch, input_shape=[batch] + chw,
                opset=OPSET, sha256=sha256(mpath), bytes=os.path.getsize(mpath),
                ops=dict(sorted(ops.items())), initializers=len(inits),
                ort_logits=f"{name}_ort_logits.npy", logits_max_abs=float(np.abs(y_ort).max()),
@@ -152,7 +157,7 @@ def main():
     import onnxruntime as ort
     if not a.no_build:
         run(["cargo", "build", "-q", "--bin", "resnetc"], cwd=REPO)
-    paths = sorted(glob.glob(os.path.join(REPO, "models", "*.resnet")))
+    paths = sorted(glob.glob(os.path.join(REPO, "models", "*.resnet"))) + EXTRA_MODELS
     if a.models:
         want = set(a.models.split(","))
         paths = [p for p in paths if os.path.splitext(os.path.basename(p))[0] in want]
@@ -177,9 +182,12 @@ def main():
         return
     os.makedirs(OUT, exist_ok=True)
     manifest_path = os.path.join(OUT, "manifest.json")
-    old = {}
+    old, old_variants = {}, None
     if os.path.exists(manifest_path):
-        old = {m["model"]: m for m in json.load(open(manifest_path))["models"]}
+        with open(manifest_path) as f:
+            prev = json.load(f)
+        old = {m["model"]: m for m in prev["models"]}
+        old_variants = prev.get("resnet20_variants_rel_diff")
     for rec, y in records:
         np.save(os.path.join(OUT, rec["ort_logits"]), y)
         old[rec["model"]] = rec
@@ -191,7 +199,7 @@ def main():
         input="synthetic_input(seed, [batch, C, H, W])",
         tolerance=f"max|y - ort| <= {RTOL} * max|ort| + {ATOL}",
         onnx_version=onnx.__version__, onnxruntime_version=ort.__version__,
-        ort_threads=1, resnet20_variants_rel_diff=variants or None,
+        ort_threads=1, resnet20_variants_rel_diff=variants or old_variants,
         models=[old[k] for k in sorted(old)])
     with open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=1)
