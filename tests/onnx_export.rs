@@ -225,8 +225,8 @@ fn max_abs(v: &[f32]) -> f32 {
 }
 
 /// Exports `name` with the synthetic weights, checks the bytes are those ORT ran and the
-/// structure, and (if `run`) compares resnetc's logits on each engine with ORT's.
-fn check_model(name: &str, run: bool) {
+/// structure, and compares resnetc's logits on each engine with ORT's.
+fn check_model(name: &str) {
     let rec = record(name);
     let opts = BuildOptions::new(model_path(name));
     let g = export::inference_graph(&opts).unwrap();
@@ -252,9 +252,6 @@ fn check_model(name: &str, run: bool) {
         "{name}: the export differs from the file ONNX Runtime ran; if the change is meant, \
          rerun scripts/onnx_fixtures.py (see its header) and commit the new fixtures"
     );
-    if !run {
-        return;
-    }
     let want = read_npy(fixtures().join(rec["ort_logits"].as_str().unwrap())).unwrap();
     let batch = rec["batch"].as_u64().unwrap() as usize;
     assert_eq!(want.shape, vec![batch, g.meta.classes]);
@@ -280,11 +277,11 @@ fn check_model(name: &str, run: bool) {
 }
 
 macro_rules! zoo_tests {
-    ($($test:ident: $name:literal, $run:expr;)*) => {
+    ($($test:ident: $name:literal;)*) => {
         $(
             #[test]
             fn $test() {
-                check_model($name, $run);
+                check_model($name);
             }
         )*
         /// Every zoo model has a test above and a fixture.
@@ -317,28 +314,26 @@ macro_rules! zoo_tests {
     };
 }
 
-// The ImageNet models deeper than 50 layers export and are checked byte for byte and for
-// structure; their logits are checked by the script only (slow in a debug test build).
 zoo_tests! {
-    features: "features", true;
-    plain18: "plain18", true;
-    plain20: "plain20", true;
-    plain34: "plain34", true;
-    plain56: "plain56", true;
-    preact_resnet18: "preact_resnet18", true;
-    resnet101: "resnet101", false;
-    resnet110: "resnet110", true;
-    resnet152: "resnet152", false;
-    resnet18: "resnet18", true;
-    resnet20: "resnet20", true;
-    resnet32: "resnet32", true;
-    resnet34: "resnet34", true;
-    resnet34_a: "resnet34_a", true;
-    resnet34_c: "resnet34_c", true;
-    resnet44: "resnet44", true;
-    resnet50: "resnet50", true;
-    resnet56: "resnet56", true;
-    wrn_16_4: "wrn_16_4", true;
+    features: "features";
+    plain18: "plain18";
+    plain20: "plain20";
+    plain34: "plain34";
+    plain56: "plain56";
+    preact_resnet18: "preact_resnet18";
+    resnet101: "resnet101";
+    resnet110: "resnet110";
+    resnet152: "resnet152";
+    resnet18: "resnet18";
+    resnet20: "resnet20";
+    resnet32: "resnet32";
+    resnet34: "resnet34";
+    resnet34_a: "resnet34_a";
+    resnet34_c: "resnet34_c";
+    resnet44: "resnet44";
+    resnet50: "resnet50";
+    resnet56: "resnet56";
+    wrn_16_4: "wrn_16_4";
 }
 
 #[test]
