@@ -153,6 +153,21 @@ fn check_structure(
     assert_eq!(model.opset_import[0].version, Some(opts.opset));
     assert_eq!(model.producer_name.as_deref(), Some("resnetc"));
     let graph = model.graph.as_ref().unwrap();
+    assert_eq!(graph.name.as_deref(), Some(g.meta.name.as_str()));
+
+    // The preprocessing, for servers.
+    let [meta] = model.metadata_props.as_slice() else {
+        panic!("{name}: one metadata entry")
+    };
+    assert_eq!(meta.key.as_deref(), Some("preprocess"));
+    let pre: serde_json::Value = serde_json::from_str(meta.value.as_deref().unwrap()).unwrap();
+    let p = &g.meta.preprocess;
+    assert_eq!(pre["scale"].as_f64().unwrap() as f32, p.scale);
+    let floats = |k: &str| -> Vec<f32> { serde_json::from_value(pre[k].clone()).unwrap() };
+    assert_eq!(
+        (floats("mean"), floats("std")),
+        (p.mean.clone(), p.std.clone())
+    );
 
     // Input and output.
     let batch = match opts.batch {
