@@ -50,8 +50,11 @@ fn record(name: &str) -> serde_json::Value {
         .clone()
 }
 
+/// The synthetic generator's block kind, as `scripts/onnx_fixtures.py` chooses it: it names
+/// the BN that closes a residual branch (small gamma). Plain nets have no residual branch and
+/// take the bottleneck rule, which names none of their BNs.
 fn kind(name: &str) -> BlockKind {
-    if matches!(name, "resnet50" | "resnet101" | "resnet152") {
+    if matches!(name, "resnet50" | "resnet101" | "resnet152") || name.starts_with("plain") {
         BlockKind::Bottleneck
     } else {
         BlockKind::Basic
@@ -271,6 +274,24 @@ fn check_model(name: &str) {
     let batch = rec["batch"].as_u64().unwrap() as usize;
     assert_eq!(want.shape, vec![batch, g.meta.classes]);
     let want = want.into_f32();
+    let tol = RTOL * max_abs(&want) + ATOL;
+    // The outputs depend on the image well above the tolerance, so the comparison below
+    // checks the network, not only its biases. Not in plain-56: 55 conv + BN + ReLU layers
+    // whose BN statistics do not match their activations (synthetic weights) shrink the
+    // image's part of the signal by about 0.7 a layer, to 1e-8 of the logits; there the
+    // comparison checks the constant part through every op.
+    if batch >= 2 && name != "plain56" {
+        let k = g.meta.classes;
+        let spread = want[..k]
+            .iter()
+            .zip(&want[k..2 * k])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            spread > 10.0 * tol,
+            "{name}: images 0 and 1 differ by {spread} only"
+        );
+    }
     let [c, h, w] = g.meta.input;
     let x = synthetic_input(0, &[batch, c, h, w]);
     for engine in [EngineKind::Reference, EngineKind::Jit] {
@@ -283,7 +304,6 @@ fn check_model(name: &str) {
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
-        let tol = RTOL * max_abs(&want) + ATOL;
         assert!(
             err <= tol,
             "{name} ({engine:?}): max |resnetc - ORT| = {err} > {tol}"
