@@ -9,6 +9,7 @@ pub mod compile;
 pub mod datasets;
 pub mod diag;
 pub mod driver;
+pub mod export;
 pub mod frontend;
 pub mod ir;
 pub mod passes;

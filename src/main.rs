@@ -54,6 +54,8 @@ enum Command {
     Bench(BenchArgs),
     /// Download a data set where `run` looks for it: `resnetc data cifar10`.
     Data(DataArgs),
+    /// Export the model with its weights to ONNX (inference mode).
+    Export(ExportArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -332,6 +334,54 @@ struct BenchArgs {
     /// Also print each step's time, GFLOP/s and % of the 128-bit peak in one run.
     #[arg(long)]
     layers: bool,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// The .resnet model file.
+    model: PathBuf,
+    /// Weights (safetensors; PyTorch state-dict names), stored in the ONNX file as
+    /// initializers under the same names.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Where to write the ONNX model (atomically).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: PathBuf,
+    /// ONNX operator set version (13 to 21).
+    #[arg(long, default_value_t = resnetc::export::DEFAULT_OPSET)]
+    opset: i64,
+    /// Batch dimension of the input and output: `dynamic` (symbolic `batch`) or a size.
+    #[arg(long, default_value = "dynamic")]
+    batch: resnetc::export::Batch,
+    /// Override a model parameter: -D n=9 (repeatable).
+    #[arg(short = 'D', value_name = "NAME=VALUE")]
+    define: Vec<String>,
+}
+
+fn export(e: &ExportArgs) -> Result<(), CliError> {
+    let opts = build_options(&CompileArgs {
+        model: e.model.clone(),
+        opt: 1,
+        passes: None,
+        define: e.define.clone(),
+        engine: EngineArg::Reference,
+        freeze: vec![],
+    })?;
+    let options = resnetc::export::ExportOptions {
+        opset: e.opset,
+        batch: e.batch,
+    };
+    let done = resnetc::export::export_file(&opts, &e.weights, &e.output, &options)?;
+    outln!(
+        "wrote {} ({:.1} MiB, opset {}, {} nodes, {} initializers; input `input`, output `{}`)",
+        e.output.display(),
+        done.bytes as f64 / (1024.0 * 1024.0),
+        e.opset,
+        done.nodes,
+        done.initializers,
+        done.output
+    );
+    Ok(())
 }
 
 fn build_options(c: &CompileArgs) -> Result<BuildOptions, CliError> {
@@ -644,6 +694,7 @@ fn main() -> ExitCode {
             let sub = matches.subcommand_matches("run");
             run(r, &sub.map_or(vec![], |m| given_ids("run", m)))
         }
+        Command::Export(e) => export(e),
         Command::Bench(b) => check_compile_flags(
             &matches
                 .subcommand_matches("bench")
