@@ -134,6 +134,7 @@ fn expected_ops(g: &Graph) -> BTreeMap<String, usize> {
             }
             Op::Linear { .. } => add("Gemm", 1),
             Op::Softmax => add("Softmax", 1),
+            Op::Flatten => add("Flatten", 1),
             Op::Input | Op::Param(_) => {}
             o => panic!("unexpected op {o} in an inference graph"),
         }
@@ -367,7 +368,9 @@ zoo_tests! {
     resnet34_c: "resnet34_c";
     resnet44: "resnet44";
     resnet50: "resnet50";
+    resnet50_transfer: "resnet50_transfer";
     resnet56: "resnet56";
+    resnet8_mlperf: "resnet8_mlperf";
     wrn_16_4: "wrn_16_4";
 }
 

@@ -444,6 +444,8 @@ pub fn to_onnx(
             }
             Op::Linear { .. } => b.node("Gemm", name, ins, vec![attr_int("transB", 1)], out),
             Op::Softmax => b.node("Softmax", name, ins, vec![attr_int("axis", -1)], out),
+            // NCHW flattened in C, H, W order is ONNX's Flatten at axis 1.
+            Op::Flatten => b.node("Flatten", name, ins, vec![attr_int("axis", 1)], out),
             other => {
                 return Err(internal(
                     name,
@@ -457,8 +459,8 @@ pub fn to_onnx(
     let classes = g.shape(*output).dims.clone();
     let p = &g.meta.preprocess;
     let preprocess = serde_json::json!({
-        "scale": p.scale, "mean": p.mean, "std": p.std,
-        "formula": "(pixel * scale - mean[c]) / std[c], NCHW"
+        "scale": p.scale, "mean": p.mean, "std": p.std, "bgr": p.bgr,
+        "formula": "(pixel * scale - mean[c]) / std[c], NCHW, channels reversed first if bgr"
     });
     let graph = GraphProto {
         name: Some(g.meta.name.clone()),
