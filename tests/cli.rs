@@ -676,11 +676,21 @@ fn resume_appends_to_the_log() {
 
 /// Crash safety: a training run killed with SIGKILL right after each of its first
 /// checkpoints, and resumed each time, ends with the weights (byte for byte) and the log
-/// (timing columns aside) of an uninterrupted run with the same seed.
+/// (timing columns aside) of an uninterrupted run with the same seed: with SGD's momentum
+/// buffers, and with Adam's moments and step count.
 #[test]
 fn killed_and_resumed_training_matches_an_uninterrupted_run() {
+    killed_and_resumed(&[], "kill");
+}
+
+#[test]
+fn killed_and_resumed_adam_training_matches_an_uninterrupted_run() {
+    killed_and_resumed(&["--optimizer", "adam", "--lr", "0.001"], "kill-adam");
+}
+
+fn killed_and_resumed(optimizer: &[&str], tag: &str) {
     use resnetc_runtime::checkpoint::Checkpoint;
-    let d = tmp("kill");
+    let d = tmp(tag);
     tiny_folders(&d);
     let args = |save: &std::path::Path, resume: bool| {
         let mut a: Vec<String> = [
@@ -699,6 +709,7 @@ fn killed_and_resumed_training_matches_an_uninterrupted_run() {
             save.to_str().unwrap(),
         ]
         .iter()
+        .chain(optimizer)
         .map(|s| s.to_string())
         .collect();
         if resume {

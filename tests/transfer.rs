@@ -418,14 +418,79 @@ fn frozen_pretrained_backbone_learns_the_digits() {
         "{correct} of 359 digits with the frozen pretrained backbone (threshold {DIGITS_THRESHOLD})"
     );
     let file = resnetc_runtime::weights::load_safetensors(&w).unwrap();
-    let trained = resnetc_runtime::checkpoint::Checkpoint::load(&save).unwrap().params;
+    let trained = resnetc_runtime::checkpoint::Checkpoint::load(&save)
+        .unwrap()
+        .params;
     let mut backbone = 0;
     for (name, t) in &trained {
         if name.starts_with("digits_fc.") {
             continue;
         }
-        assert_eq!(t.data, file[name].data, "{name} changed: the freeze is broken");
+        assert_eq!(
+            t.data, file[name].data,
+            "{name} changed: the freeze is broken"
+        );
         backbone += 1;
     }
     assert_eq!(backbone, 95);
+}
+
+/// A checkpoint keeps its optimizer's state (Adam's moments here), and resuming it with
+/// another optimizer is refused. (Bit-identical resumes are tested by killing runs, in
+/// tests/cli.rs, for SGD and for Adam.)
+#[test]
+fn resuming_with_another_optimizer_is_refused() {
+    let Some(data) = common::shared("data/cifar10") else {
+        return;
+    };
+    let dir = tempfile_dir("adam-resume");
+    let opts = BuildOptions {
+        engine: EngineKind::Reference,
+        ..BuildOptions::new(root().join("models/resnet20.resnet"))
+    };
+    let adam = AdamSpec {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 1e-4,
+        decoupled: false,
+    };
+    let train = |epochs: usize, save: &str, resume: Option<&str>, optimizer: Optimizer| {
+        let t = driver::TrainOptions {
+            epochs,
+            batch: 64,
+            lr: 1e-3,
+            schedule: resnetc_runtime::train::Schedule::Cosine,
+            warmup_epochs: 1.0,
+            seed: 3,
+            augment: true,
+            optimizer,
+            save: Some(dir.join(save)),
+            resume: resume.map(|r| dir.join(r)),
+            log: Some(dir.join(format!("{save}.csv"))),
+            train_limit: Some(128),
+            weights: None,
+            init_from: None,
+            skip_mismatch: false,
+        };
+        driver::train(&opts, Some(&data), &t, &mut resnetc_runtime::train::Quiet)
+    };
+    train(1, "first.ckpt", None, adam.into()).unwrap();
+    let first = resnetc_runtime::checkpoint::Checkpoint::load(dir.join("first.ckpt")).unwrap();
+    assert_eq!(first.step, 2);
+    let moments = first
+        .optimizer
+        .keys()
+        .filter(|k| k.ends_with(".exp_avg"))
+        .count();
+    assert_eq!(moments, first.optimizer.len() / 2);
+    assert!(moments > 50);
+    let e = match train(3, "other.ckpt", Some("first.ckpt"), SGD.into()) {
+        Err(e) => e.render(),
+        Ok(_) => panic!("resuming Adam state with SGD must fail"),
+    };
+    assert!(
+        e.contains("optimizer state of adam or adamw") && e.contains("--optimizer sgd"),
+        "{e}"
+    );
 }
