@@ -5,11 +5,14 @@
 
 pub mod autodiff;
 pub mod codegen;
+pub mod compare;
 pub mod compile;
 pub mod diag;
 pub mod driver;
 pub mod frontend;
 pub mod ir;
 pub mod passes;
+pub mod plot;
 pub mod run_flags;
 pub mod summary;
+pub mod train_flags;

@@ -68,6 +68,7 @@ impl RunMode {
                 "save",
                 "resume",
                 "log",
+                "plot",
                 "weights",
                 "init_from",
                 "skip_mismatch",
