@@ -76,7 +76,9 @@ pub fn check_output_path(path: &Path, flag: &str, png: bool) -> Result<(), CliEr
             path,
             std::io::Error::new(
                 e.kind(),
-                format!("cannot write the {flag} file ({e}); choose a path in a writable directory"),
+                format!(
+                    "cannot write the {flag} file ({e}); choose a path in a writable directory"
+                ),
             ),
         ))
     };
@@ -160,10 +162,20 @@ fn chart(
         .x_label_area_size(44)
         .y_label_area_size(64)
         .build_cartesian_2d(0..epochs, 0.0..y_max)?;
+    let percent = y_desc.contains('%');
+    let y_label = |y: &f64| {
+        if percent {
+            format!("{y:.0}")
+        } else {
+            format!("{y:.1}")
+        }
+    };
     c.configure_mesh()
         .x_desc("epoch")
         .y_desc(y_desc)
         .x_labels((epochs as usize + 1).min(11))
+        .y_labels(11)
+        .y_label_formatter(&y_label)
         .label_style((FONT, 15))
         .axis_desc_style((FONT, 17))
         .light_line_style(RGBColor(235, 235, 235))
@@ -261,7 +273,8 @@ pub fn curves_png(model: &str, rows: &[EpochStats]) -> Result<Vec<u8>, CliError>
                     points: test,
                 },
             ],
-            SeriesLabelPosition::LowerRight,
+            // Accuracy is low early: the upper left stays free.
+            SeriesLabelPosition::UpperLeft,
         )
     })
 }
@@ -281,7 +294,11 @@ pub fn compare_png(runs: &[(&str, &[EpochStats])]) -> Result<Vec<u8>, CliError> 
             .iter()
             .filter_map(|r| Some((r.epoch as i32, 100.0 - 100.0 * r.test_accuracy? as f64)))
             .collect();
-        max_err = train.iter().chain(&test).map(|p| p.1).fold(max_err, f64::max);
+        max_err = train
+            .iter()
+            .chain(&test)
+            .map(|p| p.1)
+            .fold(max_err, f64::max);
         lines.push(Line {
             label: None,
             color,
@@ -311,7 +328,8 @@ pub fn compare_png(runs: &[(&str, &[EpochStats])]) -> Result<Vec<u8>, CliError> 
             "error (%)",
             percent_axis(max_err),
             &lines,
-            SeriesLabelPosition::UpperRight,
+            // Error is high early: the lower left stays free.
+            SeriesLabelPosition::LowerLeft,
         )
     })
 }
@@ -330,7 +348,12 @@ pub fn parse_log(csv: &str) -> Vec<EpochStats> {
     else {
         return vec![];
     };
-    let (test, ips, lr, secs) = (at("test_accuracy"), at("images_per_s"), at("lr"), at("seconds"));
+    let (test, ips, lr, secs) = (
+        at("test_accuracy"),
+        at("images_per_s"),
+        at("lr"),
+        at("seconds"),
+    );
     lines
         .filter_map(|line| {
             let f: Vec<&str> = line.split(',').map(str::trim).collect();
@@ -454,7 +477,10 @@ mod tests {
         for (png, size) in [
             (curves_png("m", &rows).unwrap(), CURVES_SIZE),
             (curves_png("m", &[]).unwrap(), CURVES_SIZE),
-            (compare_png(&[("a", &rows), ("b", &rows[..1])]).unwrap(), COMPARE_SIZE),
+            (
+                compare_png(&[("a", &rows), ("b", &rows[..1])]).unwrap(),
+                COMPARE_SIZE,
+            ),
         ] {
             assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
             let w = u32::from_be_bytes(png[16..20].try_into().unwrap());

@@ -42,7 +42,12 @@ fn s(p: &Path) -> &str {
 /// The decoded plot: its size and its distinct colours.
 fn decode(png: &Path) -> ((u32, u32), HashSet<[u8; 3]>) {
     let bytes = std::fs::read(png).unwrap();
-    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG: {}", png.display());
+    assert_eq!(
+        &bytes[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "not a PNG: {}",
+        png.display()
+    );
     let img = image::load_from_memory(&bytes).unwrap().to_rgb8();
     let colours = img.pixels().map(|p| p.0).collect();
     (img.dimensions(), colours)
@@ -84,11 +89,7 @@ fn compare_two_models_on_real_cifar() {
         return;
     };
     let d = tmp("two");
-    let (csv, png, logs) = (
-        d.join("out/cmp.csv"),
-        d.join("out/cmp.png"),
-        d.join("logs"),
-    );
+    let (csv, png, logs) = (d.join("out/cmp.csv"), d.join("out/cmp.png"), d.join("logs"));
     let o = resnetc(&[
         "compare",
         "models/resnet20.resnet",
@@ -118,16 +119,30 @@ fn compare_two_models_on_real_cifar() {
         .iter()
         .map(|r| (r["model"].clone(), r["epoch"].clone()))
         .collect();
-    let want: Vec<(String, String)> = [("resnet20", "1"), ("resnet20", "2"), ("plain20", "1"), ("plain20", "2")]
-        .iter()
-        .map(|(m, e)| (m.to_string(), e.to_string()))
-        .collect();
+    let want: Vec<(String, String)> = [
+        ("resnet20", "1"),
+        ("resnet20", "2"),
+        ("plain20", "1"),
+        ("plain20", "2"),
+    ]
+    .iter()
+    .map(|(m, e)| (m.to_string(), e.to_string()))
+    .collect();
     assert_eq!(order, want);
     for r in &rows {
         let (train, test) = (num(r, "train_accuracy"), num(r, "test_accuracy"));
-        assert!((0.0..=1.0).contains(&train) && (0.0..=1.0).contains(&test), "{r:?}");
-        assert!((num(r, "train_error_pct") - (100.0 - 100.0 * train)).abs() < 1e-3, "{r:?}");
-        assert!((num(r, "test_error_pct") - (100.0 - 100.0 * test)).abs() < 1e-3, "{r:?}");
+        assert!(
+            (0.0..=1.0).contains(&train) && (0.0..=1.0).contains(&test),
+            "{r:?}"
+        );
+        assert!(
+            (num(r, "train_error_pct") - (100.0 - 100.0 * train)).abs() < 1e-3,
+            "{r:?}"
+        );
+        assert!(
+            (num(r, "test_error_pct") - (100.0 - 100.0 * test)).abs() < 1e-3,
+            "{r:?}"
+        );
         assert!(num(r, "train_loss").is_finite() && num(r, "train_loss") > 0.0);
         assert!(num(r, "images_per_s") > 0.0 && num(r, "seconds") > 0.0);
     }
@@ -142,7 +157,10 @@ fn compare_two_models_on_real_cifar() {
     assert!(table[0].contains("params") && table[0].contains("test accuracy"));
     let j: serde_json::Value =
         serde_json::from_str(out.lines().rev().find(|l| l.starts_with('{')).unwrap()).unwrap();
-    for (line, (model, last)) in table[1..].iter().zip([("resnet20", &rows[1]), ("plain20", &rows[3])]) {
+    for (line, (model, last)) in table[1..]
+        .iter()
+        .zip([("resnet20", &rows[1]), ("plain20", &rows[3])])
+    {
         let f: Vec<&str> = line.split_whitespace().collect();
         // model, params, loss, error, %, accuracy, %
         assert_eq!(f.len(), 7, "{line}");
@@ -151,7 +169,10 @@ fn compare_two_models_on_real_cifar() {
         assert_eq!(f[1], "269,722", "{line}");
         let close = |shown: &str, exact: f64, places: i32| {
             let v: f64 = shown.parse().unwrap();
-            assert!((v - exact).abs() <= 0.51 * 10f64.powi(-places), "{line}: {shown} vs {exact}");
+            assert!(
+                (v - exact).abs() <= 0.51 * 10f64.powi(-places),
+                "{line}: {shown} vs {exact}"
+            );
         };
         close(f[2], num(last, "train_loss"), 4);
         close(f[3], num(last, "train_error_pct"), 2);
@@ -177,7 +198,10 @@ fn compare_two_models_on_real_cifar() {
     let (size, colours) = decode(&png);
     assert_eq!(size, (960, 640));
     assert!(colours.len() >= 6, "{} colours", colours.len());
-    assert!(colours.contains(&BLUE) && colours.contains(&ORANGE), "both models' lines");
+    assert!(
+        colours.contains(&BLUE) && colours.contains(&ORANGE),
+        "both models' lines"
+    );
 }
 
 /// `run --train --plot`: loss and accuracy curves next to the CSV log.
@@ -212,7 +236,10 @@ fn run_train_plot_draws_the_curves() {
     let (size, colours) = decode(&png);
     assert_eq!(size, (1200, 480));
     assert!(colours.len() >= 6, "{} colours", colours.len());
-    assert!(colours.contains(&BLUE) && colours.contains(&ORANGE), "train and test lines");
+    assert!(
+        colours.contains(&BLUE) && colours.contains(&ORANGE),
+        "train and test lines"
+    );
     // No temporary file of the atomic writes is left behind.
     let left: Vec<_> = std::fs::read_dir(&d)
         .unwrap()
@@ -240,13 +267,24 @@ fn bad_input_is_a_clear_error() {
     assert_fails(
         &["compare", r20, "--train"],
         2,
-        &["compare needs at least two models, got 1", "resnetc run MODEL --train --plot"],
+        &[
+            "compare needs at least two models, got 1",
+            "resnetc run MODEL --train --plot",
+        ],
     );
     assert_fails(&["compare", r20, p20], 2, &["say what to compare: --train"]);
-    assert_fails(&["compare", r20, r20, "--train"], 2, &["models/resnet20.resnet is given twice"]);
+    assert_fails(
+        &["compare", r20, r20, "--train"],
+        2,
+        &["models/resnet20.resnet is given twice"],
+    );
     // A model that does not compile is named, before anything is trained or written.
     let broken = d.join("broken.resnet");
-    std::fs::write(&broken, "model broken\ninput 3x32x32\nstem conv(16, 3x3 banana)\n").unwrap();
+    std::fs::write(
+        &broken,
+        "model broken\ninput 3x32x32\nstem conv(16, 3x3 banana)\n",
+    )
+    .unwrap();
     let csv = d.join("never.csv");
     assert_fails(
         &["compare", r20, s(&broken), "--train", "--csv", s(&csv)],
@@ -261,7 +299,14 @@ fn bad_input_is_a_clear_error() {
     );
     // Plots are PNG files in a writable place.
     assert_fails(
-        &["compare", r20, p20, "--train", "--plot", s(&d.join("x.jpg"))],
+        &[
+            "compare",
+            r20,
+            p20,
+            "--train",
+            "--plot",
+            s(&d.join("x.jpg")),
+        ],
         2,
         &["x.jpg", "ending in .png"],
     );
@@ -274,18 +319,41 @@ fn bad_input_is_a_clear_error() {
         &[s(&under_file), "cannot write the --plot file"],
     );
     assert_fails(
-        &["compare", r20, p20, "--train", "--csv", s(&file.join("out.csv"))],
+        &[
+            "compare",
+            r20,
+            p20,
+            "--train",
+            "--csv",
+            s(&file.join("out.csv")),
+        ],
         3,
         &["cannot write the --csv file"],
     );
     assert_fails(
-        &["run", r20, "--train", "--epochs", "1", "--plot", s(&under_file)],
+        &[
+            "run",
+            r20,
+            "--train",
+            "--epochs",
+            "1",
+            "--plot",
+            s(&under_file),
+        ],
         3,
         &[s(&under_file), "cannot write the --plot file"],
     );
     // --plot draws training curves only.
     assert_fails(
-        &["run", r20, "--eval", "--weights", "w.safetensors", "--plot", s(&d.join("p.png"))],
+        &[
+            "run",
+            r20,
+            "--eval",
+            "--weights",
+            "w.safetensors",
+            "--plot",
+            s(&d.join("p.png")),
+        ],
         2,
         &["--plot has no effect in evaluation (--eval); it applies to training (--train)"],
     );
