@@ -5,6 +5,7 @@
 
 pub mod autodiff;
 pub mod codegen;
+pub mod compare;
 pub mod compile;
 pub mod datasets;
 pub mod diag;
@@ -13,5 +14,7 @@ pub mod export;
 pub mod frontend;
 pub mod ir;
 pub mod passes;
+pub mod plot;
 pub mod run_flags;
 pub mod summary;
+pub mod train_flags;

@@ -6,8 +6,9 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand,
 use indicatif::{ProgressBar, ProgressStyle};
 use resnetc::driver::{self, BuildOptions, CliError};
 use resnetc::ir::Mode;
+use resnetc::train_flags::TrainFlags;
 use resnetc_runtime::keras::WeightsFormat;
-use resnetc_runtime::train::{EpochStats, Observer, Schedule};
+use resnetc_runtime::train::{EpochStats, Observer};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,6 +57,8 @@ enum Command {
     Data(DataArgs),
     /// Export the model with its weights to ONNX (inference mode).
     Export(ExportArgs),
+    /// Train several models with one recipe and seed on the same data; CSV, plot and table.
+    Compare(Box<CompareArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -214,10 +217,6 @@ struct RunArgs {
     /// the model's layers in order), or `auto` (keras when a name contains `/`).
     #[arg(long = "weights-format", value_enum, default_value_t = WeightsFormatArg::Auto)]
     weights_format: WeightsFormatArg,
-    /// Data directory: CIFAR-10 binary files (data_batch_*.bin, test_batch.bin), or image
-    /// folders DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg (or val/).
-    #[arg(long)]
-    data: Option<PathBuf>,
     /// Inputs: one .npy NCHW float32 tensor, or image files (JPEG, PNG).
     #[arg(long, num_args = 1..)]
     input: Vec<PathBuf>,
@@ -232,54 +231,11 @@ struct RunArgs {
     /// model's class count [default: 5, or the class count if smaller].
     #[arg(long, value_name = "K")]
     top: Option<usize>,
-    /// Training epochs.
-    #[arg(long, default_value_t = 5)]
-    epochs: usize,
     /// Single-step mode: optimizer steps on --input/--labels, no augmentation or shuffling.
     #[arg(long)]
     steps: Option<usize>,
-    /// Batch size (the last partial batch is kept).
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
-    /// Optimizer, with torch.optim semantics: sgd, adam or adamw [default: sgd].
-    #[arg(long)]
-    optimizer: Option<String>,
-    /// Peak learning rate [default: 0.1 for sgd, 1e-3 for adam and adamw].
-    #[arg(long)]
-    lr: Option<f32>,
-    /// SGD momentum [default: 0.9].
-    #[arg(long)]
-    momentum: Option<f32>,
-    /// L2 weight decay (decoupled for adamw) [default: 1e-4 for sgd, 0 for adam, 1e-2 for adamw].
-    #[arg(long = "weight-decay")]
-    weight_decay: Option<f32>,
-    /// Nesterov momentum (sgd).
-    #[arg(long)]
-    nesterov: bool,
-    /// Adam's first-moment decay [default: 0.9].
-    #[arg(long)]
-    beta1: Option<f32>,
-    /// Adam's second-moment decay [default: 0.999].
-    #[arg(long)]
-    beta2: Option<f32>,
-    /// Adam's denominator epsilon [default: 1e-8].
-    #[arg(long)]
-    eps: Option<f32>,
-    /// Learning-rate schedule after the warm-up: per-iteration cosine to 0, or /10 at 50 % and 75 %.
-    #[arg(long, value_enum, default_value = "cosine")]
-    schedule: ScheduleArg,
-    /// Linear warm-up in epochs, from lr/5.
-    #[arg(long, default_value_t = 1.0)]
-    warmup: f32,
-    /// Seed for initialization, shuffling, augmentation and dropout masks.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Disable the pad-4 crop and flip augmentation.
-    #[arg(long = "no-augment")]
-    no_augment: bool,
-    /// Use only the first N training images.
-    #[arg(long = "train-limit")]
-    train_limit: Option<usize>,
+    #[command(flatten)]
+    recipe: TrainFlags,
     /// Write weights (inference/single step) or a checkpoint (training) here, atomically.
     #[arg(long)]
     save: Option<PathBuf>,
@@ -297,18 +253,77 @@ struct RunArgs {
     /// Per-epoch CSV log (default: next to --save, or runs/<model>.csv).
     #[arg(long)]
     log: Option<PathBuf>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    /// Draw loss and accuracy per epoch (PNG), rewritten after every epoch.
+    #[arg(long, value_name = "PNG")]
+    plot: Option<PathBuf>,
     /// End with one JSON line of results.
     #[arg(long)]
     json: bool,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-enum ScheduleArg {
-    Step,
-    Cosine,
+#[derive(Args)]
+struct CompareArgs {
+    /// The .resnet model files, two or more (e.g. plain20, plain56, resnet20, resnet56).
+    #[arg(required = true, value_name = "MODEL")]
+    models: Vec<PathBuf>,
+    /// Train every model with the same recipe, seed and data (required: what is compared).
+    #[arg(long)]
+    train: bool,
+    #[command(flatten)]
+    recipe: TrainFlags,
+    /// Kernels to run on (see `run --help`).
+    #[arg(long, value_enum, default_value_t = EngineArg::Jit)]
+    engine: EngineArg,
+    /// PNG of training (thin) and test (bold) error per epoch, one colour per model;
+    /// rewritten after every epoch.
+    #[arg(long, value_name = "PNG")]
+    plot: Option<PathBuf>,
+    /// CSV of every epoch of every run (model column first); rewritten after every epoch.
+    #[arg(long, value_name = "CSV")]
+    csv: Option<PathBuf>,
+    /// Where each run's own CSV log goes, as <model>.csv.
+    #[arg(long = "log-dir", value_name = "DIR", default_value = "runs")]
+    log_dir: PathBuf,
+    /// End with one JSON line of results.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `resnetc compare`: see [`resnetc::compare`].
+fn compare(a: &CompareArgs) -> Result<(), CliError> {
+    if !a.train {
+        return Err(CliError::usage(
+            "say what to compare: --train (trains every model with the same recipe and seed)",
+        ));
+    }
+    set_threads(a.recipe.threads);
+    let o = resnetc::compare::CompareOptions {
+        models: &a.models,
+        engine: match a.engine {
+            EngineArg::Jit => driver::EngineKind::Jit,
+            EngineArg::JitAll => driver::EngineKind::JitAll,
+            EngineArg::Reference => driver::EngineKind::Reference,
+        },
+        recipe: &a.recipe,
+        plot: a.plot.as_deref(),
+        csv: a.csv.as_deref(),
+        log_dir: &a.log_dir,
+    };
+    let mut progress = Progress {
+        bar: None,
+        quiet: false,
+    };
+    let runs = resnetc::compare::compare(&o, &mut progress)?;
+    out!("\n{}", resnetc::compare::table(&runs));
+    for (what, path) in [("CSV", o.csv), ("plot", o.plot)] {
+        if let Some(p) = path {
+            outln!("{what}: {}", p.display());
+        }
+    }
+    if a.json {
+        outln!("{}", resnetc::compare::json(&runs, &o));
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -540,24 +555,14 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
     check_compile_flags(given)?;
     let given: Vec<&str> = given.iter().map(String::as_str).collect();
     resnetc::run_flags::check(&given, args.input.len()).map_err(CliError::Usage)?;
-    set_threads(args.threads);
+    set_threads(args.recipe.threads);
     let mut opts = build_options(&args.compile)?;
     opts.weights_format = match args.weights_format {
         WeightsFormatArg::Auto => WeightsFormat::Auto,
         WeightsFormatArg::Pytorch => WeightsFormat::PyTorch,
         WeightsFormatArg::Keras => WeightsFormat::Keras,
     };
-    let (optimizer, lr) = resnetc::run_flags::optimizer(&resnetc::run_flags::OptimizerFlags {
-        optimizer: args.optimizer.as_deref(),
-        lr: args.lr,
-        momentum: args.momentum,
-        nesterov: args.nesterov,
-        weight_decay: args.weight_decay,
-        beta1: args.beta1,
-        beta2: args.beta2,
-        eps: args.eps,
-    })
-    .map_err(CliError::Usage)?;
+    let (optimizer, lr) = args.recipe.optimizer()?;
     if args.train && args.steps.is_some() {
         let input = args
             .input
@@ -575,7 +580,7 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
             labels,
             args.steps.unwrap_or(1),
             lr,
-            args.seed,
+            args.recipe.seed,
             args.save.as_deref(),
         )?;
         if args.json {
@@ -589,30 +594,28 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
     }
     if args.train {
         let cfg = driver::TrainOptions {
-            epochs: args.epochs,
-            batch: args.batch,
-            lr,
-            schedule: match args.schedule {
-                ScheduleArg::Step => Schedule::Step,
-                ScheduleArg::Cosine => Schedule::Cosine,
-            },
-            warmup_epochs: args.warmup,
-            seed: args.seed,
-            augment: !args.no_augment,
-            optimizer,
             save: args.save.clone(),
             resume: args.resume.clone(),
             log: args.log.clone(),
-            train_limit: args.train_limit,
             weights: args.weights.clone(),
             init_from: args.init_from.clone(),
             skip_mismatch: args.skip_mismatch,
+            ..args.recipe.options()?
         };
         let mut progress = Progress {
             bar: None,
             quiet: false,
         };
-        let summary = driver::train(&opts, args.data.as_deref(), &cfg, &mut progress)?;
+        let summary = match &args.plot {
+            Some(png) => resnetc::plot::train_with_curves(
+                &opts,
+                args.recipe.data.as_deref(),
+                &cfg,
+                png,
+                &mut progress,
+            )?,
+            None => driver::train(&opts, args.recipe.data.as_deref(), &cfg, &mut progress)?,
+        };
         outln!("{}", summary.human);
         if args.json {
             outln!("{}", summary.json);
@@ -624,7 +627,12 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
             .weights
             .as_ref()
             .ok_or_else(|| CliError::usage("--eval needs --weights FILE"))?;
-        let (correct, total) = driver::evaluate(&opts, weights, args.data.as_deref(), args.batch)?;
+        let (correct, total) = driver::evaluate(
+            &opts,
+            weights,
+            args.recipe.data.as_deref(),
+            args.recipe.batch,
+        )?;
         outln!(
             "{correct} / {total} correct ({:.2} %)",
             100.0 * correct as f64 / total as f64
@@ -644,7 +652,7 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
             &args.input,
             args.output.as_deref(),
             args.labels.as_deref(),
-            args.seed,
+            args.recipe.seed,
             args.json,
             args.save.as_deref(),
             args.top,
@@ -718,6 +726,7 @@ fn main() -> ExitCode {
             )
             .map(|t| out!("{t}"))
         }),
+        Command::Compare(c) => compare(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

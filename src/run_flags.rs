@@ -69,6 +69,7 @@ impl RunMode {
                 "save",
                 "resume",
                 "log",
+                "plot",
                 "weights",
                 "init_from",
                 "skip_mismatch",

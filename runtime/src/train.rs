@@ -83,6 +83,9 @@ pub trait Observer {
     fn epoch_start(&mut self, _epoch: usize, _batches: usize) {}
     fn step(&mut self, _batch: usize, _loss: f32, _images_per_s: f32) {}
     fn epoch_end(&mut self, _stats: &EpochStats) {}
+    /// The whole CSV log after an epoch's row was added (with the rows of the epochs before a
+    /// resume), once it is written.
+    fn logged(&mut self, _csv: &str) {}
 }
 
 /// An observer that reports nothing.
@@ -221,6 +224,7 @@ pub fn train(
         if let Some(path) = &cfg.csv {
             write_atomic(path, csv.as_bytes())?;
         }
+        observer.logged(&csv);
         if let Some(path) = &cfg.save {
             checkpoint(exec, epoch + 1, cfg).save(path)?;
         }
