@@ -3,28 +3,11 @@
 
 mod common;
 
+use common::{resnetc, root, text};
+
 use common::{shared, shared_under};
 use std::path::PathBuf;
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn resnetc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resnetc"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
+use std::process::Command;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("resnetc-cli-{}-{name}", std::process::id()));

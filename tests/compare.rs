@@ -4,29 +4,11 @@
 
 mod common;
 
+use common::{resnetc, text};
+
 use common::shared;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn resnetc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resnetc"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("resnetc-compare-{}-{name}", std::process::id()));

@@ -3,38 +3,14 @@
 
 mod common;
 
+use common::{input, randomize};
+
 use resnetc::autodiff::append_training;
 use resnetc::compile::compile;
 use resnetc::ir::{Graph, Mode};
 use resnetc::passes::Pipeline;
 use resnetc_runtime::executor::Executor;
-use resnetc_runtime::program::ParamRole;
-use resnetc_runtime::rng::Rng;
 use resnetc_runtime::spec::SgdSpec;
-
-fn randomize(exec: &mut Executor, seed: u64) {
-    exec.init_he(seed);
-    // Non-trivial BN parameters and statistics so folding and fusion are really exercised.
-    let mut rng = Rng::new(seed + 1);
-    for p in exec.program.params.clone() {
-        let n: usize = p.shape.iter().product();
-        let v: Vec<f32> = match p.role {
-            ParamRole::BnGamma | ParamRole::RunningVar => {
-                (0..n).map(|_| 0.5 + rng.uniform_f32()).collect()
-            }
-            ParamRole::BnBeta | ParamRole::RunningMean => {
-                (0..n).map(|_| rng.uniform_f32() - 0.5).collect()
-            }
-            _ => continue,
-        };
-        exec.set_tensor(&p.name, &v).unwrap();
-    }
-}
-
-fn input(n: usize, per: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n * per).map(|_| rng.normal_f32()).collect()
-}
 
 fn close(a: &[f32], b: &[f32], rtol: f32, what: &str) {
     assert_eq!(a.len(), b.len());

@@ -4,6 +4,10 @@
 //! gradients against a naive f64 computation; a softmax head training exactly as the same
 //! model without it; every whole-model run on the reference engine and on both JIT engines.
 
+mod common;
+
+use common::{input, randomize};
+
 use resnetc::autodiff::append_training;
 use resnetc::compile::compile;
 use resnetc::driver::{self, BuildOptions, EngineKind};
@@ -11,8 +15,7 @@ use resnetc::frontend::{compile_file, compile_source, parse_only};
 use resnetc::ir::{Graph, Mode, Op};
 use resnetc::passes::Pipeline;
 use resnetc_runtime::executor::Executor;
-use resnetc_runtime::program::{Kernel, ParamRole, Program};
-use resnetc_runtime::rng::Rng;
+use resnetc_runtime::program::{Kernel, Program};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -64,30 +67,6 @@ fn names(g: &Graph) -> Vec<String> {
 
 fn executor(program: Program, batch: usize, engine: EngineKind) -> Executor {
     driver::executor(program, batch, engine).unwrap()
-}
-
-/// He weights, then non-trivial BN parameters and statistics.
-fn randomize(exec: &mut Executor, seed: u64) {
-    exec.init_he(seed);
-    let mut rng = Rng::new(seed + 1);
-    for p in exec.program.params.clone() {
-        let n: usize = p.shape.iter().product();
-        let v: Vec<f32> = match p.role {
-            ParamRole::BnGamma | ParamRole::RunningVar => {
-                (0..n).map(|_| 0.5 + rng.uniform_f32()).collect()
-            }
-            ParamRole::BnBeta | ParamRole::RunningMean => {
-                (0..n).map(|_| rng.uniform_f32() - 0.5).collect()
-            }
-            _ => continue,
-        };
-        exec.set_tensor(&p.name, &v).unwrap();
-    }
-}
-
-fn input(n: usize, per: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n * per).map(|_| rng.normal_f32()).collect()
 }
 
 // ---- syntax, names and diagnostics -----------------------------------------------------------

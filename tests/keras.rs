@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{resnetc, root};
+
 use common::shared;
 use resnetc::driver::{self, BuildOptions, EngineKind};
 use resnetc::frontend::{compile_file, compile_source, pretty_source};
@@ -15,12 +17,7 @@ use resnetc_runtime::weights::{load_safetensors, save_safetensors, Tensor};
 use resnetc_runtime::RuntimeError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::Arc;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn model(name: &str) -> BuildOptions {
     BuildOptions::new(root().join("models").join(format!("{name}.resnet")))
@@ -31,14 +28,6 @@ fn tmp(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn resnetc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resnetc"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 // ---- Keras weights ------------------------------------------------------------------------

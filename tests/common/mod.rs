@@ -173,3 +173,52 @@ pub fn shared_under(rel: &str, ci: bool) -> Option<std::path::PathBuf> {
     );
     None
 }
+
+/// The project's root (tests run there).
+pub fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the `resnetc` binary from the project's root.
+pub fn resnetc(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_resnetc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+/// A command's stdout and stderr as text.
+pub fn text(o: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// He weights, then non-trivial BN parameters and statistics (so folding and fusion are
+/// really exercised).
+pub fn randomize(exec: &mut resnetc_runtime::executor::Executor, seed: u64) {
+    use resnetc_runtime::program::ParamRole;
+    exec.init_he(seed);
+    let mut rng = resnetc_runtime::rng::Rng::new(seed + 1);
+    for p in exec.program.params.clone() {
+        let n: usize = p.shape.iter().product();
+        let v: Vec<f32> = match p.role {
+            ParamRole::BnGamma | ParamRole::RunningVar => {
+                (0..n).map(|_| 0.5 + rng.uniform_f32()).collect()
+            }
+            ParamRole::BnBeta | ParamRole::RunningMean => {
+                (0..n).map(|_| rng.uniform_f32() - 0.5).collect()
+            }
+            _ => continue,
+        };
+        exec.set_tensor(&p.name, &v).unwrap();
+    }
+}
+
+/// `n` inputs of `per` standard-normal values.
+pub fn input(n: usize, per: usize, seed: u64) -> Vec<f32> {
+    let mut rng = resnetc_runtime::rng::Rng::new(seed);
+    (0..n * per).map(|_| rng.normal_f32()).collect()
+}
