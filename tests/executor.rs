@@ -72,36 +72,9 @@ fn gradients_match_finite_differences() {
         .collect();
     names.sort();
     assert_eq!(names.len(), grads.len());
-    // Small steps keep ReLU kinks out of most differences; f32 rounding of the loss (~1e-7)
-    // then limits the difference's accuracy to about 2e-4 absolute.
-    let h = 3e-4f32;
-    let mut checked = 0;
-    let mut failures = vec![];
-    for (name, grad) in names.iter().zip(&grads) {
-        let base = exec.weights()[name].data.clone();
-        // A few coordinates per tensor: the largest-gradient one and two others.
-        let big = (0..grad.len())
-            .max_by(|a, b| grad[*a].abs().total_cmp(&grad[*b].abs()))
-            .unwrap();
-        for &i in &[big, 0, grad.len() / 2] {
-            let mut loss_at = |delta: f32| {
-                let mut w = base.clone();
-                w[i] += delta;
-                exec.set_tensor(name, &w).unwrap();
-                exec.run(&x, Some(&labels)).unwrap()[0][0] as f64
-            };
-            let fd = (loss_at(h) - loss_at(-h)) / (2.0 * h as f64);
-            exec.set_tensor(name, &base).unwrap();
-            let an = grad[i] as f64;
-            // f32 central differences: absolute floor for tiny gradients, 3 % relative otherwise.
-            if (fd - an).abs() > 0.03 * an.abs().max(fd.abs()) + 1e-3 {
-                failures.push(format!(
-                    "{name}[{i}]: analytic {an} vs finite difference {fd}"
-                ));
-            }
-            checked += 1;
-        }
-    }
+    // Small steps keep ReLU kinks out of most differences.
+    let (failures, checked) =
+        common::finite_difference_mismatches(&mut exec, &x, &labels, &names, &grads);
     // A coordinate whose step crosses a ReLU kink can disagree; a wrong rule shows up in many.
     assert!(
         failures.len() <= 2,

@@ -278,33 +278,8 @@ fn check_gradients(src: &str, engine: EngineKind, want_params: &[&str]) {
     for p in want_params {
         assert!(names.iter().any(|n| n == p), "{p} not in {names:?}");
     }
-    let h = 3e-4f32;
-    let mut failures = vec![];
-    let mut checked = 0;
-    for (name, grad) in names.iter().zip(&grads) {
-        let base = exec.weights()[name].data.clone();
-        let big = (0..grad.len())
-            .max_by(|a, b| grad[*a].abs().total_cmp(&grad[*b].abs()))
-            .unwrap();
-        for &i in &[big, 0, grad.len() / 2] {
-            let mut loss_at = |delta: f32| {
-                let mut w = base.clone();
-                w[i] += delta;
-                exec.set_tensor(name, &w).unwrap();
-                exec.optimizer_steps = 0;
-                exec.run(&x, Some(&labels)).unwrap()[0][0] as f64
-            };
-            let fd = (loss_at(h) - loss_at(-h)) / (2.0 * h as f64);
-            exec.set_tensor(name, &base).unwrap();
-            let an = grad[i] as f64;
-            if (fd - an).abs() > 0.03 * an.abs().max(fd.abs()) + 1e-3 {
-                failures.push(format!(
-                    "{name}[{i}]: analytic {an} vs finite difference {fd}"
-                ));
-            }
-            checked += 1;
-        }
-    }
+    let (failures, checked) =
+        common::finite_difference_mismatches(&mut exec, &x, &labels, &names, &grads);
     assert!(
         failures.len() <= 2,
         "{engine:?}: {} of {checked} coordinates differ:\n{}",

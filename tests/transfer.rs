@@ -330,35 +330,11 @@ fn gradients_pass_through_a_frozen_middle_section() {
         .iter()
         .map(|v| v.to_vec())
         .collect();
-    let names: Vec<&String> = grads.grads.keys().collect();
-    let h = 3e-4f32;
-    let mut checked = 0;
-    let mut failures = vec![];
-    for (name, grad) in names.iter().zip(&out) {
-        let base = exec.weights()[*name].data.clone();
-        let big = (0..grad.len())
-            .max_by(|a, b| grad[*a].abs().total_cmp(&grad[*b].abs()))
-            .unwrap();
-        for i in [big, grad.len() / 2] {
-            let mut loss_at = |delta: f32| {
-                let mut w = base.clone();
-                w[i] += delta;
-                exec.set_tensor(name, &w).unwrap();
-                exec.run(&x, Some(&labels)).unwrap()[0][0] as f64
-            };
-            let fd = (loss_at(h) - loss_at(-h)) / (2.0 * h as f64);
-            exec.set_tensor(name, &base).unwrap();
-            let an = grad[i] as f64;
-            if (fd - an).abs() > 0.03 * an.abs().max(fd.abs()) + 1e-3 {
-                failures.push(format!(
-                    "{name}[{i}]: analytic {an} vs finite difference {fd}"
-                ));
-            }
-            checked += 1;
-        }
-    }
+    let names: Vec<String> = grads.grads.keys().cloned().collect();
+    let (failures, checked) =
+        common::finite_difference_mismatches(&mut exec, &x, &labels, &names, &out);
     assert!(failures.len() <= 1, "{}", failures.join("\n"));
-    assert!(checked >= 16, "checked {checked}");
+    assert!(checked >= 24, "checked {checked}");
     assert!(
         names.iter().any(|n| n.starts_with("conv1"))
             && names.iter().any(|n| n.starts_with("layer2"))

@@ -222,3 +222,46 @@ pub fn input(n: usize, per: usize, seed: u64) -> Vec<f32> {
     let mut rng = resnetc_runtime::rng::Rng::new(seed);
     (0..n * per).map(|_| rng.normal_f32()).collect()
 }
+
+/// Autodiff against central differences of the loss, on three coordinates per tensor (the
+/// largest gradient, the first and the middle one). `grads[i]` is the analytic gradient of
+/// tensor `names[i]` at `x`. Returns the coordinates that disagree and how many were checked.
+/// f32 differences with a 3e-4 step: the loss's rounding (~1e-7) limits them to about 2e-4,
+/// so a coordinate agrees within 3 % relative or 1e-3 absolute. The step count is reset
+/// before every evaluation, so dropout draws the same masks each time.
+pub fn finite_difference_mismatches(
+    exec: &mut resnetc_runtime::executor::Executor,
+    x: &[f32],
+    labels: &[usize],
+    names: &[String],
+    grads: &[Vec<f32>],
+) -> (Vec<String>, usize) {
+    let h = 3e-4f32;
+    let mut failures = vec![];
+    let mut checked = 0;
+    for (name, grad) in names.iter().zip(grads) {
+        let base = exec.weights()[name].data.clone();
+        let big = (0..grad.len())
+            .max_by(|a, b| grad[*a].abs().total_cmp(&grad[*b].abs()))
+            .unwrap();
+        for i in [big, 0, grad.len() / 2] {
+            let mut loss_at = |delta: f32| {
+                let mut w = base.clone();
+                w[i] += delta;
+                exec.set_tensor(name, &w).unwrap();
+                exec.optimizer_steps = 0;
+                exec.run(x, Some(labels)).unwrap()[0][0] as f64
+            };
+            let fd = (loss_at(h) - loss_at(-h)) / (2.0 * h as f64);
+            exec.set_tensor(name, &base).unwrap();
+            let an = grad[i] as f64;
+            if (fd - an).abs() > 0.03 * an.abs().max(fd.abs()) + 1e-3 {
+                failures.push(format!(
+                    "{name}[{i}]: analytic {an} vs finite difference {fd}"
+                ));
+            }
+            checked += 1;
+        }
+    }
+    (failures, checked)
+}
