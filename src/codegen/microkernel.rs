@@ -127,13 +127,18 @@ impl TileSpec {
 /// The native function type of every tile.
 pub type TileFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, *const *const f32);
 
+/// A signature of `n` 64-bit arguments (pointers and lengths) and no result: the shape of
+/// every JIT function.
+pub fn i64_args_signature(call_conv: cranelift_codegen::isa::CallConv, n: usize) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    sig.params
+        .extend(std::iter::repeat_n(AbiParam::new(types::I64), n));
+    sig
+}
+
 /// The Cranelift signature of [`TileFn`].
 pub fn tile_signature(call_conv: cranelift_codegen::isa::CallConv) -> Signature {
-    let mut sig = Signature::new(call_conv);
-    for _ in 0..4 {
-        sig.params.push(AbiParam::new(types::I64));
-    }
-    sig
+    i64_args_signature(call_conv, 4)
 }
 
 /// Emits the body of a tile into `func` (whose signature is [`tile_signature`]).

@@ -10,7 +10,7 @@
 use super::conv::SendPtr;
 use super::jit::CompiledTiles;
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Signature, Value};
+use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Signature, Value};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use rayon::prelude::*;
 use resnetc_runtime::engine::{KernelCtx, StepKernel};
@@ -98,11 +98,7 @@ pub type UpdateFn = unsafe extern "C" fn(*mut f32, *const f32, *mut f32, *mut f3
 
 /// The Cranelift signature of [`UpdateFn`].
 pub fn update_signature(call_conv: cranelift_codegen::isa::CallConv) -> Signature {
-    let mut sig = Signature::new(call_conv);
-    for _ in 0..6 {
-        sig.params.push(AbiParam::new(types::I64));
-    }
-    sig
+    super::microkernel::i64_args_signature(call_conv, 6)
 }
 
 /// Emits the update loop of `spec` into `func` (whose signature is [`update_signature`]).
