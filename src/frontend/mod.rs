@@ -1,5 +1,5 @@
 //! The front end: `.resnet` text -> spanned AST ([`ast`], [`parse`]) -> checked ([`check`]) ->
-//! IR ([`lower`]). The IR knows nothing of the front end: lowering lives here.
+//! IR ([`crate::ir::lower`]).
 //!
 //! ```no_run
 //! use resnetc::frontend::compile_file;
@@ -15,7 +15,6 @@
 
 pub mod ast;
 pub mod check;
-pub mod lower;
 pub mod parse;
 
 use crate::diag::{Category, Diagnostic, Diagnostics};
@@ -46,7 +45,7 @@ pub fn compile_source(
         source: src.to_string(),
         items,
     })?;
-    lower::lower(&checked, mode).map_err(|d| Diagnostics::one(file_name, src, d))
+    crate::ir::lower::lower(&checked, mode).map_err(|d| Diagnostics::one(file_name, src, d))
 }
 
 /// Reads and compiles a `.resnet` file. An unreadable file is a diagnostic with exit code 3.
@@ -93,7 +92,7 @@ pub fn read_source(path: &Path) -> Result<String, Diagnostics> {
                 ),
             )
             .label(
-                crate::span::Span {
+                crate::ir::Span {
                     start: at,
                     end: at + width,
                 },
