@@ -7,7 +7,7 @@
 //! Exit codes (see [`Diagnostics::exit_code`]): `0` success, `1` internal compiler error,
 //! `2` an error in the model file (syntax, names, shapes), `3` the file could not be read.
 
-use crate::ir::Span;
+use crate::span::Span;
 use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource};
 use std::fmt;
 

@@ -93,7 +93,7 @@ impl From<IrError> for CliError {
 pub struct BuildOptions {
     pub model: PathBuf,
     pub opt_level: u8,
-    pub passes: Option<String>,
+    pub passes: Option<Vec<crate::passes::Pass>>,
     pub overrides: Vec<(String, i64)>,
     /// Which kernels run the compiled program.
     pub engine: EngineKind,
@@ -196,7 +196,9 @@ pub fn compile_model(
         )?;
     }
     let pipeline = match &opts.passes {
-        Some(list) => Pipeline::from_names(list).map_err(CliError::Usage)?,
+        Some(passes) => Pipeline {
+            passes: passes.clone(),
+        },
         None => Pipeline::for_level(opts.opt_level, mode),
     };
     pipeline.run(&mut g)?;

@@ -145,6 +145,56 @@ pub fn tiny_resnet(mode: Mode, width: usize, hw: usize, classes: usize) -> Graph
     g
 }
 
+/// What turned `before` into `after`, for snapshots of passes: the lines of
+/// [`to_named_text`](resnetc::ir::print::to_named_text) (with parameters) that were removed
+/// (`-`) or added (`+`), in hunks separated by `~`. An unchanged graph gives an empty string.
+pub fn graph_diff(before: &Graph, after: &Graph) -> String {
+    use resnetc::ir::print::to_named_text;
+    use std::fmt::Write;
+    let (a, b) = (to_named_text(before, true), to_named_text(after, true));
+    let diff = similar::TextDiff::from_lines(&a, &b);
+    let mut out = String::new();
+    for (i, hunk) in diff.grouped_ops(0).iter().enumerate() {
+        if i > 0 {
+            out.push_str("~\n");
+        }
+        for op in hunk {
+            for change in diff.iter_changes(op) {
+                let sign = match change.tag() {
+                    similar::ChangeTag::Delete => '-',
+                    similar::ChangeTag::Insert => '+',
+                    similar::ChangeTag::Equal => ' ',
+                };
+                let _ = write!(out, "{sign} {}", change.value());
+            }
+        }
+    }
+    out
+}
+
+/// Runs `pipeline` on `g`, calling `snapshot(pass, diff)` with what each pass changed
+/// ([`graph_diff`]); returns the passes that changed nothing, which get no snapshot.
+pub fn run_pipeline_diffs(
+    pipeline: &resnetc::passes::Pipeline,
+    g: &mut Graph,
+    mut snapshot: impl FnMut(resnetc::passes::Pass, String),
+) -> Vec<resnetc::passes::Pass> {
+    let mut before = g.clone();
+    let mut unchanged = vec![];
+    pipeline
+        .run_traced(g, |pass, after| {
+            let diff = graph_diff(&before, after);
+            if diff.is_empty() {
+                unchanged.push(pass);
+            } else {
+                snapshot(pass, diff);
+            }
+            before = after.clone();
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    unchanged
+}
+
 /// A file of the team's shared data. Missing, the calling test is skipped, and says so on
 /// the real stderr (not the captured one); under CI (`CI=true`) it fails instead.
 pub fn shared(rel: &str) -> Option<std::path::PathBuf> {

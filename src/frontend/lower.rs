@@ -10,9 +10,9 @@
 //!
 //! Every shape problem becomes a diagnostic at the span of the layer or stage responsible.
 
+use super::ast::*;
+use super::check::{eval, Checked, Scope, BLOCK_INPUT};
 use crate::diag::{Category, Diagnostic};
-use crate::frontend::ast::*;
-use crate::frontend::check::{eval, Checked, Scope, BLOCK_INPUT};
 use crate::ir::{
     verify, Graph, IrError, Mode, ModelMeta, Op, ParamKind, Preprocess, Shape, Span, Value,
 };
@@ -34,10 +34,9 @@ fn shape_err(span: Span, message: impl Into<String>, label: impl Into<String>) -
 }
 
 fn ir_err(e: IrError, span: Span) -> Diagnostic {
-    let d = Diagnostic::new(Category::Shape, e.message.clone())
+    let d = Diagnostic::new(Category::Shape, e.kind.to_string())
         .label(e.span.unwrap_or(span), "in this layer");
-    // The size limits of `Graph::add_op` (`Shape::limit_violation`).
-    if e.message.contains("is too large") {
+    if e.limit_violation().is_some() {
         d.help("every feature map must stay within the limits (sizes at most 65536, at most 2^40 values per image): use less padding, fewer channels or a smaller input")
     } else {
         d
@@ -297,20 +296,7 @@ impl<'c, 'a> Lower<'c, 'a> {
             groups,
             bias,
         };
-        self.claim(&name, span)?;
-        let wt = self.param(
-            ParamKind::Weight,
-            format!("{name}.weight"),
-            &spec.weight_shape(),
-            span,
-        )?;
-        let mut ins = vec![x, wt];
-        if bias {
-            ins.push(self.param(ParamKind::Bias, format!("{name}.bias"), &[out], span)?);
-        }
-        self.g
-            .add(Op::Conv(spec), name, &ins, Some(span))
-            .map_err(|e| ir_err(e, span))
+        self.conv_node(x, spec, name, span)
     }
 
     fn conv1x1(
@@ -331,11 +317,11 @@ impl<'c, 'a> Lower<'c, 'a> {
             groups: 1,
             bias: false,
         };
-        self.plain_conv(x, spec, name, span)
+        self.conv_node(x, spec, name, span)
     }
 
-    /// A bias-free conv node and its weight parameter under `name`.
-    fn plain_conv(&mut self, x: Value, spec: ConvSpec, name: String, span: Span) -> R<Value> {
+    /// A conv node under `name` and its weight (and bias) parameters.
+    fn conv_node(&mut self, x: Value, spec: ConvSpec, name: String, span: Span) -> R<Value> {
         self.claim(&name, span)?;
         let wt = self.param(
             ParamKind::Weight,
@@ -343,8 +329,13 @@ impl<'c, 'a> Lower<'c, 'a> {
             &spec.weight_shape(),
             span,
         )?;
+        let mut ins = vec![x, wt];
+        if spec.bias {
+            let dims = [spec.out_channels];
+            ins.push(self.param(ParamKind::Bias, format!("{name}.bias"), &dims, span)?);
+        }
         self.g
-            .add(Op::Conv(spec), name, &[x, wt], Some(span))
+            .add(Op::Conv(spec), name, &ins, Some(span))
             .map_err(|e| ir_err(e, span))
     }
 
@@ -376,7 +367,7 @@ impl<'c, 'a> Lower<'c, 'a> {
             )
             .help("use fewer stride-2 stages or a larger input"));
         }
-        self.plain_conv(x, spec, name, span)
+        self.conv_node(x, spec, name, span)
     }
 
     fn bn(&mut self, x: Value, opts: Option<&BnOpts>, name: String, span: Span) -> R<Value> {
@@ -438,6 +429,26 @@ impl<'c, 'a> Lower<'c, 'a> {
         self.g
             .add(Op::Add, name, &[a, b], Some(span))
             .map_err(|e| ir_err(e, span))
+    }
+
+    /// The window of a `maxpool` or windowed `avgpool` layer (`keyword`) on `x`; `what` names
+    /// the pool in messages.
+    fn pool_spec(
+        &self,
+        x: Value,
+        p: &PoolLayer,
+        (scope, span): (&Scope, Span),
+        keyword: &str,
+        what: &str,
+    ) -> R<PoolSpec> {
+        let (_, h, w) = self.chw(x, span, keyword)?;
+        let (kernel, stride, pad, _) =
+            self.window((h, w), &p.kernel, &p.stride, &p.pad, scope, span, what)?;
+        Ok(PoolSpec {
+            kernel,
+            stride,
+            pad,
+        })
     }
 
     /// One layer of a stem, head or block statement.
@@ -503,26 +514,13 @@ impl<'c, 'a> Lower<'c, 'a> {
                     .add(Op::Dropout { p }, name, &[x], Some(span))
                     .map_err(|e| ir_err(e, span))
             }
-            LayerKind::MaxPool(p) | LayerKind::AvgPool(Some(p)) => {
-                let (_, h, w) = self.chw(x, span, kw)?;
-                let what = if kw == "maxpool" {
-                    "max pool"
-                } else {
-                    "average pool"
-                };
-                let (kernel, stride, pad, _) =
-                    self.window((h, w), &p.kernel, &p.stride, &p.pad, scope, span, what)?;
-                let spec = PoolSpec {
-                    kernel,
-                    stride,
-                    pad,
-                };
-                let op = if kw == "maxpool" {
-                    Op::MaxPool(spec)
-                } else {
-                    Op::AvgPool(spec)
-                };
-                self.simple(op, x, name, span)
+            LayerKind::MaxPool(p) => {
+                let spec = self.pool_spec(x, p, (scope, span), kw, "max pool")?;
+                self.simple(Op::MaxPool(spec), x, name, span)
+            }
+            LayerKind::AvgPool(Some(p)) => {
+                let spec = self.pool_spec(x, p, (scope, span), kw, "average pool")?;
+                self.simple(Op::AvgPool(spec), x, name, span)
             }
             LayerKind::AvgPool(None) => {
                 self.chw(x, span, "global avgpool")?;
