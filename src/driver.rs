@@ -8,6 +8,7 @@ use crate::frontend;
 use crate::ir::{print, Graph, IrError, Mode};
 use crate::passes::Pipeline;
 use crate::summary;
+use resnetc_runtime::checkpoint::load_model_tensors;
 use resnetc_runtime::data::{
     load_cifar_dir, load_image_chw, ClassIndex, ImageFolder, ImageSet, LoaderConfig, Normalize,
     Split,
@@ -17,7 +18,7 @@ use resnetc_runtime::keras::{from_keras, WeightsFormat};
 use resnetc_runtime::program::Program;
 use resnetc_runtime::spec::{Optimizer, SgdSpec};
 use resnetc_runtime::train::{self, Observer, Schedule, TrainConfig};
-use resnetc_runtime::weights::{check_weights, load_safetensors, save_safetensors};
+use resnetc_runtime::weights::{check_weights, save_safetensors};
 use resnetc_runtime::{npy, RuntimeError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -368,9 +369,7 @@ pub fn init_from(
     path: &Path,
     skip_mismatch: bool,
 ) -> Result<resnetc_runtime::weights::PartialLoad, CliError> {
-    let mut tensors = load_safetensors(path)?;
-    // A checkpoint's optimizer state belongs to the run that wrote it.
-    tensors.retain(|k, _| !k.starts_with(resnetc_runtime::checkpoint::OPTIMIZER_PREFIX));
+    let tensors = load_model_tensors(path)?;
     let plan = resnetc_runtime::weights::plan_partial_load(
         path,
         &exec.program.weight_table(),
@@ -393,7 +392,7 @@ pub fn load_weights(
     path: &Path,
     format: WeightsFormat,
 ) -> Result<(), CliError> {
-    let mut tensors = load_safetensors(path)?;
+    let mut tensors = load_model_tensors(path)?;
     if format.resolve(&tensors) == WeightsFormat::Keras {
         tensors = from_keras(path, &exec.program.weight_slots(), &tensors)?;
     }
