@@ -62,7 +62,13 @@ fn bench_layers_prints_a_row_per_step() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("GFLOP/s") && out.contains("% peak"), "{out}");
-    for step in ["conv1", "layer2.0.conv2", "layer3.2.conv2", "avgpool", "linear"] {
+    for step in [
+        "conv1",
+        "layer2.0.conv2",
+        "layer3.2.conv2",
+        "avgpool",
+        "linear",
+    ] {
         assert!(
             out.lines().any(|l| l.trim_start().starts_with(step)),
             "no row for {step}:\n{out}"
