@@ -22,7 +22,7 @@ fn emit(text: &str) {
             std::process::exit(0);
         }
         eprintln!("error: cannot write to standard output: {e}");
-        std::process::exit(3);
+        std::process::exit(resnetc::exit::IO);
     }
 }
 
