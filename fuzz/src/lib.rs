@@ -96,3 +96,27 @@ pub fn cifar(data: &[u8]) -> Outcome {
         Err(e) => Outcome::Rejected(e.to_string()),
     }
 }
+
+/// Replays every file in `dir` (a `fuzz/regressions/<target>` folder; its README is skipped)
+/// through `entry`, as the regression tests do. Panics on the first input that panics, or that
+/// is rejected with a message that does not name `file_name` and say what is wrong. Returns the
+/// number of inputs replayed.
+pub fn replay(dir: &Path, file_name: &str, entry: fn(&[u8]) -> Outcome) -> usize {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n != "README.md"))
+        .collect();
+    files.sort();
+    for path in &files {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if let Outcome::Rejected(msg) = entry(&bytes) {
+            assert!(
+                msg.contains(file_name) && msg.len() > file_name.len() + 10,
+                "{}: the error does not name the file or say what is wrong:\n{msg}",
+                path.display()
+            );
+        }
+    }
+    files.len()
+}
