@@ -14,3 +14,6 @@ pub const IO: i32 = 3;
 pub const DATA: i32 = 4;
 /// Training diverged (NaN or infinite loss, activations or gradients).
 pub const DIVERGED: i32 = 5;
+/// Training stopped by signal N (after saving a checkpoint) exits with `SIGNAL_BASE + N`,
+/// as a shell reports a process killed by it: 130 for Ctrl-C (SIGINT), 143 for SIGTERM.
+pub const SIGNAL_BASE: i32 = 128;

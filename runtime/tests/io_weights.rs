@@ -281,6 +281,16 @@ fn atomic_write_replaces_and_reports_bad_paths() {
     write_atomic(&path, b"first").unwrap();
     write_atomic(&path, b"second").unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"second");
+    // The file gets the mode `File::create` would give it (the temporary file is private).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let plain = dir.join("plain.bin");
+        std::fs::File::create(&plain).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode(&path), mode(&plain));
+        std::fs::remove_file(plain).unwrap();
+    }
     // A failing writer leaves the old content and no temp file.
     let e = write_atomic_with(&path, |f| {
         f.write_all(b"partial")?;

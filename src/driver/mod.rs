@@ -54,6 +54,9 @@ impl CliError {
             CliError::Usage(_) => exit::USER,
             CliError::Runtime(RuntimeError::Io { .. }) => exit::IO,
             CliError::Runtime(RuntimeError::NonFinite(_)) => exit::DIVERGED,
+            CliError::Runtime(RuntimeError::Interrupted { signal, .. }) => {
+                exit::SIGNAL_BASE + *signal as i32
+            }
             CliError::Runtime(_) => exit::DATA,
             CliError::Internal(_) => exit::INTERNAL,
         }

@@ -8,10 +8,11 @@ use super::{
 use resnetc_runtime::data::Split;
 use resnetc_runtime::executor::Executor;
 use resnetc_runtime::spec::Optimizer;
-use resnetc_runtime::train::{self, Observer, Schedule, TrainConfig};
+use resnetc_runtime::train::{self, EpochProgress, Observer, Resumed, Schedule, TrainConfig};
 use resnetc_runtime::weights::{check_weights, save_safetensors};
 use resnetc_runtime::{npy, RuntimeError};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,6 +35,13 @@ pub struct TrainOptions {
     pub init_from: Option<PathBuf>,
     /// With `init_from`: same-named tensors of another shape start fresh instead of failing.
     pub skip_mismatch: bool,
+    /// Also checkpoint to `save` every this many steps.
+    pub save_every: Option<usize>,
+    /// Clip the gradients to this global L2 norm before every update.
+    pub clip_grad_norm: Option<f32>,
+    /// Set to a signal number (by a signal handler) to stop at the next step boundary with a
+    /// checkpoint ([`RuntimeError::Interrupted`]).
+    pub stop: Option<Arc<AtomicUsize>>,
 }
 
 /// A checkpoint's optimizer state must be the one this run's optimizer keeps: resuming Adam
@@ -106,7 +114,9 @@ pub fn train(
     let mut exec = executor(program, t.batch, opts.engine)?;
     exec.init_he(t.seed);
     exec.seed = t.seed;
+    exec.clip_grad_norm = t.clip_grad_norm;
     let mut start_epoch = 0;
+    let mut resumed = None;
     if let Some(w) = &t.weights {
         load_weights(&mut exec, w, opts.weights_format)?;
     }
@@ -128,6 +138,12 @@ pub fn train(
         }
         exec.optimizer_steps = ck.step;
         start_epoch = ck.epoch;
+        let progress = EpochProgress::from_extra(&ck.extra)
+            .map_err(|e| RuntimeError::format(ckpt, format!("checkpoint metadata: {e}")))?;
+        resumed = Some(Resumed {
+            path: ckpt.clone(),
+            progress,
+        });
     }
     let mut eval_exec = executor(eval_program, 256, opts.engine)?;
     let log = t.log.clone().unwrap_or_else(|| match &t.save {
@@ -149,8 +165,12 @@ pub fn train(
         seed: t.seed,
         augment: t.augment,
         save: t.save.clone(),
+        save_every: t.save_every,
         csv: Some(log.clone()),
         start_epoch,
+        resumed,
+        stop: t.stop.clone(),
+        stop_save: log.with_extension("safetensors"),
     };
     observer.start(&format!(
         "training {name} on {} images from {}, testing on {}; {} epochs of {} steps, batch {}, lr {}, {} threads",
@@ -229,6 +249,7 @@ pub fn single_steps(
     lr: f32,
     seed: u64,
     save: Option<&Path>,
+    clip_grad_norm: Option<f32>,
 ) -> Result<Vec<f32>, CliError> {
     let program = training_program(opts, optimizer)?;
     let [c, h, w] = program.input_shape;
@@ -254,6 +275,7 @@ pub fn single_steps(
     }
     exec.seed = seed;
     exec.lr = lr;
+    exec.clip_grad_norm = clip_grad_norm;
     let mut losses = vec![];
     for _ in 0..steps {
         losses.push(exec.run(&x, Some(&y))?[0][0]);
