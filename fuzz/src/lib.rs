@@ -13,7 +13,6 @@
 
 use std::path::Path;
 
-
 /// The file names the errors must mention.
 pub const MODEL_FILE: &str = "fuzz.resnet";
 pub const SAFETENSORS_FILE: &str = "fuzz.safetensors";

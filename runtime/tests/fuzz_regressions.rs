@@ -22,7 +22,11 @@ fn npy_regressions() {
 #[test]
 fn safetensors_regressions() {
     let dir = fuzz_dir().join("regressions/safetensors");
-    replay(&dir, entry_points::SAFETENSORS_FILE, entry_points::safetensors);
+    replay(
+        &dir,
+        entry_points::SAFETENSORS_FILE,
+        entry_points::safetensors,
+    );
 }
 
 #[test]
