@@ -56,4 +56,3 @@ fn compile_mode(src: &str, mode: Mode) -> Outcome {
         Err(e) => Outcome::Rejected(format!("{MODEL_FILE}: {e}")),
     }
 }
-

@@ -13,7 +13,6 @@
 
 use std::path::Path;
 
-
 /// The file names the errors must mention.
 pub const MODEL_FILE: &str = "fuzz.resnet";
 pub const SAFETENSORS_FILE: &str = "fuzz.safetensors";
@@ -97,11 +96,14 @@ pub fn cifar(data: &[u8]) -> Outcome {
     }
 }
 
+/// A fuzz target's entry point.
+pub type EntryPoint = fn(&[u8]) -> Outcome;
+
 /// Replays every file in `dir` (a `fuzz/regressions/<target>` folder; its README is skipped)
 /// through `entry`, as the regression tests do. Panics on the first input that panics, or that
 /// is rejected with a message that does not name `file_name` and say what is wrong. Returns the
 /// number of inputs replayed.
-pub fn replay(dir: &Path, file_name: &str, entry: fn(&[u8]) -> Outcome) -> usize {
+pub fn replay(dir: &Path, file_name: &str, entry: EntryPoint) -> usize {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("directory entry").path())

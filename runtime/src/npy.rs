@@ -163,15 +163,12 @@ fn check_header(text: &str) -> std::result::Result<Header, String> {
             _ => {}
         }
     }
-    let value: Value = text
-        .trim()
-        .parse()
-        .map_err(|e| {
-            format!(
-                "header is not a Python dict literal: {}",
-                syntax_error(text.trim(), &e)
-            )
-        })?;
+    let value: Value = text.trim().parse().map_err(|e| {
+        format!(
+            "header is not a Python dict literal: {}",
+            syntax_error(text.trim(), &e)
+        )
+    })?;
     let Value::Dict(entries) = value else {
         return Err(format!(
             "header is not a Python dict literal: found {}",
@@ -399,7 +396,7 @@ pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
     let file = npyz::NpyFile::new(bytes)
         .map_err(|e| err(format!("bad header at offset {header_start}: {e}")))?;
     let decode_err = |e: std::io::Error| err(format!("bad data after offset {data_start}: {e}"));
-    let widen = |v: Vec<i64>| NpyData::I64(v);
+    let widen = NpyData::I64;
     let data = match element {
         Element::F4 => NpyData::F32(file.into_vec::<f32>().map_err(decode_err)?),
         Element::F8 => NpyData::F32(narrow(file.into_vec::<f64>().map_err(decode_err)?)),

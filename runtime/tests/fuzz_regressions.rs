@@ -6,7 +6,7 @@
 #[path = "../../fuzz/src/lib.rs"]
 mod entry_points;
 
-use entry_points::{replay, Outcome};
+use entry_points::{replay, EntryPoint, Outcome};
 use std::path::{Path, PathBuf};
 
 fn fuzz_dir() -> PathBuf {
@@ -22,7 +22,11 @@ fn npy_regressions() {
 #[test]
 fn safetensors_regressions() {
     let dir = fuzz_dir().join("regressions/safetensors");
-    replay(&dir, entry_points::SAFETENSORS_FILE, entry_points::safetensors);
+    replay(
+        &dir,
+        entry_points::SAFETENSORS_FILE,
+        entry_points::safetensors,
+    );
 }
 
 #[test]
@@ -35,7 +39,7 @@ fn cifar_regressions() {
 /// steer the fuzzer away from the code that reads real files).
 #[test]
 fn seeds_are_accepted() {
-    let targets: [(&str, fn(&[u8]) -> Outcome); 3] = [
+    let targets: [(&str, EntryPoint); 3] = [
         ("npy", entry_points::npy),
         ("safetensors", entry_points::safetensors),
         ("cifar", entry_points::cifar),
