@@ -50,14 +50,7 @@ fn weights_and_gradients(x: &[f32]) -> (BTreeMap<String, Vec<f32>>, BTreeMap<Str
         .into_iter()
         .map(|(k, t)| (k, t.data))
         .collect();
-    let mut names: Vec<String> = exec
-        .program
-        .params
-        .iter()
-        .filter(|p| p.role.trainable())
-        .map(|p| p.name.clone())
-        .collect();
-    names.sort();
+    let names = common::gradient_names(&exec.program);
     let outs = exec.run(x, Some(&LABELS)).unwrap();
     assert_eq!(outs.len(), 2 + names.len());
     let grads = names
