@@ -10,6 +10,7 @@ pub mod compile;
 pub mod datasets;
 pub mod diag;
 pub mod driver;
+pub mod exit;
 pub mod export;
 pub mod frontend;
 pub mod ir;

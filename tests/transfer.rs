@@ -383,6 +383,9 @@ fn frozen_pretrained_backbone_learns_the_digits() {
         weights: None,
         init_from: Some(w.clone()),
         skip_mismatch: false,
+        save_every: None,
+        clip_grad_norm: None,
+        stop: None,
     };
     let summary =
         driver::train(&opts, Some(&digits), &t, &mut resnetc_runtime::train::Quiet).unwrap();
@@ -448,6 +451,9 @@ fn resuming_with_another_optimizer_is_refused() {
             weights: None,
             init_from: None,
             skip_mismatch: false,
+            save_every: None,
+            clip_grad_norm: None,
+            stop: None,
         };
         driver::train(&opts, Some(&data), &t, &mut resnetc_runtime::train::Quiet)
     };

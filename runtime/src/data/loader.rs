@@ -168,6 +168,13 @@ impl BatchLoader {
 
     /// Starts preparing the batches of `epoch` on a background thread.
     pub fn epoch(&self, epoch: usize) -> EpochBatches {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `first` on (a run resumed mid-epoch): the same
+    /// batches as [`BatchLoader::epoch`]'s from there, since every image's augmentation has
+    /// its own stream.
+    pub fn epoch_from(&self, epoch: usize, first: usize) -> EpochBatches {
         let (tx, rx) = sync_channel(PREFETCH);
         let data = Arc::clone(&self.data);
         let tables = Arc::clone(&self.tables);
@@ -177,7 +184,7 @@ impl BatchLoader {
             .name(format!("batch-loader-epoch-{epoch}"))
             .spawn(move || {
                 let epoch_rng = Rng::new(config.seed).fork(epoch as u64);
-                for (b, chunk) in order.chunks(config.batch_size).enumerate() {
+                for (b, chunk) in order.chunks(config.batch_size).enumerate().skip(first) {
                     let start = b * config.batch_size;
                     let batch = make_batch(&data, &tables, &config, &epoch_rng, start, chunk);
                     if tx.send(batch).is_err() {
@@ -189,7 +196,7 @@ impl BatchLoader {
         EpochBatches {
             rx: Some(rx),
             handle: Some(handle),
-            remaining: self.num_batches(),
+            remaining: self.num_batches().saturating_sub(first),
         }
     }
 }
