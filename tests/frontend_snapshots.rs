@@ -35,9 +35,11 @@ fn parsed_ast() {
     }
 }
 
-/// Zoo models that are a snapshotted model with other block counts: `(model, family member,
+/// A zoo model that is a snapshotted model with other block counts: `(model, family member,
 /// the member's parameters that give the model)`.
-const DEEPER: [(&str, &str, &[(&str, i64)]); 9] = [
+type Deeper = (&'static str, &'static str, &'static [(&'static str, i64)]);
+
+const DEEPER: [Deeper; 9] = [
     ("resnet32", "resnet20", &[("n", 5)]),
     ("resnet44", "resnet20", &[("n", 7)]),
     ("resnet56", "resnet20", &[("n", 9)]),

@@ -170,7 +170,8 @@ pub enum IrErrorKind {
 #[derive(Debug, Clone, PartialEq, Error)]
 #[error("{}{kind}", .node.as_ref().map(|n| format!("{n}: ")).unwrap_or_default())]
 pub struct IrError {
-    pub kind: IrErrorKind,
+    /// Boxed: errors travel through every pass's `Result`, which stays small this way.
+    pub kind: Box<IrErrorKind>,
     /// The node's name, when known.
     pub node: Option<String>,
     pub span: Option<Span>,
@@ -180,7 +181,7 @@ impl IrError {
     /// An error about the graph as a whole.
     pub fn new(kind: impl Into<IrErrorKind>) -> Self {
         IrError {
-            kind: kind.into(),
+            kind: Box::new(kind.into()),
             node: None,
             span: None,
         }
@@ -189,7 +190,7 @@ impl IrError {
     /// An error about one node.
     pub fn at(kind: impl Into<IrErrorKind>, node: impl Into<String>, span: Option<Span>) -> Self {
         IrError {
-            kind: kind.into(),
+            kind: Box::new(kind.into()),
             node: Some(node.into()),
             span,
         }
@@ -197,7 +198,7 @@ impl IrError {
 
     /// A kind that breaks a size limit, if this is one.
     pub fn limit_violation(&self) -> Option<&LimitViolation> {
-        match &self.kind {
+        match &*self.kind {
             IrErrorKind::OutputTooLarge { why, .. } => Some(why),
             _ => None,
         }

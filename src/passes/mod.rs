@@ -92,16 +92,6 @@ impl Pipeline {
         Pipeline { passes }
     }
 
-    /// Parses a comma-separated list of pass names, `a,b,c`.
-    pub fn from_names(list: &str) -> Result<Pipeline, String> {
-        let passes = list
-            .split(',')
-            .filter(|s| !s.trim().is_empty())
-            .map(str::parse)
-            .collect::<Result<_, _>>()?;
-        Ok(Pipeline { passes })
-    }
-
     /// Runs every pass in order, verifying the graph after each.
     pub fn run(&self, g: &mut Graph) -> Result<(), IrError> {
         self.run_traced(g, |_, _| {})
@@ -117,10 +107,10 @@ impl Pipeline {
         for &p in &self.passes {
             p.run(g)?;
             verify(g).map_err(|e| IrError {
-                kind: IrErrorKind::AfterPass {
+                kind: Box::new(IrErrorKind::AfterPass {
                     pass: p.name(),
-                    error: Box::new(e.kind),
-                },
+                    error: e.kind,
+                }),
                 ..e
             })?;
             after(p, g);
