@@ -634,8 +634,8 @@ impl Op {
             | Op::ShortcutAGrad { .. }
             | Op::LinearGrad { .. }
             | Op::SgdUpdate(_)
-            | Op::AdamUpdate(_) => Some(0),
-            Op::Flatten
+            | Op::AdamUpdate(_)
+            | Op::Flatten
             | Op::Dropout { .. }
             | Op::SoftmaxGrad
             | Op::FlattenGrad { .. }
