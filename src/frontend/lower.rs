@@ -299,27 +299,6 @@ impl<'c, 'a> Lower<'c, 'a> {
         self.conv_node(x, spec, name, span)
     }
 
-    fn conv1x1(
-        &mut self,
-        x: Value,
-        out: usize,
-        stride: usize,
-        name: String,
-        span: Span,
-    ) -> R<Value> {
-        let (cin, _, _) = self.chw(x, span, "conv")?;
-        let spec = ConvSpec {
-            in_channels: cin,
-            out_channels: out,
-            kernel: [1, 1],
-            stride: [stride, stride],
-            pad: [0; 4],
-            groups: 1,
-            bias: false,
-        };
-        self.conv_node(x, spec, name, span)
-    }
-
     /// A conv node under `name` and its weight (and bias) parameters.
     fn conv_node(&mut self, x: Value, spec: ConvSpec, name: String, span: Span) -> R<Value> {
         self.claim(&name, span)?;
@@ -339,7 +318,8 @@ impl<'c, 'a> Lower<'c, 'a> {
             .map_err(|e| ir_err(e, span))
     }
 
-    fn conv3(
+    /// A `k`x`k` conv of a built-in block or projection shortcut: padding `k / 2`, no bias.
+    fn block_conv(
         &mut self,
         x: Value,
         out: usize,
@@ -349,16 +329,7 @@ impl<'c, 'a> Lower<'c, 'a> {
         span: Span,
     ) -> R<Value> {
         let (cin, h, w) = self.chw(x, span, "conv")?;
-        let p = k / 2;
-        let spec = ConvSpec {
-            in_channels: cin,
-            out_channels: out,
-            kernel: [k, k],
-            stride: [stride, stride],
-            pad: [p; 4],
-            groups: 1,
-            bias: false,
-        };
+        let spec = ConvSpec::square(cin, out, k, stride);
         if spec.out_hw(h, w).is_none() {
             return Err(shape_err(
                 span,
@@ -605,9 +576,10 @@ impl<'c, 'a> Lower<'c, 'a> {
             }
             ShortcutKind::B | ShortcutKind::C => {
                 if proj_layers.is_empty() {
-                    let c = self.conv1x1(
+                    let c = self.block_conv(
                         project_from,
                         out_c,
+                        1,
                         stride,
                         format!("{prefix}downsample.0"),
                         span,
@@ -661,21 +633,21 @@ impl<'c, 'a> Lower<'c, 'a> {
         let p = |s: &str| format!("{prefix}{s}");
         let h = match bottleneck {
             None => {
-                let h = self.conv3(x, width, 3, stride, p("conv1"), span)?;
+                let h = self.block_conv(x, width, 3, stride, p("conv1"), span)?;
                 let h = self.bn(h, None, p("bn1"), span)?;
                 let h = self.simple(Op::Relu, h, p("relu1"), span)?;
-                let h = self.conv3(h, out_c, 3, 1, p("conv2"), span)?;
+                let h = self.block_conv(h, out_c, 3, 1, p("conv2"), span)?;
                 self.bn(h, None, p("bn2"), span)?
             }
             Some(v1) => {
                 let (s1, s2) = if v1 { (stride, 1) } else { (1, stride) };
-                let h = self.conv3(x, width, 1, s1, p("conv1"), span)?;
+                let h = self.block_conv(x, width, 1, s1, p("conv1"), span)?;
                 let h = self.bn(h, None, p("bn1"), span)?;
                 let h = self.simple(Op::Relu, h, p("relu1"), span)?;
-                let h = self.conv3(h, width, 3, s2, p("conv2"), span)?;
+                let h = self.block_conv(h, width, 3, s2, p("conv2"), span)?;
                 let h = self.bn(h, None, p("bn2"), span)?;
                 let h = self.simple(Op::Relu, h, p("relu2"), span)?;
-                let h = self.conv3(h, out_c, 1, 1, p("conv3"), span)?;
+                let h = self.block_conv(h, out_c, 1, 1, p("conv3"), span)?;
                 self.bn(h, None, p("bn3"), span)?
             }
         };

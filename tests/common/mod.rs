@@ -20,16 +20,7 @@ pub fn meta(name: &str, input: [usize; 3], classes: usize) -> ModelMeta {
 }
 
 fn conv_spec(cin: usize, cout: usize, k: usize, stride: usize) -> ConvSpec {
-    let p = k / 2;
-    ConvSpec {
-        in_channels: cin,
-        out_channels: cout,
-        kernel: [k, k],
-        stride: [stride, stride],
-        pad: [p; 4],
-        groups: 1,
-        bias: false,
-    }
+    ConvSpec::square(cin, cout, k, stride)
 }
 
 pub fn conv(g: &mut Graph, x: Value, name: &str, cout: usize, k: usize, stride: usize) -> Value {
