@@ -471,10 +471,11 @@ impl Observer for Progress {
         bar.set_prefix(format!("{}", epoch + 1));
         self.bar = Some(bar);
     }
-    fn step(&mut self, _batch: usize, loss: f32, images_per_s: f32) {
+    fn step(&mut self, batch: usize, loss: f32, images_per_s: f32) {
         if let Some(b) = &self.bar {
             b.set_message(format!("loss {loss:.4}  {images_per_s:.0} img/s"));
-            b.inc(1);
+            // The batch's place in its epoch, so a run resumed mid-epoch fills the bar.
+            b.set_position(batch as u64 + 1);
         }
     }
     fn epoch_end(&mut self, s: &EpochStats) {
