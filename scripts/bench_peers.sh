@@ -15,8 +15,14 @@ PY="$VENV/bin/python"
 CASES=${CASES:-resnet20:128,resnet20:1,resnet50:1,resnet50:16}
 TRAIN_CASES=${TRAIN_CASES:-resnet20:128}
 MIN_TIME=${MIN_TIME:-4}
-JSON=$(mktemp /tmp/bench_peers.XXXXXX.jsonl)
-trap 'rm -f "$JSON"' EXIT
+# PEERS_JSON=file keeps the rows (one JSON object per line) for scripts/bench_side_by_side.sh.
+if [ -n "${PEERS_JSON:-}" ]; then
+  JSON=$PEERS_JSON
+  : > "$JSON"
+else
+  JSON=$(mktemp /tmp/bench_peers.XXXXXX.jsonl)
+  trap 'rm -f "$JSON"' EXIT
+fi
 cd "$ORACLE_DIR"   # the bench scripts import models/benchutil from their own folder
 echo "== onnxruntime inference"
 "$PY" bench_ort.py --cases "$CASES" --threads 2 --min-time "$MIN_TIME" --json "$JSON"
