@@ -110,6 +110,7 @@ impl TrainFlags {
             weights: None,
             init_from: None,
             skip_mismatch: false,
+            data_parallel: None,
         })
     }
 }

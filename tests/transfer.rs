@@ -383,6 +383,7 @@ fn frozen_pretrained_backbone_learns_the_digits() {
         weights: None,
         init_from: Some(w.clone()),
         skip_mismatch: false,
+        data_parallel: None,
     };
     let summary =
         driver::train(&opts, Some(&digits), &t, &mut resnetc_runtime::train::Quiet).unwrap();
@@ -448,6 +449,7 @@ fn resuming_with_another_optimizer_is_refused() {
             weights: None,
             init_from: None,
             skip_mismatch: false,
+            data_parallel: None,
         };
         driver::train(&opts, Some(&data), &t, &mut resnetc_runtime::train::Quiet)
     };

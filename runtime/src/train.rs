@@ -137,16 +137,33 @@ pub fn train(
         _ => String::from(CSV_HEADER),
     };
     let mut before = crate::executor::ParamSnapshot::default();
+    // Data-parallel: this rank trains on its part of every batch; rank 0 logs and saves.
+    let job = exec.collective().cloned();
+    let (rank, ranks) = job.as_ref().map_or((0, 1), |j| (j.rank(), j.size()));
     for epoch in cfg.start_epoch..cfg.epochs {
         observer.epoch_start(epoch, steps_per_epoch);
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        for (i, batch) in loader.epoch(epoch).enumerate() {
+        let mut seen_by_all = 0usize;
+        for (i, batch) in loader.epoch_shard(epoch, rank, ranks).enumerate() {
             exec.lr = cfg.lr_at(exec.optimizer_steps, steps_per_epoch);
+            let global = loader.batch_len(i);
+            exec.set_batch_part(crate::collective::shard(global, rank, ranks).start, global);
+            seen_by_all += global;
             // The parameters before the step, to replay a step that diverges (a copy of the
             // weights costs far less than a step).
             exec.save_params(&mut before);
             let loss = exec.run(&batch.images, Some(&batch.labels))?[0][0];
+            if !loss.is_finite() && job.is_some() {
+                // A replay would run BN and gradient sums that the other ranks do not join.
+                return Err(RuntimeError::NonFinite(format!(
+                    "the training loss of rank {rank} became {loss} at epoch {}, batch {} \
+                     (learning rate {}): lower --lr or add --warmup",
+                    epoch + 1,
+                    i + 1,
+                    exec.lr
+                )));
+            }
             if !loss.is_finite() {
                 // Replay the step from the same parameters, checking every layer's outputs.
                 exec.restore_params(&before);
@@ -183,17 +200,30 @@ pub fn train(
                 .count();
             loss_sum += loss as f64 * batch.n as f64;
             seen += batch.n;
-            observer.step(i, loss, seen as f32 / start.elapsed().as_secs_f32());
+            observer.step(i, loss, seen_by_all as f32 / start.elapsed().as_secs_f32());
         }
         let train_secs = start.elapsed().as_secs_f32();
+        if let Some(job) = &job {
+            let mut sums = [loss_sum, correct as f64, seen as f64];
+            job.sum_f64(&mut sums);
+            (loss_sum, correct, seen) = (sums[0], sums[1] as usize, sums[2] as usize);
+            exec.average_running_stats();
+            check_replicas(job.as_ref(), exec, &format!("epoch {}", epoch + 1))?;
+        }
         let (test_accuracy, test_correct) = match eval.as_mut() {
             Some((ev, set)) => {
                 ev.load_weights(&exec.weights())?;
-                let (c, t) = evaluate(
+                let (mut c, mut t) = evaluate(
                     ev,
                     set.clone(),
                     LoaderConfig::eval(cfg.batch.max(256), normalize.clone()),
                 )?;
+                // Data-parallel: each rank tested its part of the test set.
+                if let Some(job) = &job {
+                    let mut sums = [c as f64, t as f64];
+                    job.sum_f64(&mut sums);
+                    (c, t) = (sums[0] as usize, sums[1] as usize);
+                }
                 (Some(c as f32 / t as f32), Some(c))
             }
             None => (None, None),
@@ -221,16 +251,34 @@ pub fn train(
             stats.lr,
             stats.seconds
         );
-        if let Some(path) = &cfg.csv {
+        if let Some(path) = cfg.csv.as_ref().filter(|_| rank == 0) {
             write_atomic(path, csv.as_bytes())?;
         }
         observer.logged(&csv);
-        if let Some(path) = &cfg.save {
+        if let Some(path) = cfg.save.as_ref().filter(|_| rank == 0) {
             checkpoint(exec, epoch + 1, cfg).save(path)?;
         }
         history.push(stats);
     }
     Ok(history)
+}
+
+/// Fails unless every replica of a data-parallel job holds the same parameters, bit for bit,
+/// as summing the same gradients on every rank must give.
+pub fn check_replicas(
+    job: &dyn crate::collective::Collective,
+    exec: &Executor,
+    when: &str,
+) -> Result<()> {
+    let prints = job.gather_u64(exec.params_fingerprint());
+    match prints.iter().position(|&p| p != prints[0]) {
+        None => Ok(()),
+        Some(r) => Err(RuntimeError::Other(format!(
+            "the parameters of rank {r} differ from rank 0's after {when} (optimizer step {}): \
+             the replicas diverged, so the data-parallel run cannot continue",
+            exec.optimizer_steps
+        ))),
+    }
 }
 
 const CSV_HEADER: &str = "epoch,train_loss,train_accuracy,test_accuracy,images_per_s,lr,seconds\n";

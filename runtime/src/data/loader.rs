@@ -166,8 +166,21 @@ impl BatchLoader {
         idx
     }
 
+    /// Images in batch `b` of an epoch (the last one may be partial).
+    pub fn batch_len(&self, b: usize) -> usize {
+        let size = self.config.batch_size;
+        self.data.len().saturating_sub(b * size).min(size)
+    }
+
     /// Starts preparing the batches of `epoch` on a background thread.
     pub fn epoch(&self, epoch: usize) -> EpochBatches {
+        self.epoch_shard(epoch, 0, 1)
+    }
+
+    /// The part of every batch of `epoch` that `rank` of `ranks` data-parallel processes
+    /// trains on ([`crate::collective::shard`]): the same images with the same augmentation
+    /// as in [`BatchLoader::epoch`], so the ranks' parts make up its batches.
+    pub fn epoch_shard(&self, epoch: usize, rank: usize, ranks: usize) -> EpochBatches {
         let (tx, rx) = sync_channel(PREFETCH);
         let data = Arc::clone(&self.data);
         let tables = Arc::clone(&self.tables);
@@ -178,8 +191,10 @@ impl BatchLoader {
             .spawn(move || {
                 let epoch_rng = Rng::new(config.seed).fork(epoch as u64);
                 for (b, chunk) in order.chunks(config.batch_size).enumerate() {
-                    let start = b * config.batch_size;
-                    let batch = make_batch(&data, &tables, &config, &epoch_rng, start, chunk);
+                    let part = crate::collective::shard(chunk.len(), rank, ranks);
+                    let start = b * config.batch_size + part.start;
+                    let batch =
+                        make_batch(&data, &tables, &config, &epoch_rng, start, &chunk[part]);
                     if tx.send(batch).is_err() {
                         return; // consumer dropped the iterator
                     }
