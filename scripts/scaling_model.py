@@ -12,7 +12,7 @@ Parameter counts come from `resnetc build MODEL --json`, BN layer counts from th
 (`resnetc build MODEL --emit ir`). Prints Markdown tables.
 
 Usage: scripts/scaling_model.py [--resnetc target/release/resnetc]
-       [--seconds-per-image resnet20=0.0063,resnet50=0.40]
+       [--seconds-per-image resnet20=0.0057,resnet50=0.40]
 """
 
 import argparse
@@ -55,7 +55,7 @@ def step_terms(params, bns, compute, ranks, bandwidth, latency):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--resnetc", default="target/release/resnetc")
-    ap.add_argument("--seconds-per-image", default="resnet20=0.0063,resnet50=0.40",
+    ap.add_argument("--seconds-per-image", default="resnet20=0.0057,resnet50=0.40",
                     help="training time per image on one rank (one thread), e.g. from "
                          "`resnetc bench MODEL --train --threads 1 --batch 32`")
     args = ap.parse_args()
