@@ -834,7 +834,11 @@ pub fn train(
         Some(dp) => format!(
             " per rank, {} ranks{}",
             dp.job.size(),
-            if dp.sync_bn { " with synchronized BN" } else { "" }
+            if dp.sync_bn {
+                " with synchronized BN"
+            } else {
+                ""
+            }
         ),
         None => String::new(),
     };

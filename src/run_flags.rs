@@ -321,9 +321,15 @@ mod tests {
         assert!(check(&["model", "train", "weights", "resume"], 0).is_err());
         assert!(check(&["model", "train", "distributed", "sync_bn"], 0).is_ok());
         let e = check(&["model", "train", "sync_bn"], 0).unwrap_err();
-        assert!(e.starts_with("--sync-bn has no effect without --distributed"), "{e}");
+        assert!(
+            e.starts_with("--sync-bn has no effect without --distributed"),
+            "{e}"
+        );
         let e = check(&["model", "eval", "weights", "distributed"], 0).unwrap_err();
-        assert!(e.starts_with("--distributed has no effect in evaluation"), "{e}");
+        assert!(
+            e.starts_with("--distributed has no effect in evaluation"),
+            "{e}"
+        );
         assert!(check(&["model"], 0).is_err());
     }
 

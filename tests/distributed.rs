@@ -115,8 +115,20 @@ fn one_and_two_ranks(engine: &str, sync_bn: bool) -> Runs {
     let one = d.join("one.safetensors").display().to_string();
     let two = d.join("two.safetensors").display().to_string();
     let common = [
-        "--train", "--steps", "3", "--input", &x, "--labels", &y, "--lr", "0.1", "--engine",
-        engine, "--threads", "1", "--json",
+        "--train",
+        "--steps",
+        "3",
+        "--input",
+        &x,
+        "--labels",
+        &y,
+        "--lr",
+        "0.1",
+        "--engine",
+        engine,
+        "--threads",
+        "1",
+        "--json",
     ];
     let mut single = run_args(&common);
     single.extend(["--save", one.as_str()]);
@@ -164,7 +176,10 @@ fn sync_bn_on_two_ranks_matches_one_process() {
         let (l1, l2) = (&runs.one_losses, &runs.two_losses);
         assert_eq!(l1.len(), 3);
         for (a, b) in l1.iter().zip(l2) {
-            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{engine} losses {l1:?} vs {l2:?}");
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                "{engine} losses {l1:?} vs {l2:?}"
+            );
         }
     }
 }
@@ -192,8 +207,20 @@ fn two_ranks_train_identically_and_resume() {
     let ck = d.join("ck.safetensors").display().to_string();
     let data = data.display().to_string();
     let recipe = [
-        "--train", "--distributed", "--sync-bn", "--data", &data, "--train-limit", "256",
-        "--batch", "64", "--threads", "1", "--save", &ck, "--json",
+        "--train",
+        "--distributed",
+        "--sync-bn",
+        "--data",
+        &data,
+        "--train-limit",
+        "256",
+        "--batch",
+        "64",
+        "--threads",
+        "1",
+        "--save",
+        &ck,
+        "--json",
     ];
     let mut first = run_args(&recipe);
     first.extend(["--epochs", "1"]);
@@ -203,7 +230,11 @@ fn two_ranks_train_identically_and_resume() {
     assert!(out.contains("2 ranks with synchronized BN"), "{out}");
     assert!(out.contains("ms summing gradients"), "{out}");
     let log = std::fs::read_to_string(d.join("ck.csv")).unwrap();
-    assert_eq!(log.lines().count(), 2, "header and one epoch, written once: {log}");
+    assert_eq!(
+        log.lines().count(),
+        2,
+        "header and one epoch, written once: {log}"
+    );
     let mut second = run_args(&recipe);
     second.extend(["--epochs", "2", "--resume", &ck]);
     let o = mpirun(2, &second);
@@ -225,20 +256,31 @@ fn usage_errors_end_the_job_with_code_2() {
     let o = mpirun(
         3,
         &run_args(&[
-            "--train", "--steps", "1", "--input", &x, "--labels", &y, "--distributed",
-            "--threads", "1",
+            "--train",
+            "--steps",
+            "1",
+            "--input",
+            &x,
+            "--labels",
+            &y,
+            "--distributed",
+            "--threads",
+            "1",
         ]),
     );
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
     assert_eq!(
-        err.matches("a batch of 2 images cannot be split over 3 ranks").count(),
+        err.matches("a batch of 2 images cannot be split over 3 ranks")
+            .count(),
         1,
         "rank 0 says it once: {err}"
     );
     let o = resnetc(&run_args(&["--train", "--sync-bn"]));
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).1.contains("--sync-bn has no effect without --distributed"));
+    assert!(text(&o)
+        .1
+        .contains("--sync-bn has no effect without --distributed"));
 }
 
 /// Killing one rank mid-training ends the whole job with an error within a bounded time:
@@ -254,8 +296,20 @@ fn killing_one_rank_ends_the_job() {
     let mut child = mpirun_command(
         2,
         &run_args(&[
-            "--train", "--distributed", "--data", &data, "--train-limit", "1024", "--batch",
-            "32", "--epochs", "100", "--threads", "1", "--log", &log,
+            "--train",
+            "--distributed",
+            "--data",
+            &data,
+            "--train-limit",
+            "1024",
+            "--batch",
+            "32",
+            "--epochs",
+            "100",
+            "--threads",
+            "1",
+            "--log",
+            &log,
         ]),
     )
     .stdout(Stdio::piped())
@@ -298,7 +352,10 @@ fn killing_one_rank_ends_the_job() {
         err.contains("rank 1") && err.contains("signal 9"),
         "mpirun names the dead rank: {err}"
     );
-    eprintln!("job ended {:.1} s after the kill", killed.elapsed().as_secs_f64());
+    eprintln!(
+        "job ended {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
 }
 
 /// `(pid, rank)` of the ranks `mpirun` (process `mpirun_pid`) started, from their
@@ -314,7 +371,10 @@ fn ranks_of(mpirun_pid: u32) -> Vec<(u32, usize)> {
         };
         // The parent pid is the second field after the parenthesized command name.
         let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        let ppid = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
         if ppid != Some(mpirun_pid) {
             continue;
         }

@@ -174,7 +174,10 @@ impl Executor {
     /// statistics unless they are each rank's own) and the step count: replicas of a
     /// data-parallel job must agree on it after every step.
     pub fn params_fingerprint(&self) -> u64 {
-        let own_stats = self.data_parallel.as_ref().is_some_and(|dp| !dp.sync_batch_norm);
+        let own_stats = self
+            .data_parallel
+            .as_ref()
+            .is_some_and(|dp| !dp.sync_batch_norm);
         let steps = [f32::from_bits(self.optimizer_steps as u32)];
         crate::collective::fingerprint(
             self.program
@@ -712,14 +715,7 @@ pub fn apply_epilogue_step(
                 batch_stats,
             );
             let (rm, rv) = inouts.split_at_mut(1);
-            k::batch_norm_update_running(
-                &mut rm[0],
-                &mut rv[0],
-                &mean,
-                &var,
-                count,
-                spec.momentum,
-            );
+            k::batch_norm_update_running(&mut rm[0], &mut rv[0], &mean, &var, count, spec.momentum);
         }
         EpilogueStep::Add => k::add_inplace(y, ins[0]),
         EpilogueStep::Relu => k::relu_inplace(y),

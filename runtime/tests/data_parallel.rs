@@ -102,7 +102,11 @@ fn synchronized_batch_norm_equals_the_whole_batch() {
     // 5 images over 2 and 3 ranks: uneven parts, one image on some ranks.
     let d = Dims4::new(5, 3, 2, 3);
     let mut rng = Rng::new(7);
-    let x: Vec<f64> = rng.vec(d.len(), -1.0, 1.0).iter().map(|v| 2.0 * v + 0.7).collect();
+    let x: Vec<f64> = rng
+        .vec(d.len(), -1.0, 1.0)
+        .iter()
+        .map(|v| 2.0 * v + 0.7)
+        .collect();
     let dy = rng.vec(d.len(), -1.0, 1.0);
     let gamma = rng.vec(d.c, 0.5, 1.5);
     let beta = rng.vec(d.c, -0.5, 0.5);
@@ -121,19 +125,42 @@ fn synchronized_batch_norm_equals_the_whole_batch() {
             let mut py = vec![0.0; pd.len()];
             let (mut m, mut v) = (vec![0.0; d.c], vec![0.0; d.c]);
             let count = batch_norm_train_across(
-                &px, pd, &gamma, &beta, eps, &mut py, &mut m, &mut v, Some(r),
+                &px,
+                pd,
+                &gamma,
+                &beta,
+                eps,
+                &mut py,
+                &mut m,
+                &mut v,
+                Some(r),
             );
             // In place, as a fused conv epilogue runs it.
             let mut pz = px.clone();
             let (mut m2, mut v2) = (vec![0.0; d.c], vec![0.0; d.c]);
             batch_norm_train_inplace_across(
-                &mut pz, pd, &gamma, &beta, eps, &mut m2, &mut v2, Some(r),
+                &mut pz,
+                pd,
+                &gamma,
+                &beta,
+                eps,
+                &mut m2,
+                &mut v2,
+                Some(r),
             );
             assert_close("in-place y", &pz, &py, 1e-12, 1e-12);
             let mut pdx = vec![0.0; pd.len()];
             let (mut dg, mut db) = (vec![0.0; d.c], vec![0.0; d.c]);
             batch_norm_backward_across(
-                &px, pd, &gamma, eps, &pdy, &mut pdx, &mut dg, &mut db, Some(r),
+                &px,
+                pd,
+                &gamma,
+                eps,
+                &pdy,
+                &mut pdx,
+                &mut dg,
+                &mut db,
+                Some(r),
             );
             // The gradient sum over the ranks completes this rank's dgamma and dbeta.
             r.sum_f64(&mut dg);
@@ -176,8 +203,22 @@ fn unsynchronized_parts_differ_from_the_whole_batch() {
     batch_norm_train(&x, d, &gamma, &beta, 1e-5, &mut y, &mut m, &mut v);
     let pd = Dims4::new(2, d.c, d.h, d.w);
     let mut py = vec![0.0; pd.len()];
-    batch_norm_train_across(&x[..pd.len()], pd, &gamma, &beta, 1e-5, &mut py, &mut m, &mut v, None);
-    let worst = py.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    batch_norm_train_across(
+        &x[..pd.len()],
+        pd,
+        &gamma,
+        &beta,
+        1e-5,
+        &mut py,
+        &mut m,
+        &mut v,
+        None,
+    );
+    let worst = py
+        .iter()
+        .zip(&y)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     assert!(worst > 1e-3, "{worst}");
 }
 

@@ -317,7 +317,12 @@ impl ConvPlan {
         if self.batch_norm_train_tail(ctx, ins, inouts, first, rest) {
             return;
         }
-        let yd = Dims4::new(ctx.n, self.spec.out_channels, self.out_hw[0], self.out_hw[1]);
+        let yd = Dims4::new(
+            ctx.n,
+            self.spec.out_channels,
+            self.out_hw[0],
+            self.out_hw[1],
+        );
         let at = self.tail_operands_at();
         apply_epilogue(
             &self.epilogue,
@@ -377,13 +382,18 @@ impl ConvPlan {
             .map(|(_, i)| ins[i])
             .collect();
         let y: &[f32] = first;
-        let planes_of = |ci: usize| (0..n).map(move |i| &y[(i * c + ci) * hw..(i * c + ci + 1) * hw]);
+        let planes_of =
+            |ci: usize| (0..n).map(move |i| &y[(i * c + ci) * hw..(i * c + ci + 1) * hw]);
         let stats: Vec<(f64, f64)> = match ctx.batch_stats {
             // Synchronized BN: the sums and sums of squares of every rank's batch.
             Some(sync) => {
                 let mut sums: Vec<f64> = (0..c)
                     .into_par_iter()
-                    .map(|ci| planes_of(ci).map(|p| lane_sum(p, |v| v as f64)).sum::<f64>())
+                    .map(|ci| {
+                        planes_of(ci)
+                            .map(|p| lane_sum(p, |v| v as f64))
+                            .sum::<f64>()
+                    })
                     .collect();
                 sums.extend(
                     (0..c)
@@ -407,22 +417,22 @@ impl ConvPlan {
                     .collect()
             }
             None => (0..c)
-            .into_par_iter()
-            .map(|ci| {
-                let planes = || (0..n).map(|i| &y[(i * c + ci) * hw..(i * c + ci + 1) * hw]);
-                let sum: f64 = planes().map(|p| lane_sum(p, |v| v as f64)).sum();
-                let mean = sum / count as f64;
-                let sq: f64 = planes()
-                    .map(|p| {
-                        lane_sum(p, |v| {
-                            let d = v as f64 - mean;
-                            d * d
+                .into_par_iter()
+                .map(|ci| {
+                    let planes = || (0..n).map(|i| &y[(i * c + ci) * hw..(i * c + ci + 1) * hw]);
+                    let sum: f64 = planes().map(|p| lane_sum(p, |v| v as f64)).sum();
+                    let mean = sum / count as f64;
+                    let sq: f64 = planes()
+                        .map(|p| {
+                            lane_sum(p, |v| {
+                                let d = v as f64 - mean;
+                                d * d
+                            })
                         })
-                    })
-                    .sum();
-                (mean, sq / count as f64)
-            })
-            .collect(),
+                        .sum();
+                    (mean, sq / count as f64)
+                })
+                .collect(),
         };
         let mean: Vec<f32> = stats.iter().map(|s| s.0 as f32).collect();
         let var: Vec<f32> = stats.iter().map(|s| s.1 as f32).collect();

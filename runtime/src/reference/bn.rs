@@ -181,7 +181,17 @@ pub fn batch_norm_train<T: Real>(
     batch_mean_out: &mut [T],
     batch_var_out: &mut [T],
 ) {
-    batch_norm_train_across(x, d, gamma, beta, eps, y, batch_mean_out, batch_var_out, None);
+    batch_norm_train_across(
+        x,
+        d,
+        gamma,
+        beta,
+        eps,
+        y,
+        batch_mean_out,
+        batch_var_out,
+        None,
+    );
 }
 
 /// [`batch_norm_train`] with the statistics of the batches of every rank of `sync`
@@ -463,8 +473,14 @@ fn batch_norm_backward_synced<T: Real>(
         let var = (global[c + ci] / m - mean * mean).max(0.0);
         let invstd = 1.0 / (var + eps).sqrt();
         // Σdy·(x - mean) = Σdy·x - mean·Σdy, globally and for this rank's share.
-        let (sdy, sdx) = (global[2 * c + ci], global[3 * c + ci] - mean * global[2 * c + ci]);
-        let (own_sdy, own_sdx) = (local[2 * c + ci], local[3 * c + ci] - mean * local[2 * c + ci]);
+        let (sdy, sdx) = (
+            global[2 * c + ci],
+            global[3 * c + ci] - mean * global[2 * c + ci],
+        );
+        let (own_sdy, own_sdx) = (
+            local[2 * c + ci],
+            local[3 * c + ci] - mean * local[2 * c + ci],
+        );
         dbeta[ci] = T::from_f64_lossy(own_sdy);
         dgamma[ci] = T::from_f64_lossy(own_sdx * invstd);
         let a = gamma[ci].to_f64_lossy() * invstd;
