@@ -582,9 +582,9 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
 /// `run` in a build without MPI: `--distributed` says how to get it.
 #[cfg(not(feature = "distributed"))]
 fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
-    if args.distributed {
+    if args.distributed || args.sync_bn {
         return Err(CliError::usage(
-            "--distributed needs a resnetc built with MPI: install Open MPI and libclang \
+            "--distributed and --sync-bn need a resnetc built with MPI: install Open MPI and libclang \
              (apt-get install openmpi-bin libopenmpi-dev libclang-dev) and build with \
              `cargo build --release --features distributed`",
         ));
