@@ -4,19 +4,13 @@
 //! one, drawn with the caret), and a hint. [`Diagnostics`] bundles them with the file's name and
 //! text so they render as `file:line:col` with the offending source line underneath.
 //!
-//! Exit codes (see [`Diagnostics::exit_code`]): `0` success, `1` internal compiler error,
-//! `2` an error in the model file (syntax, names, shapes), `3` the file could not be read.
+//! Exit codes ([`Diagnostics::exit_code`], values in [`crate::exit`]): `1` internal compiler
+//! error, `2` an error in the model file (syntax, names, shapes), `3` the file could not be read.
 
+use crate::exit;
 use crate::ir::Span;
 use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource};
 use std::fmt;
-
-/// Exit code for an error in the model file.
-pub const EXIT_USER_ERROR: i32 = 2;
-/// Exit code when the file cannot be read.
-pub const EXIT_IO_ERROR: i32 = 3;
-/// Exit code for a compiler bug (an IR invariant broken by lowering).
-pub const EXIT_INTERNAL_ERROR: i32 = 1;
 
 /// What went wrong, for the exit code and the error code shown to users.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,16 +166,16 @@ impl Diagnostics {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
-    /// The process exit code for these diagnostics: [`EXIT_USER_ERROR`] (2) for errors in the
-    /// model file, [`EXIT_IO_ERROR`] (3) when it could not be read, [`EXIT_INTERNAL_ERROR`] (1)
-    /// for compiler bugs.
+    /// The process exit code for these diagnostics: [`exit::USER`] (2) for errors in the
+    /// model file, [`exit::IO`] (3) when it could not be read, [`exit::INTERNAL`] (1) for
+    /// compiler bugs.
     pub fn exit_code(&self) -> i32 {
         if self.items.iter().any(|d| d.category == Category::Internal) {
-            EXIT_INTERNAL_ERROR
+            exit::INTERNAL
         } else if self.items.iter().any(|d| d.category == Category::Io) {
-            EXIT_IO_ERROR
+            exit::IO
         } else {
-            EXIT_USER_ERROR
+            exit::USER
         }
     }
 

@@ -12,6 +12,7 @@ pub mod diag;
 #[cfg(feature = "distributed")]
 pub mod distributed;
 pub mod driver;
+pub mod exit;
 pub mod export;
 pub mod frontend;
 pub mod ir;

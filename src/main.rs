@@ -9,8 +9,11 @@ use resnetc::ir::Mode;
 use resnetc::train_flags::TrainFlags;
 use resnetc_runtime::keras::WeightsFormat;
 use resnetc_runtime::train::{EpochStats, Observer};
+use resnetc_runtime::RuntimeError;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
 
 /// Writes to stdout. A closed pipe (`resnetc build ... | head`) ends the process quietly with
 /// success, as for any Unix filter, instead of panicking in `print!`.
@@ -22,7 +25,7 @@ fn emit(text: &str) {
             std::process::exit(0);
         }
         eprintln!("error: cannot write to standard output: {e}");
-        std::process::exit(3);
+        std::process::exit(resnetc::exit::IO);
     }
 }
 
@@ -236,9 +239,15 @@ struct RunArgs {
     steps: Option<usize>,
     #[command(flatten)]
     recipe: TrainFlags,
-    /// Write weights (inference/single step) or a checkpoint (training) here, atomically.
+    /// Write weights (inference/single step) or a checkpoint (training) here, atomically:
+    /// after every epoch, every --save-every steps, and on Ctrl-C (SIGINT) or SIGTERM, which
+    /// stop training at the next step boundary and print the command that resumes it.
     #[arg(long)]
     save: Option<PathBuf>,
+    /// With --train and --save: also write the checkpoint every N optimizer steps, within
+    /// epochs (a resumed run continues from that step).
+    #[arg(long = "save-every", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    save_every: Option<u64>,
     /// Transfer learning: load the tensors of these weights (or checkpoint) whose names and
     /// shapes the model shares, initialize the rest (a new head), and print what was loaded.
     #[arg(long = "init-from", value_name = "WEIGHTS")]
@@ -499,6 +508,56 @@ impl Observer for Progress {
     }
 }
 
+/// SIGINT (Ctrl-C) and SIGTERM ask training to stop at the next step boundary, where it saves
+/// a checkpoint: the returned flag holds the signal's number. A second signal ends the process
+/// at once, as usual.
+fn stop_on_signals() -> Result<Arc<AtomicUsize>, CliError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
+    let stop = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicBool::new(false));
+    let failed =
+        |e: std::io::Error| CliError::Internal(format!("cannot install a signal handler: {e}"));
+    for signal in [SIGINT, SIGTERM] {
+        // Registered first, so it sees `seen` as the previous signal left it.
+        flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&seen))
+            .map_err(failed)?;
+        flag::register(signal, Arc::clone(&seen)).map_err(failed)?;
+        flag::register_usize(signal, Arc::clone(&stop), signal as usize).map_err(failed)?;
+    }
+    Ok(stop)
+}
+
+/// The command line that resumes an interrupted run from `checkpoint`: this one, with
+/// `--resume checkpoint` instead of any `--resume` it had.
+fn resume_command(checkpoint: &std::path::Path) -> String {
+    let mut words = vec![];
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--resume" {
+            args.next();
+        } else if !a.starts_with("--resume=") {
+            words.push(a);
+        }
+    }
+    words.push("--resume".into());
+    words.push(checkpoint.display().to_string());
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| {
+            let plain = !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@%".contains(c));
+            if plain {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect();
+    format!("resnetc {}", quoted.join(" "))
+}
+
 /// The ids of the arguments given on the command line (not defaults) of a subcommand.
 fn given_ids(sub: &str, m: &ArgMatches) -> Vec<String> {
     let cmd = Cli::command();
@@ -611,6 +670,7 @@ fn run_here(
         WeightsFormatArg::Keras => WeightsFormat::Keras,
     };
     let (optimizer, lr) = args.recipe.optimizer()?;
+    args.recipe.check_clip()?;
     if args.train && args.steps.is_some() {
         let input = args
             .input
@@ -630,6 +690,7 @@ fn run_here(
             lr,
             args.recipe.seed,
             args.save.as_deref(),
+            args.recipe.clip_grad_norm,
             dp,
         )?;
         if speaks && args.json {
@@ -649,6 +710,8 @@ fn run_here(
             weights: args.weights.clone(),
             init_from: args.init_from.clone(),
             skip_mismatch: args.skip_mismatch,
+            save_every: args.save_every.map(|n| n as usize),
+            stop: Some(stop_on_signals()?),
             data_parallel: dp.cloned(),
             ..args.recipe.options()?
         };
@@ -784,6 +847,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprint!("{}", e.render());
+            if let CliError::Runtime(RuntimeError::Interrupted { checkpoint, .. }) = &e {
+                eprintln!("resume with:\n  {}", resume_command(checkpoint));
+            }
             ExitCode::from(e.exit_code() as u8)
         }
     }

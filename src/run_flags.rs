@@ -49,6 +49,7 @@ impl RunMode {
                 "save",
                 "distributed",
                 "sync_bn",
+                "clip_grad_norm",
             ],
             RunMode::Train => &[
                 "train",
@@ -79,6 +80,8 @@ impl RunMode {
                 "data",
                 "distributed",
                 "sync_bn",
+                "save_every",
+                "clip_grad_norm",
             ],
             RunMode::Eval => &["eval", "weights", "weights_format", "data", "batch"],
             RunMode::Infer => &[
@@ -174,6 +177,9 @@ pub fn check(given: &[&str], inputs: usize) -> Result<RunMode, String> {
         }
         _ if has("weights_format") && !has("weights") => {
             return Err("--weights-format has no effect without --weights: it says how the --weights file names its tensors".into())
+        }
+        RunMode::Train if has("save_every") && !has("save") => {
+            return Err("--save-every needs --save: it says how often to write the --save checkpoint within an epoch".into())
         }
         RunMode::Train if has("weights") && has("resume") => {
             return Err("--weights has no effect with --resume: the checkpoint holds the weights to continue from".into())
@@ -331,6 +337,40 @@ mod tests {
             "{e}"
         );
         assert!(check(&["model"], 0).is_err());
+        // Checkpoints within an epoch go to --save, and only training writes them.
+        let e = check(&["model", "train", "save_every"], 0).unwrap_err();
+        assert!(e.starts_with("--save-every needs --save"), "{e}");
+        assert_eq!(
+            check(&["model", "train", "save", "save_every"], 0),
+            Ok(RunMode::Train)
+        );
+        let e = check(&["model", "input", "save", "save_every"], 1).unwrap_err();
+        assert!(
+            e.starts_with("--save-every has no effect in inference"),
+            "{e}"
+        );
+        let e = check(
+            &[
+                "model",
+                "train",
+                "steps",
+                "input",
+                "labels",
+                "save",
+                "save_every",
+            ],
+            1,
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("--save-every has no effect in single-step"),
+            "{e}"
+        );
+        let e = check(&["model", "eval", "weights", "clip_grad_norm"], 0).unwrap_err();
+        assert!(
+            e.starts_with("--clip-grad-norm has no effect in evaluation"),
+            "{e}"
+        );
     }
 
     #[test]

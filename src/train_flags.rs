@@ -69,6 +69,10 @@ pub struct TrainFlags {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Scale the gradients down to this global L2 norm (over every trainable gradient) before
+    /// each update when it is larger, as torch.nn.utils.clip_grad_norm_.
+    #[arg(long = "clip-grad-norm", value_name = "X")]
+    pub clip_grad_norm: Option<f32>,
 }
 
 impl TrainFlags {
@@ -87,10 +91,21 @@ impl TrainFlags {
         .map_err(CliError::Usage)
     }
 
+    /// `--clip-grad-norm` must be a positive norm.
+    pub fn check_clip(&self) -> Result<(), CliError> {
+        match self.clip_grad_norm {
+            Some(x) if !(x.is_finite() && x > 0.0) => Err(CliError::usage(format!(
+                "--clip-grad-norm {x}: give a positive, finite norm, such as 1.0"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// The training options of this recipe for a fresh run: nothing loaded, resumed or saved,
     /// the log at its default place.
     pub fn options(&self) -> Result<TrainOptions, CliError> {
         let (optimizer, lr) = self.optimizer()?;
+        self.check_clip()?;
         Ok(TrainOptions {
             epochs: self.epochs,
             batch: self.batch,
@@ -111,6 +126,9 @@ impl TrainFlags {
             init_from: None,
             skip_mismatch: false,
             data_parallel: None,
+            save_every: None,
+            clip_grad_norm: self.clip_grad_norm,
+            stop: None,
         })
     }
 }

@@ -123,7 +123,7 @@ fn one_and_two_ranks(engine: &str, sync_bn: bool) -> Runs {
         "--labels",
         &y,
         "--lr",
-        "0.1",
+        "0.02",
         "--engine",
         engine,
         "--threads",

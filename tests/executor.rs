@@ -63,14 +63,7 @@ fn gradients_match_finite_differences() {
         .map(|g| g.to_vec())
         .collect::<Vec<_>>();
     // Outputs are loss, logits, then gradients in parameter-name order.
-    let mut names: Vec<String> = exec
-        .program
-        .params
-        .iter()
-        .filter(|p| p.role.trainable())
-        .map(|p| p.name.clone())
-        .collect();
-    names.sort();
+    let names = common::gradient_names(&exec.program);
     assert_eq!(names.len(), grads.len());
     // Small steps keep ReLU kinks out of most differences.
     let (failures, checked) =

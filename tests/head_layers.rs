@@ -266,14 +266,7 @@ fn check_gradients(src: &str, engine: EngineKind, want_params: &[&str]) {
         .iter()
         .map(|g| g.to_vec())
         .collect();
-    let mut names: Vec<String> = exec
-        .program
-        .params
-        .iter()
-        .filter(|p| p.role.trainable())
-        .map(|p| p.name.clone())
-        .collect();
-    names.sort();
+    let names = common::gradient_names(&exec.program);
     assert_eq!(names.len(), grads.len());
     for p in want_params {
         assert!(names.iter().any(|n| n == p), "{p} not in {names:?}");

@@ -384,6 +384,9 @@ fn frozen_pretrained_backbone_learns_the_digits() {
         init_from: Some(w.clone()),
         skip_mismatch: false,
         data_parallel: None,
+        save_every: None,
+        clip_grad_norm: None,
+        stop: None,
     };
     let summary =
         driver::train(&opts, Some(&digits), &t, &mut resnetc_runtime::train::Quiet).unwrap();
@@ -450,6 +453,9 @@ fn resuming_with_another_optimizer_is_refused() {
             init_from: None,
             skip_mismatch: false,
             data_parallel: None,
+            save_every: None,
+            clip_grad_norm: None,
+            stop: None,
         };
         driver::train(&opts, Some(&data), &t, &mut resnetc_runtime::train::Quiet)
     };

@@ -1,32 +1,14 @@
-//! Atomic file writes: the data goes to a temporary file in the target's directory, is flushed
-//! and fsynced, then renamed over the target (and the directory is fsynced on Unix), so readers
-//! see either the old file or the complete new one, never a torn write.
+//! Atomic file writes: the data goes to a temporary file in the target's directory (tempfile's
+//! `NamedTempFile`, removed if anything fails), is flushed and fsynced, then renamed over the
+//! target with `persist`, and the directory is fsynced on Unix so the rename survives a power
+//! loss. Readers see either the old file or the complete new one, never a torn write; a write
+//! that fails (a full disk) leaves the old file as it was.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use crate::error::{Result, RuntimeError};
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn temp_path(path: &Path) -> Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| {
-        RuntimeError::format(
-            path,
-            "cannot write: the path has no file name (it ends in `..` or `/`)",
-        )
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    Ok(path.with_file_name(tmp_name))
-}
 
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
@@ -41,34 +23,47 @@ where
     F: FnOnce(&mut File) -> std::io::Result<()>,
 {
     let path = path.as_ref();
-    let tmp = temp_path(path)?;
-    let result = (|| -> std::io::Result<()> {
-        let mut file = File::create(&tmp)?;
-        write(&mut file)?;
-        file.flush()?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(RuntimeError::io(path, e));
-    }
-    sync_dir(path);
-    Ok(())
-}
-
-#[cfg(unix)]
-fn sync_dir(path: &Path) {
+    let name = path.file_name().ok_or_else(|| {
+        RuntimeError::format(
+            path,
+            "cannot write: the path has no file name (it ends in `..` or `/`)",
+        )
+    })?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    // `.name.XXXXXX.tmp` next to the target: the rename stays within one file system.
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // tempfile creates private (0600) files; the written file gets the usual mode, 0666
+    // less the umask, as `File::create` would give it.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder
+        .tempfile_in(dir)
+        .map_err(|e| RuntimeError::io(path, e))?;
+    let file = tmp.as_file_mut();
+    write(file)
+        .and_then(|()| file.flush())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| RuntimeError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| RuntimeError::io(path, e.error))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Makes the rename durable. Best effort: some file systems refuse to fsync a directory.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
 }
 
 #[cfg(not(unix))]
-fn sync_dir(_path: &Path) {}
+fn sync_dir(_dir: &Path) {}

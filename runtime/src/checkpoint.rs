@@ -16,6 +16,17 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Prefix of optimizer tensors inside the file.
 pub const OPTIMIZER_PREFIX: &str = "optimizer.";
 
+/// The model tensors of a weights file or of a training checkpoint: a checkpoint (by its
+/// `format` metadata) loses its optimizer state, which belongs to the run that wrote it, so
+/// `--weights`, `--init-from` and `export` take either file.
+pub fn load_model_tensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor>> {
+    let (mut tensors, meta) = load_safetensors_with_metadata(path)?;
+    if meta.get("format").map(String::as_str) == Some(FORMAT_NAME) {
+        tensors.retain(|k, _| !k.starts_with(OPTIMIZER_PREFIX));
+    }
+    Ok(tensors)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
     pub params: BTreeMap<String, Tensor>,

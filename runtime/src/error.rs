@@ -22,6 +22,19 @@ pub enum RuntimeError {
     /// Training diverged (NaN or infinity).
     #[error("{0}")]
     NonFinite(String),
+    /// Training stopped on request (a signal) at a step boundary, with a checkpoint.
+    #[error(
+        "interrupted (signal {signal}) at epoch {epoch}, batch {batch} (step {step}); \
+         saved a checkpoint to {}",
+        checkpoint.display()
+    )]
+    Interrupted {
+        signal: usize,
+        checkpoint: PathBuf,
+        epoch: usize,
+        batch: usize,
+        step: u64,
+    },
     #[error("{0}")]
     Other(String),
 }

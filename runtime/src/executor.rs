@@ -20,6 +20,13 @@ pub struct ParamSnapshot {
     optimizer_steps: u64,
 }
 
+impl ParamSnapshot {
+    /// The optimizer steps taken before the snapshot.
+    pub fn optimizer_steps(&self) -> u64 {
+        self.optimizer_steps
+    }
+}
+
 pub struct Executor {
     pub program: Program,
     /// One kernel per step of `program.steps`, and per step of `program.prep`.
@@ -37,6 +44,10 @@ pub struct Executor {
     /// The run's seed: dropout masks are drawn from it and the step number
     /// ([`KernelCtx::seed`]).
     pub seed: u64,
+    /// Clip the gradients to this global L2 norm before the optimizer updates
+    /// (`torch.nn.utils.clip_grad_norm_`), if set.
+    pub clip_grad_norm: Option<f32>,
+    last_grad_norm: Option<f32>,
     prepared: bool,
     /// Per-kernel-kind wall time, when profiling is on.
     profile: Option<std::collections::BTreeMap<&'static str, (u32, std::time::Duration)>>,
@@ -107,6 +118,8 @@ impl Executor {
             lr: 0.0,
             optimizer_steps: 0,
             seed: 0,
+            clip_grad_norm: None,
+            last_grad_norm: None,
             prepared: false,
             profile: None,
             step_times: vec![],
@@ -230,7 +243,7 @@ impl Executor {
         let start = Instant::now();
         let grads: Vec<usize> = steps
             .iter()
-            .filter(|s| is_optimizer_update(&s.kernel))
+            .filter(|s| s.kernel.is_optimizer_update())
             .map(|s| s.ins[0])
             .collect();
         dp.bucket.clear();
@@ -498,12 +511,17 @@ impl Executor {
         let mut kernels = std::mem::take(&mut self.kernels);
         self.step_times.clear();
         let mut first_bad = None;
-        let mut gradients_summed = false;
+        // Updates come after every other step (the IR schedule guarantees it), so every
+        // gradient is complete when the first one runs.
+        let first_update = steps.iter().position(|s| s.kernel.is_optimizer_update());
         for (i, (step, kernel)) in steps.iter().zip(kernels.iter_mut()).enumerate() {
-            // Data-parallel: the updates (scheduled after every gradient) apply the sum.
-            if !gradients_summed && is_optimizer_update(&step.kernel) {
-                self.sum_gradients(&steps);
-                gradients_summed = true;
+            if Some(i) == first_update {
+                // Data-parallel: the updates apply the gradients' sum over the ranks, and
+                // clipping sees the global batch's gradient.
+                self.sum_gradients(&steps[i..]);
+                if let Some(max_norm) = self.clip_grad_norm {
+                    self.clip_gradients(&steps[i..], max_norm);
+                }
             }
             let start = self.profile.is_some().then(std::time::Instant::now);
             self.run_step(step, kernel.as_mut());
@@ -538,6 +556,49 @@ impl Executor {
             self.prepared = self.program.prep.is_empty();
         }
         Ok(first_bad)
+    }
+
+    /// Scales the gradients that `updates` read (their first input) so that their global L2
+    /// norm is at most `max_norm`, as `torch.nn.utils.clip_grad_norm_` does: by
+    /// `max_norm / (norm + 1e-6)` when that is below 1. The norm is summed in f64.
+    fn clip_gradients(&mut self, updates: &[Step], max_norm: f32) {
+        let grads = || {
+            updates
+                .iter()
+                .filter(|s| s.kernel.is_optimizer_update())
+                .map(|s| s.ins[0])
+        };
+        let sum_sq: f64 = grads()
+            .map(|b| {
+                self.bufs[b]
+                    .iter()
+                    .map(|&g| g as f64 * g as f64)
+                    .sum::<f64>()
+            })
+            .sum();
+        let norm = sum_sq.sqrt() as f32;
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            for b in grads().collect::<Vec<_>>() {
+                self.bufs[b].iter_mut().for_each(|g| *g *= coef);
+            }
+        }
+        self.last_grad_norm = Some(norm);
+    }
+
+    /// The global L2 norm of the gradients before clipping, in the last run that clipped.
+    pub fn last_grad_norm(&self) -> Option<f32> {
+        self.last_grad_norm
+    }
+
+    /// The first trainable parameter (in program order) holding a NaN or an infinity.
+    pub fn first_non_finite_param(&self) -> Option<&str> {
+        self.program
+            .params
+            .iter()
+            .filter(|p| p.role.trainable())
+            .find(|p| self.bufs[p.buffer].iter().any(|v| !v.is_finite()))
+            .map(|p| p.name.as_str())
     }
 
     fn run_step(&mut self, step: &Step, kernel: &mut dyn StepKernel) {
@@ -621,10 +682,6 @@ impl StepKernel for ReferenceKernel {
 
 fn is_running_stat(role: ParamRole) -> bool {
     matches!(role, ParamRole::RunningMean | ParamRole::RunningVar)
-}
-
-fn is_optimizer_update(kernel: &Kernel) -> bool {
-    matches!(kernel, Kernel::SgdUpdate { .. } | Kernel::AdamUpdate { .. })
 }
 
 fn labels_of(buf: &[f32]) -> Vec<usize> {

@@ -136,6 +136,11 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// An optimizer update (reads a gradient, writes a parameter and its state in place).
+    pub fn is_optimizer_update(&self) -> bool {
+        matches!(self, Kernel::SgdUpdate { .. } | Kernel::AdamUpdate { .. })
+    }
+
     /// A short name for profiles; convolutions are split by their epilogue.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -1,66 +1,67 @@
-//! Deterministic pseudo-random numbers: xoshiro256** seeded through splitmix64.
+//! Deterministic pseudo-random numbers: xoshiro256** (the `rand_xoshiro` crate) seeded through
+//! splitmix64.
 //!
 //! The whole state is four `u64`s ([`Rng::state`] / [`Rng::from_state`]) so a checkpoint can
 //! resume a training run bit for bit. [`Rng::fork`] derives independent streams (one per worker,
 //! per epoch, ...) from a parent generator without advancing it.
+//!
+//! Hand-written here, and why: the draws built on the raw `u64`s (uniform floats, bounded
+//! integers, normals, shuffles) and [`Rng::fork`]. They fix how a seed becomes a training run:
+//! the shuffle order, the augmentations and the weight initialization. `rand`'s distributions
+//! draw differently, so using them would change every run and the runs recorded before, and
+//! checkpoints saved before could not resume to the same weights.
+
+use rand_xoshiro::rand_core::{Rng as _, SeedableRng};
+use rand_xoshiro::Xoshiro256StarStar;
 
 /// One step of splitmix64: advances `x` and returns the next output.
 pub fn splitmix64(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    let mut g = rand_xoshiro::SplitMix64::seed_from_u64(*x);
+    let out = g.next_u64();
+    *x = u64::from_le_bytes(g.state());
+    out
 }
 
 /// xoshiro256** generator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rng {
-    s: [u64; 4],
+    inner: Xoshiro256StarStar,
 }
 
 impl Rng {
     /// Seeds the four state words from `seed` with splitmix64 (never all zero).
     pub fn new(seed: u64) -> Rng {
-        let mut x = seed;
-        let s = [
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-        ];
-        Rng::from_state(s)
+        Rng {
+            inner: Xoshiro256StarStar::seed_from_u64(seed),
+        }
     }
 
     /// Restores a generator from [`Rng::state`]. An all-zero state (which would only ever
     /// produce zeros) is replaced by the state of `Rng::new(0)`.
     pub fn from_state(s: [u64; 4]) -> Rng {
-        if s == [0; 4] {
-            return Rng::new(0);
+        let mut seed = [0u8; 32];
+        for (chunk, word) in seed.chunks_exact_mut(8).zip(s) {
+            chunk.copy_from_slice(&word.to_le_bytes());
         }
-        Rng { s }
+        Rng {
+            inner: Xoshiro256StarStar::from_seed(seed),
+        }
     }
 
     /// The full generator state, for checkpoints.
     pub fn state(&self) -> [u64; 4] {
-        self.s
+        let bytes = self.inner.state();
+        std::array::from_fn(|i| {
+            u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"))
+        })
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        let s = &mut self.s;
-        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        result
+        self.inner.next_u64()
     }
 
     pub fn next_u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
+        self.inner.next_u32()
     }
 
     /// Uniform in [0, 1) with 24 random bits.
@@ -119,18 +120,14 @@ impl Rng {
     /// An independent generator for `stream` (worker index, epoch, ...). Does not advance `self`:
     /// the same parent state and stream always give the same child.
     pub fn fork(&self, stream: u64) -> Rng {
-        let mut x = self.s[0]
-            ^ self.s[1].rotate_left(13)
-            ^ self.s[2].rotate_left(29)
-            ^ self.s[3].rotate_left(43)
+        let s = self.state();
+        let x = s[0]
+            ^ s[1].rotate_left(13)
+            ^ s[2].rotate_left(29)
+            ^ s[3].rotate_left(43)
             ^ splitmix64(&mut stream.wrapping_mul(0xD1B5_4A32_D192_ED03).wrapping_add(1));
-        let s = [
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-        ];
-        Rng::from_state(s)
+        // Four splitmix64 draws from `x`, as `new` seeds.
+        Rng::new(x)
     }
 }
 

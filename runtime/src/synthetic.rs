@@ -31,6 +31,8 @@
 //! oracle's `models.make_weights`). Any change here must be mirrored in `scripts/synthetic.py`,
 //! the version string bumped, and the fixtures regenerated (`scripts/make_fixtures.py`).
 
+use rand_xoshiro::rand_core::{Rng as _, SeedableRng};
+
 /// Identifies the generator and distribution rules; recorded in `tests/fixtures/manifest.json`.
 pub const GENERATOR_VERSION: &str = "splitmix64-fnv1a-v1";
 
@@ -49,16 +51,20 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The splitmix64 generator (Steele, Lea, Flood 2014), as used by `java.util.SplittableRandom`.
+/// The splitmix64 generator (Steele, Lea, Flood 2014), as used by `java.util.SplittableRandom`:
+/// `rand_xoshiro`'s, which is the reference algorithm bit for bit. The conversions to floats
+/// and labels below stay here: they are the contract with the Python twin.
 #[derive(Clone, Debug)]
 pub struct SplitMix64 {
-    state: u64,
+    inner: rand_xoshiro::SplitMix64,
 }
 
 impl SplitMix64 {
     /// A generator whose first draw is the splitmix64 output after `state + GAMMA`.
     pub fn new(state: u64) -> Self {
-        Self { state }
+        Self {
+            inner: rand_xoshiro::SplitMix64::seed_from_u64(state),
+        }
     }
 
     /// The stream for one named tensor: `state0 = seed ^ fnv1a64(name)`.
@@ -68,11 +74,7 @@ impl SplitMix64 {
 
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.inner.next_u64()
     }
 
     /// Next uniform `f64` in `[0, 1)` with 53 random bits.

@@ -125,6 +125,40 @@ fn reads_all_dtypes_and_versions() {
     )
     .unwrap();
     assert_eq!(a.into_labels(p()).unwrap(), vec![0, 9, 3, 255]);
+    // Big-endian data, and the narrower integers.
+    let body: Vec<u8> = [1.5f32, -2.0]
+        .iter()
+        .flat_map(|v| v.to_be_bytes())
+        .collect();
+    let a = parse_npy(
+        &p(),
+        &npy_bytes(
+            1,
+            "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }",
+            &body,
+        ),
+    )
+    .unwrap();
+    assert_eq!(a.data, NpyData::F32(vec![1.5, -2.0]));
+    let body: Vec<u8> = [-3i16, 300].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let a = parse_npy(
+        &p(),
+        &npy_bytes(
+            1,
+            "{'descr': '<i2', 'fortran_order': False, 'shape': (2,), }",
+            &body,
+        ),
+    )
+    .unwrap();
+    assert_eq!(a.data, NpyData::I64(vec![-3, 300]));
+    // |b1 holds 0 or 1 only.
+    let bad_bool = npy_bytes(
+        1,
+        "{'descr': '|b1', 'fortran_order': False, 'shape': (2,), }",
+        &[1, 7],
+    );
+    let m = format_msg(parse_npy(&p(), &bad_bool).unwrap_err());
+    assert!(m.contains("bool") && m.contains("offset"), "{m}");
     // float labels are refused
     let a = parse_npy(&p(), &encode_npy_f32(&[1], &[1.0]).unwrap()).unwrap();
     assert!(a
@@ -179,29 +213,79 @@ fn truncated_and_bad_files_name_the_problem() {
     let mut v9 = good.clone();
     v9[6] = 9;
     assert!(format_msg(parse_npy(&p(), &v9).unwrap_err()).contains("version 9.0"));
-    // Unsupported dtype (big-endian).
+    // Unsupported dtype (complex).
     let m = format_msg(
         parse_npy(
             &p(),
             &npy_bytes(
                 1,
-                "{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }",
-                &[0; 4],
+                "{'descr': '<c8', 'fortran_order': False, 'shape': (1,), }",
+                &[0; 8],
             ),
         )
         .unwrap_err(),
     );
-    assert!(m.contains("'>f4'") && m.contains("<f4"), "{m}");
+    assert!(m.contains("'<c8'") && m.contains("astype('<f4')"), "{m}");
+    // Shapes whose element count overflows, also behind a zero dim (npyz would overflow on
+    // its own unchecked product there), and a header nested deeper than any numpy writes.
+    for (dict, want) in [
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296), }",
+            "overflows",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4294967296, 4294967296), }",
+            "overflows",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }",
+            "shape entry",
+        ),
+        (
+            "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }",
+            "structured",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'extra': 1}",
+            "unknown header key 'extra'",
+        ),
+    ] {
+        let m = format_msg(parse_npy(&p(), &npy_bytes(1, dict, &[0; 4])).unwrap_err());
+        assert!(m.contains(want), "{dict}: {m}");
+    }
+    let deep = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': {}1{}, }}",
+        "(".repeat(50_000),
+        ")".repeat(50_000)
+    );
+    let m = format_msg(parse_npy(&p(), &npy_bytes(2, &deep, &[0; 4])).unwrap_err());
+    assert!(m.contains("nest"), "{m}");
+    // A header length far past the end of the file (4 GiB) is refused before any allocation.
+    let mut huge = npy_bytes(
+        2,
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }",
+        &[0; 4],
+    );
+    huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    let m = format_msg(parse_npy(&p(), &huge).unwrap_err());
+    assert!(
+        m.contains("truncated header") && m.contains("4294967295"),
+        "{m}"
+    );
     // Header that is not a dict / lacks keys / has a bad shape.
     for (dict, want) in [
         ("hello", "dict"),
         ("{'descr': '<f4', 'shape': (1,), }", "fortran_order"),
         (
             "{'descr': '<f4', 'fortran_order': False, 'shape': (a,), }",
-            "shape entry",
+            "at column 52 of the header, after \"rder': False, 'shape': (\": expected value",
         ),
         (
-            "{'descr': '<f4', 'fortran_order': Maybe, 'shape': (1,), }",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1.5,), }",
+            "shape entry the float 1.5",
+        ),
+        (
+            "{'descr': '<f4', 'fortran_order': 1, 'shape': (1,), }",
             "True or False",
         ),
     ] {

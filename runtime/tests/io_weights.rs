@@ -7,7 +7,7 @@ use common::{shared, temp_dir};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use resnetc_runtime::checkpoint::Checkpoint;
+use resnetc_runtime::checkpoint::{load_model_tensors, Checkpoint};
 use resnetc_runtime::weights::{
     check_weights, load_safetensors, load_safetensors_with_metadata, save_safetensors, Tensor,
 };
@@ -219,6 +219,8 @@ fn checkpoint_round_trip_and_validation() {
     let raw = load_safetensors(&path).unwrap();
     assert!(raw.contains_key("optimizer.momentum.conv1.weight"));
     assert!(raw.contains_key("conv1.weight"));
+    // As weights (`--weights`, `--init-from`, `export`), a checkpoint is its model tensors.
+    assert_eq!(load_model_tensors(&path).unwrap(), ck.params);
     // Overwriting is atomic and leaves no temp files behind.
     let mut ck2 = ck.clone();
     ck2.epoch = 43;
@@ -234,6 +236,11 @@ fn checkpoint_round_trip_and_validation() {
         e.contains("plain.safetensors") && e.contains("not a resnetc checkpoint"),
         "{e}"
     );
+    // Outside a checkpoint, nothing is dropped: a tensor named `optimizer.*` is the model's.
+    let mut odd = ck.params.clone();
+    odd.insert("optimizer.w".into(), t(&[2], 1.0));
+    save_safetensors(&plain, &odd, None).unwrap();
+    assert_eq!(load_model_tensors(&plain).unwrap(), odd);
     // Damaged metadata is named.
     let bad_meta = HashMap::from([
         ("format".to_string(), "resnetc-checkpoint".to_string()),
@@ -274,6 +281,16 @@ fn atomic_write_replaces_and_reports_bad_paths() {
     write_atomic(&path, b"first").unwrap();
     write_atomic(&path, b"second").unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"second");
+    // The file gets the mode `File::create` would give it (the temporary file is private).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let plain = dir.join("plain.bin");
+        std::fs::File::create(&plain).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode(&path), mode(&plain));
+        std::fs::remove_file(plain).unwrap();
+    }
     // A failing writer leaves the old content and no temp file.
     let e = write_atomic_with(&path, |f| {
         f.write_all(b"partial")?;

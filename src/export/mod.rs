@@ -44,7 +44,8 @@ use onnx::{
     TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use prost::Message;
-use resnetc_runtime::weights::{check_weights, load_safetensors, Tensor};
+use resnetc_runtime::checkpoint::load_model_tensors;
+use resnetc_runtime::weights::{check_weights, Tensor};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
@@ -521,7 +522,7 @@ pub fn export_model(
         )));
     }
     let g = inference_graph(opts)?;
-    let tensors = load_safetensors(weights)?;
+    let tensors = load_model_tensors(weights)?;
     check_weights(weights, &weight_table(&g), &tensors)?;
     Ok(to_onnx(&g, &tensors, export)?)
 }

@@ -102,3 +102,30 @@ pub fn read_source(path: &Path) -> Result<String, Diagnostics> {
         )
     })
 }
+
+/// Reads, parses and checks a `.resnet` file once and lowers it in each of `modes` (training
+/// compiles the training graph and the inference graph it tests with).
+pub fn compile_file_modes<const N: usize>(
+    path: &Path,
+    modes: [Mode; N],
+    overrides: &[(String, i64)],
+) -> Result<[Graph; N], Diagnostics> {
+    let file_name = path.display().to_string();
+    let src = read_source(path)?;
+    let file = parse_only(&file_name, &src)?;
+    let checked = check::check(&file, overrides).map_err(|items| Diagnostics {
+        file_name: file_name.clone(),
+        source: src.clone(),
+        items,
+    })?;
+    let mut graphs = Vec::with_capacity(N);
+    for mode in modes {
+        graphs.push(
+            crate::ir::lower::lower(&checked, mode)
+                .map_err(|d| Diagnostics::one(&file_name, &src, d))?,
+        );
+    }
+    Ok(graphs
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one graph per mode")))
+}

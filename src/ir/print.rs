@@ -62,21 +62,29 @@ pub fn to_text(g: &Graph) -> String {
     s
 }
 
-/// Graphviz `dot` text. Parameters are folded into their consumers' labels to keep the
-/// picture readable.
+/// Graphviz `dot` text of the data flow. Parameters, and nodes computed from parameters
+/// alone (BN folded into conv weights), are left out to keep the picture readable: the
+/// labels already name each layer's op and shape.
 pub fn to_dot(g: &Graph) -> String {
     let (order, ids) = numbering(g);
+    // The schedule is topological, so a node's inputs are classified before the node.
+    let mut weight_only = std::collections::HashSet::new();
+    for &n in &order {
+        let inputs = g.inputs(n);
+        let from_weights =
+            !inputs.is_empty() && inputs.iter().all(|v| weight_only.contains(&v.node));
+        if matches!(g.dag[n].op, Op::Param(_)) || from_weights {
+            weight_only.insert(n);
+        }
+    }
     let mut s = String::new();
     let _ = writeln!(s, "digraph \"{}\" {{", g.meta.name);
     let _ = writeln!(
         s,
         "  rankdir=TB; node [shape=box, fontname=\"monospace\", fontsize=10];"
     );
-    for &n in &order {
+    for &n in order.iter().filter(|n| !weight_only.contains(n)) {
         let node = &g.dag[n];
-        if matches!(node.op, Op::Param(_)) {
-            continue;
-        }
         let label = format!(
             "{}\\n{}\\n{}",
             node.name,
@@ -88,15 +96,11 @@ pub fn to_dot(g: &Graph) -> String {
         );
         let _ = writeln!(s, "  n{} [label=\"{}\"];", ids[&n], label.replace('"', "'"));
     }
-    for &n in &order {
-        if matches!(g.dag[n].op, Op::Param(_)) {
-            continue;
-        }
+    for &n in order.iter().filter(|n| !weight_only.contains(n)) {
         for v in g.inputs(n) {
-            if matches!(g.dag[v.node].op, Op::Param(_)) {
-                continue;
+            if !weight_only.contains(&v.node) {
+                let _ = writeln!(s, "  n{} -> n{};", ids[&v.node], ids[&n]);
             }
-            let _ = writeln!(s, "  n{} -> n{};", ids[&v.node], ids[&n]);
         }
     }
     let _ = writeln!(s, "}}");

@@ -265,3 +265,16 @@ pub fn finite_difference_mismatches(
     }
     (failures, checked)
 }
+
+/// The trainable parameters' names in the order of a training program's gradient outputs
+/// (after the loss and the logits): sorted by name.
+pub fn gradient_names(program: &resnetc_runtime::program::Program) -> Vec<String> {
+    let mut names: Vec<String> = program
+        .params
+        .iter()
+        .filter(|p| p.role.trainable())
+        .map(|p| p.name.clone())
+        .collect();
+    names.sort();
+    names
+}

@@ -166,21 +166,35 @@ impl BatchLoader {
         idx
     }
 
+    /// Starts preparing the batches of `epoch` on a background thread.
+    pub fn epoch(&self, epoch: usize) -> EpochBatches {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `first` on (a run resumed mid-epoch): the same
+    /// batches as [`BatchLoader::epoch`]'s from there, since every image's augmentation has
+    /// its own stream.
+    pub fn epoch_from(&self, epoch: usize, first: usize) -> EpochBatches {
+        self.epoch_shard_from(epoch, first, 0, 1)
+    }
+
     /// Images in batch `b` of an epoch (the last one may be partial).
     pub fn batch_len(&self, b: usize) -> usize {
         let size = self.config.batch_size;
         self.data.len().saturating_sub(b * size).min(size)
     }
 
-    /// Starts preparing the batches of `epoch` on a background thread.
-    pub fn epoch(&self, epoch: usize) -> EpochBatches {
-        self.epoch_shard(epoch, 0, 1)
-    }
-
-    /// The part of every batch of `epoch` that `rank` of `ranks` data-parallel processes
-    /// trains on ([`crate::collective::shard`]): the same images with the same augmentation
-    /// as in [`BatchLoader::epoch`], so the ranks' parts make up its batches.
-    pub fn epoch_shard(&self, epoch: usize, rank: usize, ranks: usize) -> EpochBatches {
+    /// The part of every batch of `epoch`, from batch `first` on, that `rank` of `ranks`
+    /// data-parallel processes trains on ([`crate::collective::shard`]): the same images with
+    /// the same augmentation as in [`BatchLoader::epoch_from`], so the ranks' parts make up
+    /// its batches.
+    pub fn epoch_shard_from(
+        &self,
+        epoch: usize,
+        first: usize,
+        rank: usize,
+        ranks: usize,
+    ) -> EpochBatches {
         let (tx, rx) = sync_channel(PREFETCH);
         let data = Arc::clone(&self.data);
         let tables = Arc::clone(&self.tables);
@@ -190,7 +204,7 @@ impl BatchLoader {
             .name(format!("batch-loader-epoch-{epoch}"))
             .spawn(move || {
                 let epoch_rng = Rng::new(config.seed).fork(epoch as u64);
-                for (b, chunk) in order.chunks(config.batch_size).enumerate() {
+                for (b, chunk) in order.chunks(config.batch_size).enumerate().skip(first) {
                     let part = crate::collective::shard(chunk.len(), rank, ranks);
                     let start = b * config.batch_size + part.start;
                     let batch =
@@ -204,7 +218,7 @@ impl BatchLoader {
         EpochBatches {
             rx: Some(rx),
             handle: Some(handle),
-            remaining: self.num_batches(),
+            remaining: self.num_batches().saturating_sub(first),
         }
     }
 }
