@@ -2,10 +2,10 @@
 //! numbered buffers, a once-per-load weight-preparation schedule, the parameter table and a
 //! buffer plan that reuses activation memory by liveness.
 
-use crate::ir::{EpilogueStep, Graph, IrError, Mode, Op, Shape, Value};
+use crate::ir::{EpilogueStep, Graph, IrError, IrErrorKind, Mode, Op, Shape, Value};
 use petgraph::stable_graph::NodeIndex;
 use resnetc_runtime::program::{
-    BufId, BufferDesc, Kernel, ParamSlot, Preprocessing, Program, Step,
+    BufId, BufferDesc, Kernel, ParamRole, ParamSlot, Preprocessing, Program, Step,
 };
 use std::collections::HashMap;
 
@@ -17,11 +17,11 @@ fn hw(s: &Shape) -> [usize; 2] {
 }
 
 fn err(g: &Graph, n: NodeIndex, message: String) -> IrError {
-    IrError {
-        message,
-        node: Some(g.dag[n].name.clone()),
-        span: g.dag[n].span,
-    }
+    IrError::at(
+        IrErrorKind::Unsupported(message),
+        g.dag[n].name.clone(),
+        g.dag[n].span,
+    )
 }
 
 /// A dropout layer's random stream: FNV-1a of its node name, so each layer draws its own
@@ -245,6 +245,30 @@ fn kernel_for(g: &Graph, n: NodeIndex) -> Result<(Kernel, Vec<usize>), IrError> 
     })
 }
 
+/// The weight parameter of the layer a bias parameter belongs to: the conv or fc that adds the
+/// bias (directly, or through the BN folding of its bias) reads the weight at slot 1 (directly,
+/// or through the BN folding of its weight).
+fn weight_of_bias(g: &Graph, bias: NodeIndex) -> Option<NodeIndex> {
+    g.users(bias.into())
+        .into_iter()
+        .find_map(|(u, slot)| match (&g.dag[u].op, slot) {
+            (Op::Conv(_) | Op::FusedConv { .. } | Op::Linear { .. }, 2) => {
+                let w = g.inputs(u)[1].node;
+                match g.dag[w].op {
+                    Op::FoldBnWeight(_) => Some(g.inputs(w)[0].node),
+                    _ => Some(w),
+                }
+            }
+            (
+                Op::FoldBnBias {
+                    conv_bias: true, ..
+                },
+                4,
+            ) => weight_of_bias(g, u),
+            _ => None,
+        })
+}
+
 fn desc(s: &Shape) -> BufferDesc {
     BufferDesc {
         elems: s.numel().max(1),
@@ -265,6 +289,7 @@ pub fn compile(g: &Graph) -> Result<Program, IrError> {
         buffers.push(desc(s));
         buffers.len() - 1
     };
+    let mut param_nodes = vec![];
     // Sources and weight preparation get buffers of their own.
     for &n in &order {
         let node = &g.dag[n];
@@ -277,7 +302,9 @@ pub fn compile(g: &Graph) -> Result<Program, IrError> {
                     shape: node.shape().dims.clone(),
                     role: kind,
                     buffer: b,
+                    weight: None,
                 });
+                param_nodes.push(n);
             }
             Op::Input => {
                 let b = new_buffer(&mut buffers, node.shape());
@@ -294,6 +321,12 @@ pub fn compile(g: &Graph) -> Result<Program, IrError> {
                 buf_of.insert(n.into(), b);
             }
             _ => {}
+        }
+    }
+    for (slot, &n) in params.iter_mut().zip(&param_nodes) {
+        if slot.role == ParamRole::Bias {
+            slot.weight =
+                weight_of_bias(g, n).and_then(|w| param_nodes.iter().position(|&p| p == w));
         }
     }
     let kernels: Vec<NodeIndex> = order
@@ -344,9 +377,7 @@ pub fn compile(g: &Graph) -> Result<Program, IrError> {
         steps.push(make_step(g, n, &buf_of)?);
         for v in std::mem::take(&mut dying[i]) {
             // Only activations are recycled; parameters and prepared weights stay put.
-            if matches!(g.dag[v.node].op, Op::Input | Op::Labels | Op::Param(_))
-                || g.dag[v.node].op.is_weight_prep()
-            {
+            if g.dag[v.node].op.is_source() || g.dag[v.node].op.is_weight_prep() {
                 continue;
             }
             free.entry(buffers[buf_of[&v]])
@@ -358,11 +389,8 @@ pub fn compile(g: &Graph) -> Result<Program, IrError> {
         .iter()
         .map(|&n| make_step(g, n, &buf_of))
         .collect::<Result<Vec<_>, _>>()?;
-    let input = input.ok_or_else(|| IrError {
-        message: "the graph has no input".into(),
-        node: None,
-        span: None,
-    })?;
+    let input = input
+        .ok_or_else(|| IrError::new(IrErrorKind::Unsupported("the graph has no input".into())))?;
     let meta = &g.meta;
     Ok(Program {
         name: meta.name.clone(),

@@ -8,7 +8,7 @@
 //! error, `2` an error in the model file (syntax, names, shapes), `3` the file could not be read.
 
 use crate::exit;
-use crate::ir::Span;
+use crate::span::Span;
 use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource};
 use std::fmt;
 

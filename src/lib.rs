@@ -19,5 +19,6 @@ pub mod ir;
 pub mod passes;
 pub mod plot;
 pub mod run_flags;
+pub mod span;
 pub mod summary;
 pub mod train_flags;

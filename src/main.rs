@@ -163,8 +163,8 @@ struct CompileArgs {
     opt: u8,
     /// Run exactly these passes, comma-separated (fold_batch_norm, fuse_epilogue,
     /// fuse_residual_add, dead_code), instead of the -O pipeline.
-    #[arg(long)]
-    passes: Option<String>,
+    #[arg(long, value_delimiter = ',')]
+    passes: Option<Vec<resnetc::passes::Pass>>,
     /// Override a model parameter: -D n=9 (repeatable).
     #[arg(short = 'D', value_name = "NAME=VALUE")]
     define: Vec<String>,

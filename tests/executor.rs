@@ -106,3 +106,40 @@ fn fused_training_step_equals_unfused() {
         close(&b.2[name].data, &t.data, 1e-4, name);
     }
 }
+
+/// Each bias in the parameter table points at its layer's weight, whose fan-in sets the bias's
+/// default initialization, also when BN folding reads both through weight preparation (-O1)
+/// and in training programs. ResNet-8 (MLPerf Tiny) has conv biases and an fc bias; by the
+/// zoo's naming, the weight is the bias's layer name with `.weight`.
+#[test]
+fn biases_link_to_their_layers_weights() {
+    use resnetc_runtime::program::ParamRole;
+    let path =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/resnet8_mlperf.resnet");
+    for (mode, level) in [
+        (Mode::Inference, 0),
+        (Mode::Inference, 1),
+        (Mode::Training, 1),
+    ] {
+        let mut g = resnetc::frontend::compile_file(&path, mode, &[]).unwrap();
+        if mode == Mode::Training {
+            append_training(&mut g, Some(resnetc::driver::DEFAULT_SGD.into())).unwrap();
+        }
+        Pipeline::for_level(level, mode).run(&mut g).unwrap();
+        let params = compile(&g).unwrap().params;
+        let mut biases = 0;
+        for p in &params {
+            match (p.role, p.weight) {
+                (ParamRole::Bias, Some(w)) => {
+                    let want = format!("{}.weight", p.name.strip_suffix(".bias").unwrap());
+                    assert_eq!(params[w].role, ParamRole::Weight, "{mode:?} -O{level}");
+                    assert_eq!(params[w].name, want, "{mode:?} -O{level}");
+                    biases += 1;
+                }
+                (ParamRole::Bias, None) => panic!("{} has no weight ({mode:?} -O{level})", p.name),
+                (_, w) => assert_eq!(w, None, "{} is not a bias", p.name),
+            }
+        }
+        assert!(biases > 1, "{mode:?} -O{level}: {biases} biases");
+    }
+}

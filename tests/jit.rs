@@ -246,13 +246,9 @@ fn conv_matches_reference_on_zoo_shapes() {
     ];
     for (i, &(cin, oc, k, s, p, hw, n)) in cases.iter().enumerate() {
         let spec = ConvSpec {
-            in_channels: cin,
-            out_channels: oc,
-            kernel: [k, k],
-            stride: [s, s],
             pad: [p; 4],
-            groups: 1,
             bias: i % 2 == 1,
+            ..ConvSpec::square(cin, oc, k, s)
         };
         conv_case(
             spec,

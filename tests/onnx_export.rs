@@ -394,7 +394,7 @@ fn opsets_and_fixed_batch() {
             batch: Batch::Dynamic,
         };
         let e = export::to_onnx(&g, &weights, &eo).unwrap_err();
-        assert!(e.message.contains("opset"), "{e}");
+        assert!(e.to_string().contains("opset"), "{e}");
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::collective::Collective;
 use crate::engine::{Engine, KernelCtx, ReferenceEngine, StepKernel};
 use crate::error::{Result, RuntimeError};
-use crate::program::{Kernel, ParamRole, Program, Step};
+use crate::program::{Kernel, ParamRole, ParamSlot, Program, Step};
 use crate::reference as k;
 use crate::rng::Rng;
 use crate::spec::{Dims4, EpilogueStep};
@@ -298,19 +298,9 @@ impl Executor {
     /// uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) for fully connected weights and biases.
     pub fn init_he(&mut self, seed: u64) {
         let mut rng = Rng::new(seed);
-        let fan_in: BTreeMap<String, usize> = self
-            .program
-            .params
-            .iter()
-            .filter(|p| p.role == ParamRole::Weight)
-            .map(|p| {
-                (
-                    p.name.trim_end_matches(".weight").to_string(),
-                    p.shape[1..].iter().product(),
-                )
-            })
-            .collect();
-        for p in self.program.params.clone() {
+        let params = self.program.params.clone();
+        let fan_in = |w: &ParamSlot| -> usize { w.shape[1..].iter().product() };
+        for p in &params {
             let buf = &mut self.bufs[p.buffer];
             match p.role {
                 ParamRole::Weight if p.shape.len() == 4 => {
@@ -320,9 +310,9 @@ impl Executor {
                 }
                 ParamRole::Weight | ParamRole::Bias => {
                     let fan = if p.role == ParamRole::Weight {
-                        p.shape[1..].iter().product()
+                        fan_in(p)
                     } else {
-                        *fan_in.get(p.name.trim_end_matches(".bias")).unwrap_or(&1)
+                        p.weight.map_or(1, |w| fan_in(&params[w]))
                     };
                     let bound = 1.0 / (fan as f32).sqrt();
                     buf.iter_mut()

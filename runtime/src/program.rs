@@ -260,6 +260,10 @@ pub struct ParamSlot {
     pub shape: Vec<usize>,
     pub role: ParamRole,
     pub buffer: BufId,
+    /// For a bias: the index in [`Program::params`] of the weight of the same layer (its
+    /// fan-in sets the bias's default initialization).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<usize>,
 }
 
 /// Input preprocessing from the model file: `(pixel * scale - mean[c]) / std[c]`, after

@@ -22,6 +22,20 @@ pub struct ConvSpec {
 }
 
 impl ConvSpec {
+    /// A `k`x`k` conv with the same stride both ways, padding `k / 2` (which keeps the map's
+    /// size at stride 1 for odd `k`), one group and no bias: the convs of the built-in blocks.
+    pub fn square(in_channels: usize, out_channels: usize, k: usize, stride: usize) -> ConvSpec {
+        ConvSpec {
+            in_channels,
+            out_channels,
+            kernel: [k, k],
+            stride: [stride, stride],
+            pad: [k / 2; 4],
+            groups: 1,
+            bias: false,
+        }
+    }
+
     /// Output spatial size for an input of `h x w`, or `None` when the window does not fit.
     pub fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
         window_out(h, w, self.kernel, self.stride, self.pad)

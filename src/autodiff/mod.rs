@@ -17,7 +17,7 @@
 
 mod rules;
 
-use crate::ir::{Graph, IrError, Mode, Op, ParamKind, Shape, Value};
+use crate::ir::{Graph, IrError, IrErrorKind, Mode, Op, ParamKind, Shape, Value};
 use resnetc_runtime::spec::Optimizer;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -32,19 +32,14 @@ pub struct Gradients {
 /// Appends loss, gradients and (with an optimizer) the parameter updates.
 pub fn append_training(g: &mut Graph, optimizer: Option<Optimizer>) -> Result<Gradients, IrError> {
     if g.mode != Mode::Training {
-        return Err(IrError {
-            message: "autodiff needs a training-mode graph (batch norm with batch statistics)"
-                .into(),
-            node: None,
-            span: None,
-        });
+        return Err(IrError::new(IrErrorKind::Unsupported(
+            "autodiff needs a training-mode graph (batch norm with batch statistics)".into(),
+        )));
     }
     let [mut logits] = g.outputs[..] else {
-        return Err(IrError {
-            message: "autodiff needs exactly one output, the logits".into(),
-            node: None,
-            span: None,
-        });
+        return Err(IrError::new(IrErrorKind::Unsupported(
+            "autodiff needs exactly one output, the logits".into(),
+        )));
     };
     // A final softmax is fused into the loss (softmax cross-entropy of its input).
     if g.dag[logits.node].op == Op::Softmax && g.use_count(logits) == 1 {

@@ -3,7 +3,7 @@
 //! need gradients. The kernels that compute them are checked against finite differences in
 //! the runtime's reference tests.
 
-use crate::ir::{Graph, IrError, Op, Value};
+use crate::ir::{Graph, IrError, IrErrorKind, Op, ShapeError, Value};
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashSet;
 
@@ -166,10 +166,15 @@ pub fn backward(
         }
         // y = x reshaped to N x (C*H*W): dx = dy reshaped back.
         Op::Flatten => {
-            let (c, h, w) = g.shape(ins[0]).chw().ok_or_else(|| IrError {
-                message: "flatten's input is not a feature map".into(),
-                node: Some(name.clone()),
-                span,
+            let (c, h, w) = g.shape(ins[0]).chw().ok_or_else(|| {
+                IrError::at(
+                    ShapeError::NotFeatureMap {
+                        what: "flatten",
+                        got: g.shape(ins[0]).clone(),
+                    },
+                    name.clone(),
+                    span,
+                )
             })?;
             let dx = g.add(
                 Op::FlattenGrad { chw: [c, h, w] },
@@ -212,14 +217,14 @@ pub fn backward(
         | Op::DropoutGrad
         | Op::SgdUpdate(_)
         | Op::AdamUpdate(_)) => {
-            return Err(IrError {
-                message: format!(
+            return Err(IrError::at(
+                IrErrorKind::Unsupported(format!(
                     "autodiff has no rule for `{}`; differentiate before fusing",
                     other.mnemonic()
-                ),
-                node: Some(name),
+                )),
+                name,
                 span,
-            })
+            ))
         }
     }
     Ok(out)

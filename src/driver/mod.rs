@@ -95,7 +95,7 @@ impl From<IrError> for CliError {
 pub struct BuildOptions {
     pub model: PathBuf,
     pub opt_level: u8,
-    pub passes: Option<String>,
+    pub passes: Option<Vec<crate::passes::Pass>>,
     pub overrides: Vec<(String, i64)>,
     /// Which kernels run the compiled program.
     pub engine: EngineKind,

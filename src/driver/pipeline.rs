@@ -63,7 +63,9 @@ fn optimize(
         )?;
     }
     let pipeline = match &opts.passes {
-        Some(list) => Pipeline::from_names(list).map_err(CliError::Usage)?,
+        Some(passes) => Pipeline {
+            passes: passes.clone(),
+        },
         None => Pipeline::for_level(opts.opt_level, mode),
     };
     pipeline.run(&mut g)?;

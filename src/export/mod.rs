@@ -36,7 +36,7 @@ pub mod onnx {
 }
 
 use crate::driver::{BuildOptions, CliError};
-use crate::ir::{Graph, IrError, Mode, Op, Value};
+use crate::ir::{Graph, IrError, IrErrorKind, Mode, Op, Value};
 use onnx::tensor_proto::DataType;
 use onnx::{
     attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
@@ -255,11 +255,7 @@ impl Builder {
 }
 
 fn internal(node: &str, message: impl Into<String>) -> IrError {
-    IrError {
-        message: message.into(),
-        node: Some(node.into()),
-        span: None,
-    }
+    IrError::at(IrErrorKind::Unsupported(message.into()), node, None)
 }
 
 /// Converts an inference graph and its weights (checked against [`weight_table`] by the
@@ -447,7 +443,31 @@ pub fn to_onnx(
             Op::Softmax => b.node("Softmax", name, ins, vec![attr_int("axis", -1)], out),
             // NCHW flattened in C, H, W order is ONNX's Flatten at axis 1.
             Op::Flatten => b.node("Flatten", name, ins, vec![attr_int("axis", 1)], out),
-            other => {
+            // Inference graphs before fusion hold none of these: training ops, labels and the
+            // ops the passes create have no ONNX form here.
+            other @ (Op::Labels
+            | Op::BatchNorm { training: true, .. }
+            | Op::Dropout { .. }
+            | Op::FoldBnWeight(_)
+            | Op::FoldBnBias { .. }
+            | Op::FusedConv { .. }
+            | Op::SoftmaxCrossEntropy
+            | Op::SoftmaxCrossEntropyGrad
+            | Op::ConvGradInput { .. }
+            | Op::ConvGradWeight(_)
+            | Op::BatchNormGrad(_)
+            | Op::BatchNormEvalGrad(_)
+            | Op::ReluGrad
+            | Op::MaxPoolGrad(_)
+            | Op::AvgPoolGrad { .. }
+            | Op::GlobalAvgPoolGrad { .. }
+            | Op::ShortcutAGrad { .. }
+            | Op::LinearGrad { .. }
+            | Op::SoftmaxGrad
+            | Op::FlattenGrad { .. }
+            | Op::DropoutGrad
+            | Op::SgdUpdate(_)
+            | Op::AdamUpdate(_)) => {
                 return Err(internal(
                     name,
                     format!("`{}` has no ONNX export", other.mnemonic()),

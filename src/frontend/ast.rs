@@ -4,7 +4,7 @@
 //! point diagnostics at it. The pretty printer writes the canonical surface syntax: parsing
 //! its output gives the same tree (modulo spans).
 
-pub use crate::ir::Span;
+pub use crate::span::Span;
 use std::fmt::Write;
 
 /// A name as written, with its span.
@@ -298,6 +298,11 @@ pub enum BlockKind {
 }
 
 impl BlockKind {
+    /// The built-in blocks' names, as the grammar spells them (`basic_kw`, `bottleneck`).
+    pub const BASIC: &'static str = "basic";
+    pub const BOTTLENECK: &'static str = "bottleneck";
+    pub const BUILTIN: [&'static str; 2] = [BlockKind::BASIC, BlockKind::BOTTLENECK];
+
     pub fn span(&self) -> Span {
         match self {
             BlockKind::Basic(s) => *s,
@@ -640,9 +645,12 @@ pub fn pretty(file: &File) -> String {
                         ModelItem::Stages(st) => {
                             s.push_str("  stages ");
                             match &st.block {
-                                BlockKind::Basic(_) => s.push_str("basic"),
+                                BlockKind::Basic(_) => s.push_str(BlockKind::BASIC),
                                 BlockKind::Bottleneck { v1, .. } => {
-                                    s.push_str(if *v1 { "bottleneck v1" } else { "bottleneck" })
+                                    s.push_str(BlockKind::BOTTLENECK);
+                                    if *v1 {
+                                        s.push_str(" v1");
+                                    }
                                 }
                                 BlockKind::User { name, args, .. } => {
                                     s.push_str(&name.name);

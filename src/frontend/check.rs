@@ -454,12 +454,13 @@ pub fn check<'a>(
                     match blocks.get(&name.name) {
                         None => {
                             let mut cands: Vec<&str> = blocks.keys().map(|s| s.as_str()).collect();
-                            cands.extend(["basic", "bottleneck"]);
+                            cands.extend(BlockKind::BUILTIN);
                             let mut d = unknown_name("block", &name.name, name.span, &cands);
                             if d.help.as_deref().is_some_and(|h| h.starts_with("known")) {
-                                d = d.help(
-                                    "use `basic`, `bottleneck`, or declare `block NAME(...) { ... }`",
-                                );
+                                let [basic, bottleneck] = BlockKind::BUILTIN;
+                                d = d.help(format!(
+                                    "use `{basic}`, `{bottleneck}`, or declare `block NAME(...) {{ ... }}`"
+                                ));
                             }
                             diags.push(d);
                         }

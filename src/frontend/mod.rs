@@ -1,5 +1,5 @@
 //! The front end: `.resnet` text -> spanned AST ([`ast`], [`parse`]) -> checked ([`check`]) ->
-//! IR ([`crate::ir::lower`]).
+//! IR ([`lower`]). The IR knows nothing of the front end: lowering lives here.
 //!
 //! ```no_run
 //! use resnetc::frontend::compile_file;
@@ -15,6 +15,7 @@
 
 pub mod ast;
 pub mod check;
+pub mod lower;
 pub mod parse;
 
 use crate::diag::{Category, Diagnostic, Diagnostics};
@@ -45,7 +46,7 @@ pub fn compile_source(
         source: src.to_string(),
         items,
     })?;
-    crate::ir::lower::lower(&checked, mode).map_err(|d| Diagnostics::one(file_name, src, d))
+    lower::lower(&checked, mode).map_err(|d| Diagnostics::one(file_name, src, d))
 }
 
 /// Reads and compiles a `.resnet` file. An unreadable file is a diagnostic with exit code 3.
@@ -92,7 +93,7 @@ pub fn read_source(path: &Path) -> Result<String, Diagnostics> {
                 ),
             )
             .label(
-                crate::ir::Span {
+                crate::span::Span {
                     start: at,
                     end: at + width,
                 },
@@ -120,10 +121,8 @@ pub fn compile_file_modes<const N: usize>(
     })?;
     let mut graphs = Vec::with_capacity(N);
     for mode in modes {
-        graphs.push(
-            crate::ir::lower::lower(&checked, mode)
-                .map_err(|d| Diagnostics::one(&file_name, &src, d))?,
-        );
+        graphs
+            .push(lower::lower(&checked, mode).map_err(|d| Diagnostics::one(&file_name, &src, d))?);
     }
     Ok(graphs
         .try_into()

@@ -1,6 +1,7 @@
 //! The IR graph: a petgraph DAG of [`Node`]s whose edges say which output port of a producer
 //! feeds which input slot of a consumer.
 
+use super::error::{IrError, IrErrorKind};
 use super::op::{Op, ParamKind};
 use super::shape::Shape;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
@@ -10,11 +11,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
 /// Byte range in the model source that a node came from, for diagnostics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Span {
-    pub start: usize,
-    pub end: usize,
-}
+pub use crate::span::Span;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
@@ -80,26 +77,6 @@ pub struct ModelMeta {
     pub classes: usize,
     pub preprocess: Preprocess,
 }
-
-/// An IR error: a shape rule or structural invariant that does not hold.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IrError {
-    pub message: String,
-    /// The node's name, when known.
-    pub node: Option<String>,
-    pub span: Option<Span>,
-}
-
-impl std::fmt::Display for IrError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.node {
-            Some(n) => write!(f, "{n}: {}", self.message),
-            None => write!(f, "{}", self.message),
-        }
-    }
-}
-
-impl std::error::Error for IrError {}
 
 #[derive(Clone, Debug)]
 pub struct Graph {
@@ -213,7 +190,7 @@ impl Graph {
         shape: Shape,
         span: Option<Span>,
     ) -> Value {
-        debug_assert!(matches!(op, Op::Input | Op::Labels | Op::Param(_)));
+        debug_assert!(op.is_source());
         self.dag
             .add_node(Node {
                 op,
@@ -250,17 +227,15 @@ impl Graph {
     ) -> Result<NodeIndex, IrError> {
         let name = name.into();
         let shapes: Vec<&Shape> = inputs.iter().map(|v| self.shape(*v)).collect();
-        let outputs = op.infer(&shapes).map_err(|message| IrError {
-            message,
-            node: Some(name.clone()),
-            span,
-        })?;
-        if let Some(message) = outputs.iter().find_map(Shape::limit_violation) {
-            return Err(IrError {
-                message: format!("the output of `{name}` is too large: {message}"),
-                node: Some(name),
-                span,
-            });
+        let outputs = op
+            .infer(&shapes)
+            .map_err(|e| IrError::at(e, name.clone(), span))?;
+        if let Some(why) = outputs.iter().find_map(Shape::limit_violation) {
+            let kind = IrErrorKind::OutputTooLarge {
+                name: name.clone(),
+                why,
+            };
+            return Err(IrError::at(kind, name, span));
         }
         let n = self.dag.add_node(Node {
             op,

@@ -1,6 +1,8 @@
-//! The closed set of IR operations. Every op supplies its arity, its shape rule, its fusion
-//! pattern and its printed form here, so adding an op is a compile error until all are given.
+//! The closed set of IR operations. Every op supplies its arity, its shape rule, its effects,
+//! its MAC count and its printed form here, and every match over `Op` in the compiler lists
+//! each op, so adding an op is a compile error until each place has decided what to do.
 
+pub use super::error::ShapeError;
 use super::shape::Shape;
 pub use resnetc_runtime::spec::EpilogueStep;
 use resnetc_runtime::spec::{AdamSpec, BnSpec, ConvSpec, PoolSpec, SgdSpec, ShortcutASpec};
@@ -9,26 +11,6 @@ use std::fmt;
 /// What a parameter node holds: the runtime's parameter roles, so the IR and the program's
 /// parameter table speak of the same thing.
 pub use resnetc_runtime::program::ParamRole as ParamKind;
-
-/// How an op composes with its neighbours under fusion (TVM's pattern kinds).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pattern {
-    /// Graph inputs and parameters.
-    Source,
-    /// One output element from the same-index input elements (relu, add).
-    Elementwise,
-    /// Elementwise with per-channel operands (batch norm in eval mode).
-    Broadcast,
-    /// Needs a reduction over its whole input before it can produce an element
-    /// (batch norm in training mode, pooling to 1x1, losses).
-    Reduction,
-    /// A heavy op whose output elements can absorb an elementwise epilogue (conv).
-    OutEwiseFusable,
-    /// Anything else: computed on its own.
-    Opaque,
-    /// Writes state in place (optimizer updates) and produces no value.
-    Effect,
-}
 
 /// The epilogue of a fused convolution: steps plus the intermediate values that other nodes
 /// still need (for example the backward pass), written as extra outputs.
@@ -126,66 +108,87 @@ pub enum Op {
     AdamUpdate(AdamSpec),
 }
 
-/// A shape rule failure: what was wrong, in the user's terms.
-pub type ShapeError = String;
-
 fn want_arity(op: &Op, n: usize, lo: usize, hi: usize) -> Result<(), ShapeError> {
     if n < lo || n > hi {
-        let want = if lo == hi {
-            format!("{lo}")
-        } else {
-            format!("{lo} to {hi}")
-        };
-        return Err(format!("{} takes {want} inputs, got {n}", op.mnemonic()));
+        return Err(ShapeError::Arity {
+            op: op.mnemonic(),
+            lo,
+            hi,
+            got: n,
+        });
     }
     Ok(())
 }
 
-fn feature_map(s: &Shape, what: &str) -> Result<(usize, usize, usize), ShapeError> {
-    s.chw()
-        .ok_or_else(|| format!("{what} needs a feature map N x C x H x W, got {s}"))
+fn feature_map(s: &Shape, what: &'static str) -> Result<(usize, usize, usize), ShapeError> {
+    s.chw().ok_or_else(|| ShapeError::NotFeatureMap {
+        what,
+        got: s.clone(),
+    })
 }
 
-fn same(a: &Shape, b: &Shape, what: &str) -> Result<(), ShapeError> {
+fn same(a: &Shape, b: &Shape, what: &'static str) -> Result<(), ShapeError> {
     if a != b {
-        return Err(format!("{what}: shapes differ, {a} vs {b}"));
+        return Err(ShapeError::Mismatch {
+            what,
+            a: a.clone(),
+            b: b.clone(),
+        });
     }
     Ok(())
 }
 
-fn per_channel(s: &Shape, c: usize, what: &str) -> Result<(), ShapeError> {
-    if *s != Shape::fixed(&[c]) {
-        return Err(format!("{what} must have shape {c}, got {s}"));
+fn per_channel(s: &Shape, channels: usize, what: &'static str) -> Result<(), ShapeError> {
+    if *s != Shape::fixed(&[channels]) {
+        return Err(ShapeError::NotPerChannel {
+            what,
+            channels,
+            got: s.clone(),
+        });
     }
     Ok(())
+}
+
+/// The leading dimension of `s`, which rule `op` reads as `what`.
+fn leading(s: &Shape, op: &'static str, what: &'static str) -> Result<usize, ShapeError> {
+    s.dims
+        .first()
+        .copied()
+        .ok_or(ShapeError::Missing { op, what })
 }
 
 fn conv_out(conv: &ConvSpec, x: &Shape, w: &Shape) -> Result<Shape, ShapeError> {
     let (c, h, wd) = feature_map(x, "conv")?;
     if c != conv.in_channels {
-        return Err(format!(
-            "conv expects {} input channels, got {c}",
-            conv.in_channels
-        ));
+        return Err(ShapeError::ConvChannels {
+            want: conv.in_channels,
+            got: c,
+        });
     }
     if conv.groups == 0
         || !c.is_multiple_of(conv.groups)
         || !conv.out_channels.is_multiple_of(conv.groups)
     {
-        return Err(format!(
-            "conv groups {} must divide the input ({c}) and output ({}) channels",
-            conv.groups, conv.out_channels
-        ));
+        return Err(ShapeError::ConvGroups {
+            groups: conv.groups,
+            input: c,
+            output: conv.out_channels,
+        });
     }
-    if *w != Shape::fixed(&conv.weight_shape()) {
-        let ws = Shape::fixed(&conv.weight_shape());
-        return Err(format!("conv weight must have shape {ws}, got {w}"));
+    let want = Shape::fixed(&conv.weight_shape());
+    if *w != want {
+        return Err(ShapeError::Weight {
+            what: "conv",
+            want,
+            got: w.clone(),
+        });
     }
-    let (oh, ow) = conv.out_hw(h, wd).ok_or_else(|| {
-        format!(
-            "a {}x{} conv with stride {} shrinks the {h}x{wd} map below 1x1",
-            conv.kernel[0], conv.kernel[1], conv.stride[0]
-        )
+    let (oh, ow) = conv.out_hw(h, wd).ok_or(ShapeError::MapTooSmall {
+        what: "conv",
+        kernel: conv.kernel,
+        stride: conv.stride[0],
+        h,
+        w: wd,
     })?;
     Ok(Shape::batched(&[conv.out_channels, oh, ow]))
 }
@@ -230,42 +233,6 @@ impl Op {
             Op::SoftmaxGrad => "softmax_grad",
             Op::FlattenGrad { .. } => "flatten_grad",
             Op::DropoutGrad => "dropout_grad",
-        }
-    }
-
-    pub fn pattern(&self) -> Pattern {
-        match self {
-            Op::Input | Op::Labels | Op::Param(_) => Pattern::Source,
-            Op::Relu | Op::Add | Op::ReluGrad | Op::DropoutGrad => Pattern::Elementwise,
-            Op::BatchNorm {
-                training: false, ..
-            } => Pattern::Broadcast,
-            Op::BatchNorm { training: true, .. }
-            | Op::GlobalAvgPool
-            | Op::Softmax
-            | Op::SoftmaxCrossEntropy
-            | Op::SoftmaxCrossEntropyGrad
-            | Op::SoftmaxGrad
-            | Op::BatchNormGrad(_) => Pattern::Reduction,
-            Op::Conv(_) | Op::FusedConv { .. } => Pattern::OutEwiseFusable,
-            Op::SgdUpdate(_) | Op::AdamUpdate(_) => Pattern::Effect,
-            Op::MaxPool(_)
-            | Op::AvgPool(_)
-            | Op::ShortcutA(_)
-            | Op::Linear { .. }
-            | Op::FoldBnWeight(_)
-            | Op::FoldBnBias { .. }
-            | Op::ConvGradInput { .. }
-            | Op::ConvGradWeight(_)
-            | Op::MaxPoolGrad(_)
-            | Op::AvgPoolGrad { .. }
-            | Op::GlobalAvgPoolGrad { .. }
-            | Op::ShortcutAGrad { .. }
-            | Op::LinearGrad { .. }
-            | Op::BatchNormEvalGrad(_)
-            | Op::Flatten
-            | Op::FlattenGrad { .. }
-            | Op::Dropout { .. } => Pattern::Opaque,
         }
     }
 
@@ -316,6 +283,12 @@ impl Op {
         }
     }
 
+    /// Whether the op is a graph source (input, labels, a parameter): its shape is given when
+    /// it is created, and it has no inputs.
+    pub fn is_source(&self) -> bool {
+        matches!(self, Op::Input | Op::Labels | Op::Param(_))
+    }
+
     /// Whether the op depends only on parameters and so can run once at load time.
     pub fn is_weight_prep(&self) -> bool {
         matches!(self, Op::FoldBnWeight(_) | Op::FoldBnBias { .. })
@@ -326,10 +299,9 @@ impl Op {
     pub fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>, ShapeError> {
         let n = inputs.len();
         match self {
-            Op::Input | Op::Labels | Op::Param(_) => Err(format!(
-                "{} has no shape rule: its shape is given",
-                self.mnemonic()
-            )),
+            Op::Input | Op::Labels | Op::Param(_) => Err(ShapeError::NoRule {
+                op: self.mnemonic(),
+            }),
             Op::Conv(conv) => {
                 want_arity(self, n, 2 + conv.bias as usize, 2 + conv.bias as usize)?;
                 let out = conv_out(conv, inputs[0], inputs[1])?;
@@ -362,11 +334,12 @@ impl Op {
             Op::MaxPool(p) | Op::AvgPool(p) => {
                 want_arity(self, n, 1, 1)?;
                 let (c, h, w) = feature_map(inputs[0], self.mnemonic())?;
-                let (oh, ow) = p.out_hw(h, w).ok_or_else(|| {
-                    format!(
-                        "a {}x{} pool with stride {} shrinks the {h}x{w} map below 1x1",
-                        p.kernel[0], p.kernel[1], p.stride[0]
-                    )
+                let (oh, ow) = p.out_hw(h, w).ok_or(ShapeError::MapTooSmall {
+                    what: "pool",
+                    kernel: p.kernel,
+                    stride: p.stride[0],
+                    h,
+                    w,
                 })?;
                 Ok(vec![Shape::batched(&[c, oh, ow])])
             }
@@ -379,10 +352,11 @@ impl Op {
                 want_arity(self, n, 1, 1)?;
                 let (c, h, w) = feature_map(inputs[0], "shortcut A")?;
                 if c != s.in_channels || s.pad_before + c > s.out_channels || s.stride == 0 {
-                    return Err(format!(
-                        "shortcut A cannot pad {c} channels to {} (pad {} before)",
-                        s.out_channels, s.pad_before
-                    ));
+                    return Err(ShapeError::ShortcutAPad {
+                        channels: c,
+                        out: s.out_channels,
+                        pad_before: s.pad_before,
+                    });
                 }
                 Ok(vec![Shape::batched(&[
                     s.out_channels,
@@ -394,13 +368,21 @@ impl Op {
                 want_arity(self, n, 2 + *bias as usize, 2 + *bias as usize)?;
                 let k = match (inputs[0].batched, inputs[0].dims.as_slice()) {
                     (true, [k]) => *k,
-                    _ => return Err(format!("fc needs N x K features, got {}", inputs[0])),
+                    _ => {
+                        return Err(ShapeError::Layout {
+                            what: "fc",
+                            want: "N x K features",
+                            got: inputs[0].clone(),
+                        })
+                    }
                 };
-                if *inputs[1] != Shape::fixed(&[*out_features, k]) {
-                    return Err(format!(
-                        "fc weight must have shape {out_features}x{k}, got {}",
-                        inputs[1]
-                    ));
+                let want = Shape::fixed(&[*out_features, k]);
+                if *inputs[1] != want {
+                    return Err(ShapeError::Weight {
+                        what: "fc",
+                        want,
+                        got: inputs[1].clone(),
+                    });
                 }
                 if *bias {
                     per_channel(inputs[2], *out_features, "fc bias")?;
@@ -409,17 +391,14 @@ impl Op {
             }
             Op::FoldBnWeight(_) => {
                 want_arity(self, n, 3, 3)?;
-                let o = *inputs[0]
-                    .dims
-                    .first()
-                    .ok_or("fold_bn_weight needs a conv weight")?;
+                let o = leading(inputs[0], "fold_bn_weight", "a conv weight")?;
                 per_channel(inputs[1], o, "gamma")?;
                 per_channel(inputs[2], o, "running var")?;
                 Ok(vec![inputs[0].clone()])
             }
             Op::FoldBnBias { conv_bias, .. } => {
                 want_arity(self, n, 4 + *conv_bias as usize, 4 + *conv_bias as usize)?;
-                let c = *inputs[0].dims.first().ok_or("fold_bn_bias needs gamma")?;
+                let c = leading(inputs[0], "fold_bn_bias", "gamma")?;
                 for s in &inputs[1..] {
                     per_channel(s, c, "batch norm statistics")?;
                 }
@@ -450,7 +429,7 @@ impl Op {
                 let mut prev = None;
                 for &e in &epilogue.exports {
                     if e >= epilogue.steps.len().max(1) || prev.is_some_and(|p| p >= e) {
-                        return Err(format!("fused conv exports a bad intermediate {e}"));
+                        return Err(ShapeError::BadExport { index: e });
                     }
                     prev = Some(e);
                 }
@@ -459,13 +438,16 @@ impl Op {
             Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => {
                 want_arity(self, n, 2, 2)?;
                 if !inputs[0].batched || inputs[0].rank() != 1 {
-                    return Err(format!(
-                        "cross-entropy needs N x classes logits, got {}",
-                        inputs[0]
-                    ));
+                    return Err(ShapeError::Layout {
+                        what: "cross-entropy",
+                        want: "N x classes logits",
+                        got: inputs[0].clone(),
+                    });
                 }
                 if *inputs[1] != Shape::batched(&[]) {
-                    return Err(format!("labels must have shape N, got {}", inputs[1]));
+                    return Err(ShapeError::Labels {
+                        got: inputs[1].clone(),
+                    });
                 }
                 Ok(vec![if matches!(self, Op::SoftmaxCrossEntropy) {
                     Shape::scalar()
@@ -531,10 +513,11 @@ impl Op {
                 want_arity(self, n, 1, 1)?;
                 match (inputs[0].batched, inputs[0].dims.as_slice()) {
                     (true, [c]) => Ok(vec![Shape::batched(&[*c, in_hw[0], in_hw[1]])]),
-                    _ => Err(format!(
-                        "global pool gradient needs N x C, got {}",
-                        inputs[0]
-                    )),
+                    _ => Err(ShapeError::Layout {
+                        what: "global pool gradient",
+                        want: "N x C",
+                        got: inputs[0].clone(),
+                    }),
                 }
             }
             Op::ShortcutAGrad { spec, in_hw } => {
@@ -546,7 +529,7 @@ impl Op {
             }
             Op::LinearGrad { bias } => {
                 want_arity(self, n, 3, 3)?;
-                let m = *inputs[1].dims.first().ok_or("fc gradient needs a weight")?;
+                let m = leading(inputs[1], "fc gradient", "a weight")?;
                 let y = Op::Linear {
                     out_features: m,
                     bias: false,
@@ -567,10 +550,14 @@ impl Op {
             Op::Dropout { p } => {
                 want_arity(self, n, 1, 1)?;
                 if !(0.0..1.0).contains(p) {
-                    return Err(format!("dropout probability must be in [0, 1), got {p}"));
+                    return Err(ShapeError::DropoutProbability { p: *p });
                 }
                 if !inputs[0].batched {
-                    return Err(format!("dropout needs a batched value, got {}", inputs[0]));
+                    return Err(ShapeError::Layout {
+                        what: "dropout",
+                        want: "a batched value",
+                        got: inputs[0].clone(),
+                    });
                 }
                 Ok(vec![inputs[0].clone(), inputs[0].clone()])
             }
@@ -647,8 +634,8 @@ impl Op {
             | Op::ShortcutAGrad { .. }
             | Op::LinearGrad { .. }
             | Op::SgdUpdate(_)
-            | Op::AdamUpdate(_) => Some(0),
-            Op::Flatten
+            | Op::AdamUpdate(_)
+            | Op::Flatten
             | Op::Dropout { .. }
             | Op::SoftmaxGrad
             | Op::FlattenGrad { .. }

@@ -22,42 +22,84 @@ fn value_ref(ids: &HashMap<NodeIndex, usize>, v: Value) -> String {
     }
 }
 
-/// Prints the graph as stable text, one node a line:
-/// `%7 = conv 16->16 3x3 /1 pad 1 (%5, %6) : Nx16x32x32  # layer1.0.conv1`.
-pub fn to_text(g: &Graph) -> String {
-    let (order, ids) = numbering(g);
-    let mut s = String::new();
+fn header(g: &Graph) -> String {
     let mode = match g.mode {
         Mode::Inference => "inference",
         Mode::Training => "training",
     };
     let [c, h, w] = g.meta.input;
-    let _ = writeln!(
-        s,
-        "model {} ({mode}) input {c}x{h}x{w} classes {}",
+    format!(
+        "model {} ({mode}) input {c}x{h}x{w} classes {}\n",
         g.meta.name, g.meta.classes
-    );
+    )
+}
+
+/// One node's line after its reference: `= op[ frozen] (args) : shapes`.
+fn node_line(g: &Graph, n: NodeIndex, args: &[String]) -> String {
+    let node = &g.dag[n];
+    let mut s = format!(" = {}", node.op);
+    if g.frozen.contains(&node.name) {
+        s.push_str(" frozen");
+    }
+    if !args.is_empty() {
+        let _ = write!(s, " ({})", args.join(", "));
+    }
+    if !node.outputs.is_empty() {
+        let shapes: Vec<String> = node.outputs.iter().map(|s| s.to_string()).collect();
+        let _ = write!(s, " : {}", shapes.join(", "));
+    }
+    s
+}
+
+/// Prints the graph as stable text, one node a line:
+/// `%7 = conv 16->16 3x3 /1 pad 1 (%5, %6) : Nx16x32x32  # layer1.0.conv1`.
+pub fn to_text(g: &Graph) -> String {
+    let (order, ids) = numbering(g);
+    let mut s = header(g);
     for n in order {
-        let node = &g.dag[n];
         let args: Vec<String> = g
             .inputs(n)
             .into_iter()
             .map(|v| value_ref(&ids, v))
             .collect();
-        let shapes: Vec<String> = node.outputs.iter().map(|s| s.to_string()).collect();
-        let _ = write!(s, "%{} = {}", ids[&n], node.op);
-        if g.frozen.contains(&node.name) {
-            s.push_str(" frozen");
-        }
-        if !args.is_empty() {
-            let _ = write!(s, " ({})", args.join(", "));
-        }
-        if !shapes.is_empty() {
-            let _ = write!(s, " : {}", shapes.join(", "));
-        }
-        let _ = writeln!(s, "  # {}", node.name);
+        let _ = writeln!(
+            s,
+            "%{}{}  # {}",
+            ids[&n],
+            node_line(g, n, &args),
+            g.dag[n].name
+        );
     }
     let outs: Vec<String> = g.outputs.iter().map(|v| value_ref(&ids, *v)).collect();
+    let _ = writeln!(s, "return {}", outs.join(", "));
+    s
+}
+
+/// A value by its node's name, `name` or `name:port`.
+fn named_ref(g: &Graph, v: Value) -> String {
+    let name = &g.dag[v.node].name;
+    if v.port == 0 {
+        name.clone()
+    } else {
+        format!("{name}:{}", v.port)
+    }
+}
+
+/// The graph as text keyed by node names instead of numbers, one node a line:
+/// `layer1.0.conv1 = conv 16->16 3x3 /1 pad 1 (relu, layer1.0.conv1.weight) : Nx16x32x32`.
+/// A line changes only when its node does, so a line diff of two graphs shows what a pass
+/// changed. Without `params`, parameter nodes get no line of their own (their readers still
+/// name them, and the ops' attributes give their shapes).
+pub fn to_named_text(g: &Graph, params: bool) -> String {
+    let mut s = header(g);
+    for n in g.schedule() {
+        if !params && matches!(g.dag[n].op, Op::Param(_)) {
+            continue;
+        }
+        let args: Vec<String> = g.inputs(n).into_iter().map(|v| named_ref(g, v)).collect();
+        let _ = writeln!(s, "{}{}", g.dag[n].name, node_line(g, n, &args));
+    }
+    let outs: Vec<String> = g.outputs.iter().map(|v| named_ref(g, *v)).collect();
     let _ = writeln!(s, "return {}", outs.join(", "));
     s
 }

@@ -1,6 +1,7 @@
 //! Tensor shapes in the IR. Activations carry a symbolic leading batch dimension `N`;
 //! parameters do not.
 
+use super::error::LimitViolation;
 use std::fmt;
 
 /// Largest channel count, spatial size, kernel or stride of any tensor (grammar/README.md).
@@ -52,19 +53,19 @@ impl Shape {
     /// batch item), if it does. Flat features `N x K` (a `flatten` of a feature map) and
     /// fully connected weights `[out, in]` are bounded by their element count only: `K` is
     /// not a size but `C*H*W` (100,352 after ResNet-50's last stage).
-    pub fn limit_violation(&self) -> Option<String> {
+    pub fn limit_violation(&self) -> Option<LimitViolation> {
         let flat = (self.batched && self.rank() == 1) || (!self.batched && self.rank() == 2);
-        if let Some(d) = self.dims.iter().find(|&&d| d > MAX_DIM && !flat) {
-            return Some(format!(
-                "{self} has a dimension of {d}, more than the limit of {MAX_DIM}"
-            ));
+        if let Some(&dim) = self.dims.iter().find(|&&d| d > MAX_DIM && !flat) {
+            return Some(LimitViolation::Dimension {
+                shape: self.clone(),
+                dim,
+            });
         }
         match self.checked_numel() {
             Some(n) if n <= MAX_ELEMENTS => None,
-            _ => Some(format!(
-                "{self} has more than {MAX_ELEMENTS} (2^40) elements{}",
-                if self.batched { " per image" } else { "" }
-            )),
+            _ => Some(LimitViolation::Elements {
+                shape: self.clone(),
+            }),
         }
     }
     pub fn rank(&self) -> usize {

@@ -6,30 +6,22 @@
 //! the op's rule infers from its inputs; source ops have no inputs; node names are unique;
 //! graph outputs exist.
 
-use super::graph::{Graph, IrError};
-use super::op::Op;
+use super::error::{Invariant, IrError};
+use super::graph::Graph;
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use std::collections::HashSet;
 
 pub fn verify(g: &Graph) -> Result<(), IrError> {
-    let err = |node: &str, message: String| IrError {
-        message,
-        node: Some(node.to_string()),
-        span: None,
-    };
+    let err = |node: &str, kind: Invariant| IrError::at(kind, node, None);
     if g.topo_order().len() != g.dag.node_count() {
-        return Err(IrError {
-            message: "the graph has a cycle".into(),
-            node: None,
-            span: None,
-        });
+        return Err(IrError::new(Invariant::Cycle));
     }
     let mut names = HashSet::new();
     for n in g.dag.node_indices() {
         let node = &g.dag[n];
         if !names.insert(node.name.as_str()) {
-            return Err(err(&node.name, "duplicate node name".into()));
+            return Err(err(&node.name, Invariant::DuplicateName));
         }
         let mut slots: Vec<usize> = g
             .dag
@@ -38,67 +30,50 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
             .collect();
         slots.sort_unstable();
         if slots.iter().enumerate().any(|(i, s)| i != *s) {
-            return Err(err(
-                &node.name,
-                format!("input slots are not contiguous: {slots:?}"),
-            ));
+            return Err(err(&node.name, Invariant::Slots { slots }));
         }
         for e in g.dag.edges_directed(n, Direction::Incoming) {
             let src = &g.dag[e.source()];
             if e.weight().port >= src.outputs.len() {
                 return Err(err(
                     &node.name,
-                    format!(
-                        "reads port {} of {}, which has {} outputs",
-                        e.weight().port,
-                        src.name,
-                        src.outputs.len()
-                    ),
+                    Invariant::MissingPort {
+                        port: e.weight().port,
+                        source_node: src.name.clone(),
+                        outputs: src.outputs.len(),
+                    },
                 ));
             }
         }
-        match node.op {
-            Op::Input | Op::Labels | Op::Param(_) => {
-                if !slots.is_empty() {
-                    return Err(err(&node.name, "a source node has inputs".into()));
-                }
-                if node.outputs.len() != 1 {
-                    return Err(err(&node.name, "a source node must have one output".into()));
-                }
+        if node.op.is_source() {
+            if !slots.is_empty() {
+                return Err(err(&node.name, Invariant::SourceWithInputs));
             }
-            _ => {
-                let ins = g.inputs(n);
-                let shapes: Vec<_> = ins.iter().map(|v| g.shape(*v)).collect();
-                let inferred = node.op.infer(&shapes).map_err(|m| err(&node.name, m))?;
-                if inferred != node.outputs {
-                    let show = |v: &[super::Shape]| {
-                        v.iter()
-                            .map(|s| s.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
-                    return Err(err(
-                        &node.name,
-                        format!(
-                            "stored shapes [{}] differ from inferred [{}]",
-                            show(&node.outputs),
-                            show(&inferred)
-                        ),
-                    ));
-                }
+            if node.outputs.len() != 1 {
+                return Err(err(&node.name, Invariant::SourceOutputs));
             }
+            continue;
+        }
+        let ins = g.inputs(n);
+        let shapes: Vec<_> = ins.iter().map(|v| g.shape(*v)).collect();
+        let inferred = node
+            .op
+            .infer(&shapes)
+            .map_err(|e| IrError::at(e, &node.name, None))?;
+        if inferred != node.outputs {
+            return Err(err(
+                &node.name,
+                Invariant::StoredShapes {
+                    stored: node.outputs.clone(),
+                    inferred,
+                },
+            ));
         }
     }
     for o in &g.outputs {
         match g.dag.node_weight(o.node) {
             Some(node) if o.port < node.outputs.len() => {}
-            _ => {
-                return Err(IrError {
-                    message: "a graph output refers to a missing value".into(),
-                    node: None,
-                    span: None,
-                })
-            }
+            _ => return Err(IrError::new(Invariant::MissingOutput)),
         }
     }
     Ok(())

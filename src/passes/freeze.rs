@@ -13,14 +13,10 @@
 //! sections `..layer3` (from the first section up to and including `layer3`), a layer name
 //! (`layer4.0.conv1`, which freezes its tensors) or a tensor name (`fc.bias`).
 
-use crate::ir::{Graph, IrError, Mode, Op};
+use crate::ir::{Graph, IrError, IrErrorKind, Mode, Op};
 
 fn error(message: String) -> IrError {
-    IrError {
-        message,
-        node: None,
-        span: None,
-    }
+    IrError::new(IrErrorKind::Freeze(message))
 }
 
 /// Freezes the parameters that `targets` name, and those the model file froze (already in

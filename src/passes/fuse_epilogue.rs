@@ -7,25 +7,8 @@
 //! pre-BN and pre-ReLU values) become extra outputs of the fused node instead of blocking the
 //! fusion, so the same pass serves inference and training. The computed function is unchanged.
 
-use super::util::replace_with;
-use crate::ir::{Epilogue, EpilogueStep, Graph, IrError, Op, Value};
-use petgraph::stable_graph::NodeIndex;
-
-/// The epilogue step a node would become, if it is one.
-pub(super) fn as_step(op: &Op) -> Option<EpilogueStep> {
-    match op {
-        Op::BatchNorm {
-            spec,
-            training: false,
-        } => Some(EpilogueStep::BatchNormEval(*spec)),
-        Op::BatchNorm {
-            spec,
-            training: true,
-        } => Some(EpilogueStep::BatchNormTrain(*spec)),
-        Op::Relu => Some(EpilogueStep::Relu),
-        _ => None,
-    }
-}
+use super::util::{replace_with, step_chain, StepChain};
+use crate::ir::{Epilogue, Graph, IrError, Op, Value};
 
 pub fn fuse_epilogue(g: &mut Graph) -> Result<bool, IrError> {
     let mut changed = false;
@@ -34,23 +17,11 @@ pub fn fuse_epilogue(g: &mut Graph) -> Result<bool, IrError> {
             Some(Op::Conv(c)) => *c,
             _ => continue,
         };
-        let mut steps = vec![];
-        let mut operands = vec![];
-        let mut chain: Vec<NodeIndex> = vec![];
-        let mut cur = Value::from(conv);
-        loop {
-            let candidates: Vec<NodeIndex> = g
-                .users(cur)
-                .into_iter()
-                .filter(|&(u, slot)| slot == 0 && as_step(&g.dag[u].op).is_some())
-                .map(|(u, _)| u)
-                .collect();
-            let [u] = candidates[..] else { break };
-            steps.push(as_step(&g.dag[u].op).expect("filtered above"));
-            operands.extend(g.inputs(u).into_iter().skip(1));
-            chain.push(u);
-            cur = Value::from(u);
-        }
+        let StepChain {
+            nodes: chain,
+            steps,
+            operands,
+        } = step_chain(g, Value::from(conv));
         if steps.is_empty() {
             continue;
         }

@@ -8,8 +8,7 @@
 //! lowering orders it) is preferred, so the add lands on the conv that ends the branch.
 //! Values still read elsewhere become exports; the function is unchanged.
 
-use super::fuse_epilogue::as_step;
-use super::util::replace_with;
+use super::util::{replace_with, step_chain};
 use crate::ir::{Epilogue, EpilogueStep, Graph, IrError, Op, Value};
 use petgraph::algo::has_path_connecting;
 
@@ -36,27 +35,15 @@ pub fn fuse_residual_add(g: &mut Graph) -> Result<bool, IrError> {
                 .map(|i| (Value { node: p, port: i }, i))
                 .collect();
             // Values after the old steps, the add, and the chain after it, in order.
-            let mut values = vec![v];
-            let mut operands = vec![other];
-            let mut chain = vec![add];
+            let after = step_chain(g, Value::from(add));
             epilogue.steps.push(EpilogueStep::Add);
-            values.push(Value::from(add));
-            loop {
-                let cur = *values.last().expect("nonempty");
-                let next: Vec<_> = g
-                    .users(cur)
-                    .into_iter()
-                    .filter(|&(u, slot)| slot == 0 && as_step(&g.dag[u].op).is_some())
-                    .map(|(u, _)| u)
-                    .collect();
-                let [u] = next[..] else { break };
-                epilogue
-                    .steps
-                    .push(as_step(&g.dag[u].op).expect("filtered above"));
-                operands.extend(g.inputs(u).into_iter().skip(1));
-                values.push(Value::from(u));
-                chain.push(u);
-            }
+            epilogue.steps.extend(after.steps);
+            let mut values = vec![v, Value::from(add)];
+            values.extend(after.nodes.iter().map(|&u| Value::from(u)));
+            let mut operands = vec![other];
+            operands.extend(after.operands);
+            let mut chain = vec![add];
+            chain.extend(after.nodes);
             let base = epilogue.steps.len() + 1 - values.len();
             for (i, val) in values.iter().enumerate().take(values.len() - 1) {
                 if g.use_count(*val) > 1 {

@@ -10,7 +10,7 @@ pub mod fuse_epilogue;
 pub mod fuse_residual_add;
 mod util;
 
-use crate::ir::{verify, Graph, IrError, Mode};
+use crate::ir::{verify, Graph, IrError, IrErrorKind, Mode};
 
 /// A named pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +53,27 @@ impl Pass {
     }
 }
 
+impl std::fmt::Display for Pass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `--passes fuse_epilogue,dead_code` parses each name (clap splits the list).
+impl std::str::FromStr for Pass {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Pass, String> {
+        let name = name.trim();
+        Pass::from_name(name).ok_or_else(|| {
+            let known: Vec<&str> = Pass::ALL.iter().map(|p| p.name()).collect();
+            format!(
+                "unknown pass `{name}`; the passes are: {}",
+                known.join(", ")
+            )
+        })
+    }
+}
+
 /// An ordered list of passes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pipeline {
@@ -71,24 +92,6 @@ impl Pipeline {
         Pipeline { passes }
     }
 
-    /// Parses `--passes a,b,c`.
-    pub fn from_names(list: &str) -> Result<Pipeline, String> {
-        let mut passes = vec![];
-        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match Pass::from_name(name) {
-                Some(p) => passes.push(p),
-                None => {
-                    let known: Vec<&str> = Pass::ALL.iter().map(|p| p.name()).collect();
-                    return Err(format!(
-                        "unknown pass `{name}`; the passes are: {}",
-                        known.join(", ")
-                    ));
-                }
-            }
-        }
-        Ok(Pipeline { passes })
-    }
-
     /// Runs every pass in order, verifying the graph after each.
     pub fn run(&self, g: &mut Graph) -> Result<(), IrError> {
         self.run_traced(g, |_, _| {})
@@ -104,7 +107,10 @@ impl Pipeline {
         for &p in &self.passes {
             p.run(g)?;
             verify(g).map_err(|e| IrError {
-                message: format!("after pass {}: {}", p.name(), e.message),
+                kind: Box::new(IrErrorKind::AfterPass {
+                    pass: p.name(),
+                    error: e.kind,
+                }),
                 ..e
             })?;
             after(p, g);

@@ -20,16 +20,7 @@ pub fn meta(name: &str, input: [usize; 3], classes: usize) -> ModelMeta {
 }
 
 fn conv_spec(cin: usize, cout: usize, k: usize, stride: usize) -> ConvSpec {
-    let p = k / 2;
-    ConvSpec {
-        in_channels: cin,
-        out_channels: cout,
-        kernel: [k, k],
-        stride: [stride, stride],
-        pad: [p; 4],
-        groups: 1,
-        bias: false,
-    }
+    ConvSpec::square(cin, cout, k, stride)
 }
 
 pub fn conv(g: &mut Graph, x: Value, name: &str, cout: usize, k: usize, stride: usize) -> Value {
@@ -143,6 +134,81 @@ pub fn tiny_resnet(mode: Mode, width: usize, hw: usize, classes: usize) -> Graph
         .unwrap();
     g.outputs = vec![y];
     g
+}
+
+/// What turned `before` into `after`, for snapshots of passes, by node: a changed node as its
+/// old line (`-`) then its new one (`+`), a removed node as `-`, an added node as `+`, in hunks
+/// separated by `~` where unchanged nodes lie between. Lines are those of
+/// [`to_named_text`](resnetc::ir::print::to_named_text) with parameters. Nodes are matched by
+/// their unique names, so a node the schedule merely moved does not show. An unchanged graph
+/// gives an empty string.
+pub fn graph_diff(before: &Graph, after: &Graph) -> String {
+    use resnetc::ir::print::to_named_text;
+    use similar::DiffTag;
+    use std::collections::HashMap;
+    let (a, b) = (to_named_text(before, true), to_named_text(after, true));
+    // A line's key: its node's name; `return` for the outputs; the header is its own key.
+    let key = |line: &'_ str| -> String {
+        match line.split_once(" = ") {
+            Some((name, _)) => name.to_string(),
+            None if line.starts_with("return ") => "return".to_string(),
+            None => line.to_string(),
+        }
+    };
+    let keyed = |text: &str| -> (Vec<String>, HashMap<String, String>) {
+        let keys = text.lines().map(key).collect();
+        let lines = text.lines().map(|l| (key(l), l.to_string())).collect();
+        (keys, lines)
+    };
+    let ((old_keys, old), (new_keys, new)) = (keyed(&a), keyed(&b));
+    // What a node's key contributes, in the order of the merged schedules; `None`: unchanged,
+    // or moved and shown where it now is.
+    let removed = |k: &String| (!new.contains_key(k)).then(|| format!("- {}\n", old[k]));
+    let added = |k: &String| match old.get(k) {
+        Some(o) if *o == new[k] => None,
+        Some(o) => Some(format!("- {o}\n+ {}\n", new[k])),
+        None => Some(format!("+ {}\n", new[k])),
+    };
+    let mut entries: Vec<Option<String>> = vec![];
+    for op in similar::capture_diff_slices(similar::Algorithm::Myers, &old_keys, &new_keys) {
+        let (tag, olds, news) = op.as_tag_tuple();
+        match tag {
+            DiffTag::Equal => entries.extend(news.map(|i| added(&new_keys[i]))),
+            DiffTag::Delete | DiffTag::Insert | DiffTag::Replace => {
+                entries.extend(olds.map(|i| removed(&old_keys[i])));
+                entries.extend(news.map(|i| added(&new_keys[i])));
+            }
+        }
+    }
+    let hunks: Vec<String> = entries
+        .split(Option::is_none)
+        .map(|run| run.iter().flatten().map(String::as_str).collect())
+        .filter(|hunk: &String| !hunk.is_empty())
+        .collect();
+    hunks.join("~\n")
+}
+
+/// Runs `pipeline` on `g`, calling `snapshot(pass, diff)` with what each pass changed
+/// ([`graph_diff`]); returns the passes that changed nothing, which get no snapshot.
+pub fn run_pipeline_diffs(
+    pipeline: &resnetc::passes::Pipeline,
+    g: &mut Graph,
+    mut snapshot: impl FnMut(resnetc::passes::Pass, String),
+) -> Vec<resnetc::passes::Pass> {
+    let mut before = g.clone();
+    let mut unchanged = vec![];
+    pipeline
+        .run_traced(g, |pass, after| {
+            let diff = graph_diff(&before, after);
+            if diff.is_empty() {
+                unchanged.push(pass);
+            } else {
+                snapshot(pass, diff);
+            }
+            before = after.clone();
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    unchanged
 }
 
 /// A file of the team's shared data. Missing, the calling test is skipped, and says so on
