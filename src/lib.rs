@@ -9,6 +9,8 @@ pub mod compare;
 pub mod compile;
 pub mod datasets;
 pub mod diag;
+#[cfg(feature = "distributed")]
+pub mod distributed;
 pub mod driver;
 pub mod exit;
 pub mod export;

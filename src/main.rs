@@ -268,6 +268,15 @@ struct RunArgs {
     /// End with one JSON line of results.
     #[arg(long)]
     json: bool,
+    /// Data-parallel training over MPI, one replica per rank: `mpirun -np N resnetc run MODEL
+    /// --train --distributed`. --batch is the global batch; only rank 0 prints, logs and saves.
+    /// Needs a build with `--features distributed`.
+    #[arg(long)]
+    distributed: bool,
+    /// With --distributed: BatchNorm statistics of the global batch (summed over the ranks),
+    /// so training matches a single-process run; default: each rank's own part (as DDP).
+    #[arg(long = "sync-bn")]
+    sync_bn: bool,
 }
 
 #[derive(Args)]
@@ -611,11 +620,50 @@ fn check_build_flags(b: &BuildArgs, given: &[String]) -> Result<(), CliError> {
     wrong.map_or(Ok(()), |m| Err(CliError::Usage(m)))
 }
 
+/// `run --distributed`: joins the MPI job, runs, and on an error ends every rank of the job.
+#[cfg(feature = "distributed")]
 fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
+    if !args.distributed {
+        return run_here(args, given, None);
+    }
+    let job = std::sync::Arc::new(resnetc::distributed::MpiJob::init()?);
+    let dp = driver::DataParallel {
+        job: job.clone(),
+        sync_bn: args.sync_bn,
+    };
+    match run_here(args, given, Some(&dp)) {
+        Err(e) if resnetc_runtime::collective::Collective::size(job.as_ref()) > 1 => {
+            resnetc::distributed::fail(&job, &e)
+        }
+        other => other,
+    }
+}
+
+/// `run` in a build without MPI: `--distributed` says how to get it.
+#[cfg(not(feature = "distributed"))]
+fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
+    if args.distributed || args.sync_bn {
+        return Err(CliError::usage(
+            "--distributed and --sync-bn need a resnetc built with MPI: install Open MPI and libclang \
+             (apt-get install openmpi-bin libopenmpi-dev libclang-dev) and build with \
+             `cargo build --release --features distributed`",
+        ));
+    }
+    run_here(args, given, None)
+}
+
+/// `run` in this process; `dp`: its place in a data-parallel job.
+fn run_here(
+    args: &RunArgs,
+    given: &[String],
+    dp: Option<&driver::DataParallel>,
+) -> Result<(), CliError> {
     check_compile_flags(given)?;
     let given: Vec<&str> = given.iter().map(String::as_str).collect();
     resnetc::run_flags::check(&given, args.input.len()).map_err(CliError::Usage)?;
     set_threads(args.recipe.threads);
+    // Data-parallel: only rank 0 prints results.
+    let speaks = dp.is_none_or(|dp| dp.job.rank() == 0);
     let mut opts = build_options(&args.compile)?;
     opts.weights_format = match args.weights_format {
         WeightsFormatArg::Auto => WeightsFormat::Auto,
@@ -644,10 +692,11 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
             args.recipe.seed,
             args.save.as_deref(),
             args.recipe.clip_grad_norm,
+            dp,
         )?;
-        if args.json {
+        if speaks && args.json {
             outln!("{}", serde_json::json!({ "losses": r }));
-        } else {
+        } else if speaks {
             for (i, l) in r.iter().enumerate() {
                 outln!("step {}  loss {l:.6}", i + 1);
             }
@@ -664,6 +713,7 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
             skip_mismatch: args.skip_mismatch,
             save_every: args.save_every.map(|n| n as usize),
             stop: Some(stop_on_signals()?),
+            data_parallel: dp.cloned(),
             ..args.recipe.options()?
         };
         let mut progress = Progress {
@@ -680,9 +730,11 @@ fn run(args: &RunArgs, given: &[String]) -> Result<(), CliError> {
             )?,
             None => driver::train(&opts, args.recipe.data.as_deref(), &cfg, &mut progress)?,
         };
-        outln!("{}", summary.human);
-        if args.json {
-            outln!("{}", summary.json);
+        if speaks {
+            outln!("{}", summary.human);
+            if args.json {
+                outln!("{}", summary.json);
+            }
         }
         return Ok(());
     }

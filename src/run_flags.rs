@@ -47,6 +47,8 @@ impl RunMode {
                 "freeze",
                 "seed",
                 "save",
+                "distributed",
+                "sync_bn",
                 "clip_grad_norm",
             ],
             RunMode::Train => &[
@@ -76,6 +78,8 @@ impl RunMode {
                 "skip_mismatch",
                 "weights_format",
                 "data",
+                "distributed",
+                "sync_bn",
                 "save_every",
                 "clip_grad_norm",
             ],
@@ -179,6 +183,9 @@ pub fn check(given: &[&str], inputs: usize) -> Result<RunMode, String> {
         }
         RunMode::Train if has("weights") && has("resume") => {
             return Err("--weights has no effect with --resume: the checkpoint holds the weights to continue from".into())
+        }
+        _ if has("sync_bn") && !has("distributed") => {
+            return Err("--sync-bn has no effect without --distributed: it sums BatchNorm statistics over the ranks of a data-parallel job".into())
         }
         _ => {}
     }
@@ -318,6 +325,17 @@ mod tests {
         assert!(check(&["model", "train", "steps", "input", "labels"], 2).is_err());
         assert!(check(&["model", "input", "weights", "seed"], 1).is_err());
         assert!(check(&["model", "train", "weights", "resume"], 0).is_err());
+        assert!(check(&["model", "train", "distributed", "sync_bn"], 0).is_ok());
+        let e = check(&["model", "train", "sync_bn"], 0).unwrap_err();
+        assert!(
+            e.starts_with("--sync-bn has no effect without --distributed"),
+            "{e}"
+        );
+        let e = check(&["model", "eval", "weights", "distributed"], 0).unwrap_err();
+        assert!(
+            e.starts_with("--distributed has no effect in evaluation"),
+            "{e}"
+        );
         assert!(check(&["model"], 0).is_err());
         // Checkpoints within an epoch go to --save, and only training writes them.
         let e = check(&["model", "train", "save_every"], 0).unwrap_err();

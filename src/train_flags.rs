@@ -125,6 +125,7 @@ impl TrainFlags {
             weights: None,
             init_from: None,
             skip_mismatch: false,
+            data_parallel: None,
             save_every: None,
             clip_grad_norm: self.clip_grad_norm,
             stop: None,

@@ -167,6 +167,8 @@ fn conv_case(
         optimizer_steps: 0,
         params_version: 1,
         seed: 0,
+        batch_stats: None,
+        first_image: 0,
     };
     let mut want = vec![vec![0.0f32; out_len]];
     ReferenceEngine
@@ -475,7 +477,7 @@ proptest! {
         let dy = random(seed, n * oc * oh * ow);
         let wt = random(seed + 1, spec.weight_shape().iter().product());
         let ins: Vec<&[f32]> = vec![&dy, &wt];
-        let ctx = KernelCtx { n, lr: 0.0, optimizer_steps: 0, params_version: 1, seed: 0 };
+        let ctx = KernelCtx { n, lr: 0.0, optimizer_steps: 0, params_version: 1, seed: 0, batch_stats: None, first_image: 0 };
         let len = n * cin * h * w;
         let mut want = vec![vec![0.0f32; len]];
         ReferenceEngine.kernel(&step).run(&ctx, &ins, &mut [], &mut want);
@@ -520,7 +522,7 @@ proptest! {
         let x = random(seed, n * cin * h * w);
         let dy = random(seed + 1, n * oc * oh * ow);
         let ins: Vec<&[f32]> = vec![&x, &dy];
-        let ctx = KernelCtx { n, lr: 0.0, optimizer_steps: 0, params_version: 1, seed: 0 };
+        let ctx = KernelCtx { n, lr: 0.0, optimizer_steps: 0, params_version: 1, seed: 0, batch_stats: None, first_image: 0 };
         let wlen: usize = spec.weight_shape().iter().product();
         let outs = |fill: f32| {
             let mut v = vec![vec![fill; wlen]];
@@ -628,7 +630,7 @@ proptest! {
         let mut got = want.clone();
         for t in 0..3u64 {
             let grad = random(seed + 100 + t, len);
-            let ctx = KernelCtx { n: 1, lr: 0.05, optimizer_steps: t, params_version: 1, seed: 0 };
+            let ctx = KernelCtx { n: 1, lr: 0.05, optimizer_steps: t, params_version: 1, seed: 0, batch_stats: None, first_image: 0 };
             rk.run(&ctx, &[&grad], &mut want, &mut []);
             jk.run(&ctx, &[&grad], &mut got, &mut []);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {

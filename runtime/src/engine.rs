@@ -6,11 +6,12 @@
 //! generates code for and the reference kernel for the rest. Because both sit behind the same
 //! trait, any step can run on either engine, which is how tests compare them.
 
+use crate::collective::Collective;
 use crate::program::Step;
 
 /// Values every kernel may need besides its buffers.
 #[derive(Clone, Copy, Debug)]
-pub struct KernelCtx {
+pub struct KernelCtx<'a> {
     /// Batch size bound for this run.
     pub n: usize,
     /// Learning rate of optimizer steps.
@@ -25,6 +26,14 @@ pub struct KernelCtx {
     /// which draw per `optimizer_steps` so a resumed run draws what the uninterrupted one
     /// would have.
     pub seed: u64,
+    /// Synchronized BatchNorm (`--sync-bn`): training BN sums its per-channel statistics over
+    /// the ranks of this job, so they are those of the global batch. `None`: this process's
+    /// batch only.
+    pub batch_stats: Option<&'a dyn Collective>,
+    /// The index in the global batch of this input's first image (data-parallel; else 0):
+    /// per-image random streams (dropout masks) are drawn by that index, so the ranks draw
+    /// what one process would for the whole batch.
+    pub first_image: usize,
 }
 
 /// A compiled step: reads `ins`, updates `inouts` in place, overwrites `outs`, in the order
@@ -32,7 +41,7 @@ pub struct KernelCtx {
 pub trait StepKernel: Send {
     fn run(
         &mut self,
-        ctx: &KernelCtx,
+        ctx: &KernelCtx<'_>,
         ins: &[&[f32]],
         inouts: &mut [Vec<f32>],
         outs: &mut [Vec<f32>],

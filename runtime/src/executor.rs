@@ -1,6 +1,7 @@
 //! The reference executor: runs a [`Program`] step by step with the plain-Rust kernels of
 //! [`crate::reference`], parallel inside each kernel with rayon.
 
+use crate::collective::Collective;
 use crate::engine::{Engine, KernelCtx, ReferenceEngine, StepKernel};
 use crate::error::{Result, RuntimeError};
 use crate::program::{Kernel, ParamRole, ParamSlot, Program, Step};
@@ -9,6 +10,8 @@ use crate::rng::Rng;
 use crate::spec::{Dims4, EpilogueStep};
 use crate::weights::Tensor;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Parameters and optimizer step count saved by [`Executor::save_params`].
 #[derive(Debug, Default)]
@@ -50,6 +53,23 @@ pub struct Executor {
     profile: Option<std::collections::BTreeMap<&'static str, (u32, std::time::Duration)>>,
     /// Per-step wall time of the last run, when profiling is on.
     step_times: Vec<std::time::Duration>,
+    /// Data-parallel training over several processes, when set.
+    data_parallel: Option<DataParallel>,
+}
+
+/// A training executor's part in a data-parallel job ([`Executor::set_data_parallel`]).
+#[derive(Debug)]
+struct DataParallel {
+    collective: Arc<dyn Collective>,
+    sync_batch_norm: bool,
+    /// Images in the global batch this step's input is a part of.
+    global_batch: usize,
+    /// The index of the input's first image in the global batch.
+    first_image: usize,
+    /// Every optimizer update's gradient, flattened, to sum over the ranks in one call.
+    bucket: Vec<f32>,
+    /// Time spent summing gradients (waiting for the other ranks included).
+    gradient_sum_time: Duration,
 }
 
 impl Executor {
@@ -103,7 +123,141 @@ impl Executor {
             prepared: false,
             profile: None,
             step_times: vec![],
+            data_parallel: None,
         }
+    }
+
+    /// Makes this training executor one replica of a data-parallel job: each run's input is
+    /// this rank's part of a global batch (see [`Executor::set_batch_part`]), the loss
+    /// gradient is weighted by that part's share, and the gradients are summed over the ranks
+    /// in one flat bucket before the optimizer updates, so every replica takes the step of
+    /// the global batch. With `sync_batch_norm`, training BN normalizes with the statistics
+    /// of the global batch.
+    pub fn set_data_parallel(
+        &mut self,
+        collective: Arc<dyn Collective>,
+        sync_batch_norm: bool,
+    ) -> Result<()> {
+        let loss_grads = self
+            .program
+            .steps
+            .iter()
+            .filter(|s| matches!(s.kernel, Kernel::SoftmaxCrossEntropyGrad { .. }))
+            .count();
+        if !self.program.training || loss_grads != 1 {
+            return Err(RuntimeError::Other(format!(
+                "data-parallel training needs a training program with one loss gradient; \
+                 `{}` has {loss_grads}",
+                self.program.name
+            )));
+        }
+        self.data_parallel = Some(DataParallel {
+            collective,
+            sync_batch_norm,
+            global_batch: 0,
+            first_image: 0,
+            bucket: vec![],
+            gradient_sum_time: Duration::ZERO,
+        });
+        Ok(())
+    }
+
+    /// Where the next runs' inputs lie in their global batch (data-parallel only): from image
+    /// `first` of `images`.
+    pub fn set_batch_part(&mut self, first: usize, images: usize) {
+        if let Some(dp) = self.data_parallel.as_mut() {
+            dp.first_image = first;
+            dp.global_batch = images;
+        }
+    }
+
+    /// The job this executor is a replica in, if data-parallel.
+    pub fn collective(&self) -> Option<&Arc<dyn Collective>> {
+        self.data_parallel.as_ref().map(|dp| &dp.collective)
+    }
+
+    /// Total time spent summing gradients over the ranks (zero unless data-parallel).
+    pub fn gradient_sum_time(&self) -> Duration {
+        self.data_parallel
+            .as_ref()
+            .map_or(Duration::ZERO, |dp| dp.gradient_sum_time)
+    }
+
+    /// A hash of the bits of every parameter (weights, optimizer state, and running
+    /// statistics unless they are each rank's own) and the step count: replicas of a
+    /// data-parallel job must agree on it after every step.
+    pub fn params_fingerprint(&self) -> u64 {
+        let own_stats = self
+            .data_parallel
+            .as_ref()
+            .is_some_and(|dp| !dp.sync_batch_norm);
+        let steps = [f32::from_bits(self.optimizer_steps as u32)];
+        crate::collective::fingerprint(
+            self.program
+                .params
+                .iter()
+                .filter(|p| !(own_stats && is_running_stat(p.role)))
+                .map(|p| self.bufs[p.buffer].as_slice())
+                .chain([&steps[..]]),
+        )
+    }
+
+    /// Data-parallel without synchronized BN, each rank's running statistics follow its own
+    /// batches: this replaces them by their mean over the ranks, so that every replica tests
+    /// and saves the same model. (With `--sync-bn` they are the same everywhere already.)
+    pub fn average_running_stats(&mut self) {
+        let Some(dp) = self.data_parallel.as_mut().filter(|dp| !dp.sync_batch_norm) else {
+            return;
+        };
+        let stats: Vec<usize> = self
+            .program
+            .params
+            .iter()
+            .filter(|p| is_running_stat(p.role))
+            .map(|p| p.buffer)
+            .collect();
+        dp.bucket.clear();
+        for &b in &stats {
+            dp.bucket.extend_from_slice(&self.bufs[b]);
+        }
+        dp.collective.sum_f32(&mut dp.bucket);
+        let ranks = dp.collective.size() as f32;
+        let mut at = 0;
+        for &b in &stats {
+            let len = self.bufs[b].len();
+            for (v, s) in self.bufs[b].iter_mut().zip(&dp.bucket[at..at + len]) {
+                *v = s / ranks;
+            }
+            at += len;
+        }
+        self.prepared = false;
+        self.params_version += 1;
+    }
+
+    /// Sums the gradients that the optimizer steps among `steps` read over the ranks, through
+    /// one flat bucket.
+    fn sum_gradients(&mut self, steps: &[Step]) {
+        let Some(dp) = self.data_parallel.as_mut() else {
+            return;
+        };
+        let start = Instant::now();
+        let grads: Vec<usize> = steps
+            .iter()
+            .filter(|s| s.kernel.is_optimizer_update())
+            .map(|s| s.ins[0])
+            .collect();
+        dp.bucket.clear();
+        for &g in &grads {
+            dp.bucket.extend_from_slice(&self.bufs[g]);
+        }
+        dp.collective.sum_f32(&mut dp.bucket);
+        let mut at = 0;
+        for &g in &grads {
+            let len = self.bufs[g].len();
+            self.bufs[g].copy_from_slice(&dp.bucket[at..at + len]);
+            at += len;
+        }
+        dp.gradient_sum_time += start.elapsed();
     }
 
     pub fn batch(&self) -> usize {
@@ -352,12 +506,23 @@ impl Executor {
         let first_update = steps.iter().position(|s| s.kernel.is_optimizer_update());
         for (i, (step, kernel)) in steps.iter().zip(kernels.iter_mut()).enumerate() {
             if Some(i) == first_update {
+                // Data-parallel: the updates apply the gradients' sum over the ranks, and
+                // clipping sees the global batch's gradient.
+                self.sum_gradients(&steps[i..]);
                 if let Some(max_norm) = self.clip_grad_norm {
                     self.clip_gradients(&steps[i..], max_norm);
                 }
             }
             let start = self.profile.is_some().then(std::time::Instant::now);
             self.run_step(step, kernel.as_mut());
+            if let (Kernel::SoftmaxCrossEntropyGrad { .. }, Some(dp)) =
+                (&step.kernel, &self.data_parallel)
+            {
+                // This rank's mean-loss gradient, weighted by its share of the global batch,
+                // is its part of the global mean's gradient.
+                let share = self.batch as f32 / dp.global_batch.max(self.batch) as f32;
+                self.bufs[step.outs[0]].iter_mut().for_each(|v| *v *= share);
+            }
             if let Some(t) = start {
                 self.step_times.push(t.elapsed());
             }
@@ -445,6 +610,12 @@ impl Executor {
                 optimizer_steps: self.optimizer_steps,
                 params_version: self.params_version,
                 seed: self.seed,
+                batch_stats: self
+                    .data_parallel
+                    .as_ref()
+                    .filter(|dp| dp.sync_batch_norm)
+                    .map(|dp| dp.collective.as_ref()),
+                first_image: self.data_parallel.as_ref().map_or(0, |dp| dp.first_image),
             };
             let start = self.profile.is_some().then(std::time::Instant::now);
             kernel.run(&ctx, &ins, &mut inouts, &mut outs);
@@ -487,7 +658,7 @@ impl ReferenceKernel {
 impl StepKernel for ReferenceKernel {
     fn run(
         &mut self,
-        ctx: &KernelCtx,
+        ctx: &KernelCtx<'_>,
         ins: &[&[f32]],
         inouts: &mut [Vec<f32>],
         outs: &mut [Vec<f32>],
@@ -499,6 +670,10 @@ impl StepKernel for ReferenceKernel {
     }
 }
 
+fn is_running_stat(role: ParamRole) -> bool {
+    matches!(role, ParamRole::RunningMean | ParamRole::RunningVar)
+}
+
 fn labels_of(buf: &[f32]) -> Vec<usize> {
     buf.iter().map(|&v| v as usize).collect()
 }
@@ -506,7 +681,7 @@ fn labels_of(buf: &[f32]) -> Vec<usize> {
 /// Runs `epilogue[from..]` in place over a fused conv's whole output `first`, copying the
 /// value before step `i` into `rest[k]` where `exports[k] == i` (exports before `from` are the
 /// caller's). `ins` are the operands of the steps from `from` on, in order; `inouts` the
-/// running statistics of their training BN steps.
+/// running statistics of their training BN steps; `batch_stats` as in [`KernelCtx`].
 #[allow(clippy::too_many_arguments)]
 pub fn apply_epilogue(
     epilogue: &[EpilogueStep],
@@ -517,6 +692,7 @@ pub fn apply_epilogue(
     inouts: &mut [Vec<f32>],
     first: &mut [f32],
     rest: &mut [Vec<f32>],
+    batch_stats: Option<&dyn Collective>,
 ) {
     let (mut at, mut at_inout) = (0, 0);
     let mut export = exports
@@ -538,6 +714,7 @@ pub fn apply_epilogue(
             first,
             &ins[at..at + n_in],
             &mut inouts[at_inout..at_inout + n_inout],
+            batch_stats,
         );
         at += n_in;
         at_inout += n_inout;
@@ -546,13 +723,14 @@ pub fn apply_epilogue(
 
 /// Applies one epilogue step of a fused conv in place, over the whole output. `ins` and
 /// `inouts` are the step's own operands (two and two for training BN, whose running
-/// statistics are in-outs).
+/// statistics are in-outs; `batch_stats` as in [`KernelCtx`]).
 pub fn apply_epilogue_step(
     step: &EpilogueStep,
     d: Dims4,
     y: &mut [f32],
     ins: &[&[f32]],
     inouts: &mut [Vec<f32>],
+    batch_stats: Option<&dyn Collective>,
 ) {
     match step {
         EpilogueStep::BatchNormEval(spec) => {
@@ -573,16 +751,18 @@ pub fn apply_epilogue_step(
         EpilogueStep::BatchNormTrain(spec) => {
             let mut mean = vec![0.0; d.c];
             let mut var = vec![0.0; d.c];
-            k::batch_norm_train_inplace(y, d, ins[0], ins[1], spec.eps, &mut mean, &mut var);
-            let (rm, rv) = inouts.split_at_mut(1);
-            k::batch_norm_update_running(
-                &mut rm[0],
-                &mut rv[0],
-                &mean,
-                &var,
-                d.n * d.h * d.w,
-                spec.momentum,
+            let count = k::batch_norm_train_inplace_across(
+                y,
+                d,
+                ins[0],
+                ins[1],
+                spec.eps,
+                &mut mean,
+                &mut var,
+                batch_stats,
             );
+            let (rm, rv) = inouts.split_at_mut(1);
+            k::batch_norm_update_running(&mut rm[0], &mut rv[0], &mean, &var, count, spec.momentum);
         }
         EpilogueStep::Add => k::add_inplace(y, ins[0]),
         EpilogueStep::Relu => k::relu_inplace(y),
@@ -591,7 +771,7 @@ pub fn apply_epilogue_step(
 
 fn exec(
     kernel: &Kernel,
-    ctx: &KernelCtx,
+    ctx: &KernelCtx<'_>,
     ins: &[&[f32]],
     inouts: &mut [Vec<f32>],
     outs: &mut [Vec<f32>],
@@ -613,7 +793,17 @@ fn exec(
             let (first, rest) = outs.split_first_mut().expect("conv has an output");
             k::conv2d(ins[0], xd, ins[1], bias, spec, first);
             let at = 2 + spec.bias as usize;
-            apply_epilogue(epilogue, exports, 0, yd, &ins[at..], inouts, first, rest);
+            apply_epilogue(
+                epilogue,
+                exports,
+                0,
+                yd,
+                &ins[at..],
+                inouts,
+                first,
+                rest,
+                ctx.batch_stats,
+            );
         }
         Kernel::BatchNorm {
             spec,
@@ -626,7 +816,7 @@ fn exec(
             if *training {
                 let mut mean = vec![0.0; *c];
                 let mut var = vec![0.0; *c];
-                k::batch_norm_train(
+                let count = k::batch_norm_train_across(
                     x,
                     d,
                     gamma,
@@ -635,6 +825,7 @@ fn exec(
                     &mut outs[0],
                     &mut mean,
                     &mut var,
+                    ctx.batch_stats,
                 );
                 let (rm, rv) = inouts.split_at_mut(1);
                 k::batch_norm_update_running(
@@ -642,7 +833,7 @@ fn exec(
                     &mut rv[0],
                     &mean,
                     &var,
-                    n * hw,
+                    count,
                     spec.momentum,
                 );
             } else {
@@ -746,7 +937,17 @@ fn exec(
             let [dx, dgamma, dbeta] = outs else {
                 unreachable!("batch norm grad has three outputs")
             };
-            k::batch_norm_backward(ins[0], d, ins[1], spec.eps, ins[2], dx, dgamma, dbeta);
+            k::batch_norm_backward_across(
+                ins[0],
+                d,
+                ins[1],
+                spec.eps,
+                ins[2],
+                dx,
+                dgamma,
+                dbeta,
+                ctx.batch_stats,
+            );
         }
         Kernel::BatchNormEvalGrad { spec, c, hw } => k::batch_norm_eval_backward(
             ins[2],
@@ -806,7 +1007,15 @@ fn exec(
         Kernel::Flatten | Kernel::FlattenGrad => k::flatten(ins[0], &mut outs[0]),
         Kernel::Dropout { p, stream } => {
             let (y, mask) = outs.split_at_mut(1);
-            k::dropout_mask(*p, ctx.seed, ctx.optimizer_steps, *stream, n, &mut mask[0]);
+            k::dropout_mask_from(
+                *p,
+                ctx.seed,
+                ctx.optimizer_steps,
+                *stream,
+                ctx.first_image,
+                n,
+                &mut mask[0],
+            );
             k::mul(ins[0], &mask[0], &mut y[0]);
         }
         Kernel::DropoutGrad => k::mul(ins[1], ins[0], &mut outs[0]),

@@ -5,6 +5,7 @@
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod collective;
 pub mod data;
 pub mod engine;
 pub mod error;

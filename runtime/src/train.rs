@@ -241,6 +241,9 @@ pub fn train(
         _ => String::from(CSV_HEADER),
     };
     let mut before = crate::executor::ParamSnapshot::default();
+    // Data-parallel: this rank trains on its part of every batch; rank 0 logs and saves.
+    let job = exec.collective().cloned();
+    let (rank, ranks) = job.as_ref().map_or((0, 1), |j| (j.rank(), j.size()));
     for epoch in cfg.start_epoch..cfg.epochs {
         let mut done = if epoch == cfg.start_epoch {
             resumed
@@ -249,12 +252,40 @@ pub fn train(
         };
         observer.epoch_start(epoch, steps_per_epoch);
         let start = Instant::now();
-        for batch in loader.epoch_from(epoch, done.batches) {
+        for batch in loader.epoch_shard_from(epoch, done.batches, rank, ranks) {
             exec.lr = cfg.lr_at(exec.optimizer_steps, steps_per_epoch);
+            let global = loader.batch_len(done.batches);
+            exec.set_batch_part(crate::collective::shard(global, rank, ranks).start, global);
             // The parameters before the step, to replay a step that diverges (a copy of the
             // weights costs far less than a step).
             exec.save_params(&mut before);
             let loss = exec.run(&batch.images, Some(&batch.labels))?[0][0];
+            let out = exec.outputs();
+            let pred = argmax_rows(out[1], batch.n, classes);
+            let correct = pred
+                .iter()
+                .zip(&batch.labels)
+                .filter(|(p, l)| p == l)
+                .count();
+            let signal = cfg.stop.as_ref().map_or(0, |s| s.load(Ordering::SeqCst));
+            // This step's figures over the whole global batch; data-parallel, one small sum
+            // over the ranks, so that every rank takes the same decisions (stop, diverged) and
+            // `done` holds the global batch's totals on every rank.
+            let mut step_sums = [
+                loss as f64 * batch.n as f64,
+                correct as f64,
+                batch.n as f64,
+                signal as f64,
+            ];
+            if let Some(job) = &job {
+                job.sum_f64(&mut step_sums);
+            }
+            let [loss_sum, correct, seen, signals] = step_sums;
+            let loss = if job.is_some() {
+                (loss_sum / seen) as f32
+            } else {
+                loss
+            };
             // The loss is one number; the updated weights catch a non-finite gradient whose
             // loss was still finite. Both are cheap next to the step (measured in the README).
             let bad_param = if loss.is_finite() {
@@ -262,6 +293,18 @@ pub fn train(
             } else {
                 None
             };
+            if job.is_some() && (!loss.is_finite() || bad_param.is_some()) {
+                // A replay would run BN and gradient sums that the other ranks do not join.
+                return Err(RuntimeError::NonFinite(format!(
+                    "the training loss over the global batch became {loss} at epoch {}, batch {} \
+                     (step {}, learning rate {}); rerun without --distributed from the last good \
+                     checkpoint to find the layer: lower --lr, add --warmup or --clip-grad-norm",
+                    epoch + 1,
+                    done.batches + 1,
+                    exec.optimizer_steps,
+                    exec.lr
+                )));
+            }
             if !loss.is_finite() || bad_param.is_some() {
                 return Err(diverged(
                     exec,
@@ -275,24 +318,32 @@ pub fn train(
                     cfg,
                 )?);
             }
-            let out = exec.outputs();
-            let pred = argmax_rows(out[1], batch.n, classes);
-            done.correct += pred
-                .iter()
-                .zip(&batch.labels)
-                .filter(|(p, l)| p == l)
-                .count();
-            done.loss_sum += loss as f64 * batch.n as f64;
-            done.seen += batch.n;
+            done.correct += correct as usize;
+            done.loss_sum += loss_sum;
+            done.seen += seen as usize;
             done.batches += 1;
             let secs = done.seconds + start.elapsed().as_secs_f64();
             observer.step(done.batches - 1, loss, (done.seen as f64 / secs) as f32);
-            let signal = cfg.stop.as_ref().map_or(0, |s| s.load(Ordering::SeqCst));
-            if signal != 0 {
+            if signals != 0.0 {
+                // Data-parallel, every rank stops at the same step: with the signal it saw, or
+                // the first one another rank saw.
+                let signal = match &job {
+                    Some(job) if signal == 0 => {
+                        job.gather_u64(0).into_iter().find(|&s| s != 0).unwrap_or(0) as _
+                    }
+                    Some(job) => {
+                        job.gather_u64(signal as u64);
+                        signal
+                    }
+                    None => signal,
+                };
                 let path = cfg.save.clone().unwrap_or_else(|| cfg.stop_save.clone());
                 let mut at = done;
                 at.seconds = secs;
-                save_checkpoint(&checkpoint_within(exec, epoch, at, cfg), &path)?;
+                exec.average_running_stats();
+                if rank == 0 {
+                    save_checkpoint(&checkpoint_within(exec, epoch, at, cfg), &path)?;
+                }
                 return Err(RuntimeError::Interrupted {
                     signal,
                     checkpoint: path,
@@ -310,7 +361,10 @@ pub fn train(
                 if let Some(path) = &cfg.save {
                     let mut at = done;
                     at.seconds = secs;
-                    save_checkpoint(&checkpoint_within(exec, epoch, at, cfg), path)?;
+                    exec.average_running_stats();
+                    if rank == 0 {
+                        save_checkpoint(&checkpoint_within(exec, epoch, at, cfg), path)?;
+                    }
                     last_good = Some(format!(
                         "{} ({})",
                         path.display(),
@@ -320,14 +374,24 @@ pub fn train(
             }
         }
         let train_secs = done.seconds + start.elapsed().as_secs_f64();
+        if let Some(job) = &job {
+            exec.average_running_stats();
+            check_replicas(job.as_ref(), exec, &format!("epoch {}", epoch + 1))?;
+        }
         let (test_accuracy, test_correct) = match eval.as_mut() {
             Some((ev, set)) => {
                 ev.load_weights(&exec.weights())?;
-                let (c, t) = evaluate(
+                let (mut c, mut t) = evaluate(
                     ev,
                     set.clone(),
                     LoaderConfig::eval(cfg.batch.max(256), normalize.clone()),
                 )?;
+                // Data-parallel: each rank tested its part of the test set.
+                if let Some(job) = &job {
+                    let mut sums = [c as f64, t as f64];
+                    job.sum_f64(&mut sums);
+                    (c, t) = (sums[0] as usize, sums[1] as usize);
+                }
                 (Some(c as f32 / t as f32), Some(c))
             }
             None => (None, None),
@@ -355,12 +419,14 @@ pub fn train(
             stats.lr,
             stats.seconds
         );
-        if let Some(path) = &cfg.csv {
+        if let Some(path) = cfg.csv.as_ref().filter(|_| rank == 0) {
             write_atomic(path, csv.as_bytes())?;
         }
         observer.logged(&csv);
         if let Some(path) = &cfg.save {
-            save_checkpoint(&checkpoint(exec, epoch + 1, cfg), path)?;
+            if rank == 0 {
+                save_checkpoint(&checkpoint(exec, epoch + 1, cfg), path)?;
+            }
             last_good = Some(format!(
                 "{} ({})",
                 path.display(),
@@ -414,6 +480,24 @@ fn diverged(
         epoch + 1,
         batch_index + 1,
     )))
+}
+
+/// Fails unless every replica of a data-parallel job holds the same parameters, bit for bit,
+/// as summing the same gradients on every rank must give.
+pub fn check_replicas(
+    job: &dyn crate::collective::Collective,
+    exec: &Executor,
+    when: &str,
+) -> Result<()> {
+    let prints = job.gather_u64(exec.params_fingerprint());
+    match prints.iter().position(|&p| p != prints[0]) {
+        None => Ok(()),
+        Some(r) => Err(RuntimeError::Other(format!(
+            "the parameters of rank {r} differ from rank 0's after {when} (optimizer step {}): \
+             the replicas diverged, so the data-parallel run cannot continue",
+            exec.optimizer_steps
+        ))),
+    }
 }
 
 const CSV_HEADER: &str = "epoch,train_loss,train_accuracy,test_accuracy,images_per_s,lr,seconds\n";

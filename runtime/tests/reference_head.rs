@@ -168,6 +168,8 @@ fn dropout_kernels_use_the_context_seed_and_step() {
             optimizer_steps: step,
             params_version: 0,
             seed,
+            batch_stats: None,
+            first_image: 0,
         };
         let mut outs = vec![vec![f32::NAN; n * k], vec![f32::NAN; n * k]];
         kernel.run(&ctx, &[&x], &mut [], &mut outs);
@@ -198,6 +200,8 @@ fn dropout_kernels_use_the_context_seed_and_step() {
         optimizer_steps: 99,
         params_version: 0,
         seed: 99,
+        batch_stats: None,
+        first_image: 0,
     };
     let mut dx = vec![vec![f32::NAN; n * k]];
     ReferenceEngine

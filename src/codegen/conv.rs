@@ -308,16 +308,21 @@ impl ConvPlan {
     /// ([`Self::batch_norm_train_tail`]).
     pub fn run_epilogue_tail(
         &self,
-        n: usize,
+        ctx: &KernelCtx<'_>,
         ins: &[&[f32]],
         inouts: &mut [Vec<f32>],
         first: &mut [f32],
         rest: &mut [Vec<f32>],
     ) {
-        if self.batch_norm_train_tail(n, ins, inouts, first, rest) {
+        if self.batch_norm_train_tail(ctx, ins, inouts, first, rest) {
             return;
         }
-        let yd = Dims4::new(n, self.spec.out_channels, self.out_hw[0], self.out_hw[1]);
+        let yd = Dims4::new(
+            ctx.n,
+            self.spec.out_channels,
+            self.out_hw[0],
+            self.out_hw[1],
+        );
         let at = self.tail_operands_at();
         apply_epilogue(
             &self.epilogue,
@@ -328,6 +333,7 @@ impl ConvPlan {
             inouts,
             first,
             rest,
+            ctx.batch_stats,
         );
     }
 
@@ -338,7 +344,7 @@ impl ConvPlan {
     /// Returns false (doing nothing) for any other tail.
     fn batch_norm_train_tail(
         &self,
-        n: usize,
+        ctx: &KernelCtx<'_>,
         ins: &[&[f32]],
         inouts: &mut [Vec<f32>],
         first: &mut [f32],
@@ -358,8 +364,9 @@ impl ConvPlan {
         }
         let c = self.spec.out_channels;
         let hw = self.p;
-        let count = n * hw;
-        if count < 2 {
+        let n = ctx.n;
+        let mut count = n * hw;
+        if count < 2 && ctx.batch_stats.is_none() {
             return false;
         }
         let at = self.tail_operands_at();
@@ -375,23 +382,58 @@ impl ConvPlan {
             .map(|(_, i)| ins[i])
             .collect();
         let y: &[f32] = first;
-        let stats: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ci| {
-                let planes = || (0..n).map(|i| &y[(i * c + ci) * hw..(i * c + ci + 1) * hw]);
-                let sum: f64 = planes().map(|p| lane_sum(p, |v| v as f64)).sum();
-                let mean = sum / count as f64;
-                let sq: f64 = planes()
-                    .map(|p| {
-                        lane_sum(p, |v| {
-                            let d = v as f64 - mean;
-                            d * d
-                        })
+        let planes_of =
+            |ci: usize| (0..n).map(move |i| &y[(i * c + ci) * hw..(i * c + ci + 1) * hw]);
+        let stats: Vec<(f64, f64)> = match ctx.batch_stats {
+            // Synchronized BN: the sums and sums of squares of every rank's batch.
+            Some(sync) => {
+                let mut sums: Vec<f64> = (0..c)
+                    .into_par_iter()
+                    .map(|ci| {
+                        planes_of(ci)
+                            .map(|p| lane_sum(p, |v| v as f64))
+                            .sum::<f64>()
                     })
-                    .sum();
-                (mean, sq / count as f64)
-            })
-            .collect();
+                    .collect();
+                sums.extend(
+                    (0..c)
+                        .into_par_iter()
+                        .map(|ci| {
+                            planes_of(ci)
+                                .map(|p| lane_sum(p, |v| v as f64 * v as f64))
+                                .sum::<f64>()
+                        })
+                        .collect::<Vec<f64>>(),
+                );
+                sums.push(count as f64);
+                sync.sum_f64(&mut sums);
+                let total = sums[2 * c];
+                count = total as usize;
+                (0..c)
+                    .map(|ci| {
+                        let mean = sums[ci] / total;
+                        (mean, (sums[c + ci] / total - mean * mean).max(0.0))
+                    })
+                    .collect()
+            }
+            None => (0..c)
+                .into_par_iter()
+                .map(|ci| {
+                    let planes = || (0..n).map(|i| &y[(i * c + ci) * hw..(i * c + ci + 1) * hw]);
+                    let sum: f64 = planes().map(|p| lane_sum(p, |v| v as f64)).sum();
+                    let mean = sum / count as f64;
+                    let sq: f64 = planes()
+                        .map(|p| {
+                            lane_sum(p, |v| {
+                                let d = v as f64 - mean;
+                                d * d
+                            })
+                        })
+                        .sum();
+                    (mean, sq / count as f64)
+                })
+                .collect(),
+        };
         let mean: Vec<f32> = stats.iter().map(|s| s.0 as f32).collect();
         let var: Vec<f32> = stats.iter().map(|s| s.1 as f32).collect();
         let scale: Vec<f32> = stats
@@ -929,7 +971,7 @@ impl StepKernel for JitConv {
                 });
             }
         }
-        self.plan.run_epilogue_tail(n, ins, inouts, first, rest);
+        self.plan.run_epilogue_tail(ctx, ins, inouts, first, rest);
     }
 
     fn engine(&self) -> &'static str {
@@ -986,7 +1028,7 @@ impl StepKernel for GemmConv {
                 apply_plane_ops(&plan.tile_ops, &channel_ops, &planes, i % c, yp);
             });
         }
-        plan.run_epilogue_tail(n, ins, inouts, first, rest);
+        plan.run_epilogue_tail(ctx, ins, inouts, first, rest);
     }
 
     fn engine(&self) -> &'static str {

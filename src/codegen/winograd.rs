@@ -690,7 +690,7 @@ impl StepKernel for JitWinograd {
         let (first, rest) = outs.split_first_mut().expect("conv has an output");
         self.plan
             .conv
-            .run_epilogue_tail(ctx.n, ins, inouts, first, rest);
+            .run_epilogue_tail(ctx, ins, inouts, first, rest);
     }
 
     fn engine(&self) -> &'static str {

@@ -25,7 +25,7 @@ pub use pipeline::{
     build, check_bench_memory, check_memory, compile_model, inference_program, training_program,
     training_programs, BuildEmit, Compiled, IrStage, DEFAULT_SGD,
 };
-pub use train::{single_steps, train, TrainOptions, TrainSummary};
+pub use train::{single_steps, train, DataParallel, TrainOptions, TrainSummary};
 pub use weights::{init_from, load_weights};
 
 use crate::diag::Diagnostics;

@@ -175,6 +175,26 @@ impl BatchLoader {
     /// batches as [`BatchLoader::epoch`]'s from there, since every image's augmentation has
     /// its own stream.
     pub fn epoch_from(&self, epoch: usize, first: usize) -> EpochBatches {
+        self.epoch_shard_from(epoch, first, 0, 1)
+    }
+
+    /// Images in batch `b` of an epoch (the last one may be partial).
+    pub fn batch_len(&self, b: usize) -> usize {
+        let size = self.config.batch_size;
+        self.data.len().saturating_sub(b * size).min(size)
+    }
+
+    /// The part of every batch of `epoch`, from batch `first` on, that `rank` of `ranks`
+    /// data-parallel processes trains on ([`crate::collective::shard`]): the same images with
+    /// the same augmentation as in [`BatchLoader::epoch_from`], so the ranks' parts make up
+    /// its batches.
+    pub fn epoch_shard_from(
+        &self,
+        epoch: usize,
+        first: usize,
+        rank: usize,
+        ranks: usize,
+    ) -> EpochBatches {
         let (tx, rx) = sync_channel(PREFETCH);
         let data = Arc::clone(&self.data);
         let tables = Arc::clone(&self.tables);
@@ -185,8 +205,10 @@ impl BatchLoader {
             .spawn(move || {
                 let epoch_rng = Rng::new(config.seed).fork(epoch as u64);
                 for (b, chunk) in order.chunks(config.batch_size).enumerate().skip(first) {
-                    let start = b * config.batch_size;
-                    let batch = make_batch(&data, &tables, &config, &epoch_rng, start, chunk);
+                    let part = crate::collective::shard(chunk.len(), rank, ranks);
+                    let start = b * config.batch_size + part.start;
+                    let batch =
+                        make_batch(&data, &tables, &config, &epoch_rng, start, &chunk[part]);
                     if tx.send(batch).is_err() {
                         return; // consumer dropped the iterator
                     }

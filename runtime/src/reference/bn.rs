@@ -2,6 +2,7 @@
 //! eval forward, training backward). Statistics are accumulated in f64.
 
 use super::{sum_f64, Real};
+use crate::collective::Collective;
 use crate::spec::Dims4;
 use rayon::prelude::*;
 
@@ -17,6 +18,55 @@ fn channel_stats<T: Real>(x: &[T], d: Dims4) -> Vec<(f64, f64)> {
             let var = planes().map(|p| sum_sq_dev(p, mean)).sum::<f64>() / m;
             (mean, var)
         })
+        .collect()
+}
+
+/// Per-channel `(mean, biased variance)` over the batches of every rank of `sync`
+/// (synchronized BatchNorm), and the number of values they cover: one sum over the ranks of
+/// the per-channel sums and sums of squares (in f64) and the value count.
+fn channel_stats_across<T: Real>(
+    x: &[T],
+    d: Dims4,
+    sync: &dyn Collective,
+) -> (Vec<(f64, f64)>, usize) {
+    let c = d.c;
+    let mut sums = local_sums(x, None, d);
+    sums.truncate(2 * c);
+    sums.push((d.n * d.hw()) as f64);
+    sync.sum_f64(&mut sums);
+    let count = sums[2 * c];
+    let stats = (0..c)
+        .map(|ci| {
+            let mean = sums[ci] / count;
+            (mean, (sums[c + ci] / count - mean * mean).max(0.0))
+        })
+        .collect();
+    (stats, count as usize)
+}
+
+/// This rank's per-channel sums in f64, laid out `[Σx; C] [Σx²; C]`, followed by
+/// `[Σdy; C] [Σdy·x; C]` when `dy` is given.
+fn local_sums<T: Real>(x: &[T], dy: Option<&[T]>, d: Dims4) -> Vec<f64> {
+    let (c, hw, chw) = (d.c, d.hw(), d.chw());
+    let per: Vec<[f64; 4]> = (0..c)
+        .into_par_iter()
+        .map(|ci| {
+            let mut s = [0.0f64; 4];
+            for n in 0..d.n {
+                let r = n * chw + ci * hw..n * chw + (ci + 1) * hw;
+                s[0] += sum_f64(&x[r.clone()]);
+                s[1] += sum_sq_dev(&x[r.clone()], 0.0);
+                if let Some(dy) = dy {
+                    s[2] += sum_f64(&dy[r.clone()]);
+                    s[3] += dot_dev(&dy[r.clone()], &x[r], 0.0);
+                }
+            }
+            s
+        })
+        .collect();
+    let parts = if dy.is_some() { 4 } else { 2 };
+    (0..parts)
+        .flat_map(|k| per.iter().map(move |s| s[k]))
         .collect()
 }
 
@@ -86,6 +136,8 @@ fn check_lens<T>(what: &str, d: Dims4, x: &[T], y: &[T], per_channel: &[&[T]]) {
 
 /// Batch statistics of `x` into `mean_out` and `var_out` (biased), and the per-channel
 /// scale `gamma / sqrt(var + eps)`.
+/// With `sync`, over every rank's batch. Also returns the number of values per channel the
+/// statistics cover.
 fn batch_scale<T: Real>(
     x: &[T],
     d: Dims4,
@@ -93,9 +145,14 @@ fn batch_scale<T: Real>(
     eps: T,
     mean_out: &mut [T],
     var_out: &mut [T],
-) -> Vec<T> {
+    sync: Option<&dyn Collective>,
+) -> (Vec<T>, usize) {
     let eps = eps.to_f64_lossy();
-    channel_stats(x, d)
+    let (stats, count) = match sync {
+        Some(sync) => channel_stats_across(x, d, sync),
+        None => (channel_stats(x, d), d.n * d.hw()),
+    };
+    let scale = stats
         .iter()
         .enumerate()
         .map(|(ci, &(mean, var))| {
@@ -103,7 +160,8 @@ fn batch_scale<T: Real>(
             var_out[ci] = T::from_f64_lossy(var);
             T::from_f64_lossy(gamma[ci].to_f64_lossy() / (var + eps).sqrt())
         })
-        .collect()
+        .collect();
+    (scale, count)
 }
 
 /// Training-mode batch norm forward: normalizes each channel with the batch mean and the
@@ -123,6 +181,34 @@ pub fn batch_norm_train<T: Real>(
     batch_mean_out: &mut [T],
     batch_var_out: &mut [T],
 ) {
+    batch_norm_train_across(
+        x,
+        d,
+        gamma,
+        beta,
+        eps,
+        y,
+        batch_mean_out,
+        batch_var_out,
+        None,
+    );
+}
+
+/// [`batch_norm_train`] with the statistics of the batches of every rank of `sync`
+/// (synchronized BatchNorm; `None`: this batch only). Returns the number of values per
+/// channel the statistics cover, the count for [`batch_norm_update_running`].
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train_across<T: Real>(
+    x: &[T],
+    d: Dims4,
+    gamma: &[T],
+    beta: &[T],
+    eps: T,
+    y: &mut [T],
+    batch_mean_out: &mut [T],
+    batch_var_out: &mut [T],
+    sync: Option<&dyn Collective>,
+) -> usize {
     check_lens(
         "batch_norm_train",
         d,
@@ -131,8 +217,9 @@ pub fn batch_norm_train<T: Real>(
         &[gamma, beta, batch_mean_out, batch_var_out],
     );
     assert!(d.n * d.hw() > 0, "batch_norm_train: empty batch");
-    let scale = batch_scale(x, d, gamma, eps, batch_mean_out, batch_var_out);
+    let (scale, count) = batch_scale(x, d, gamma, eps, batch_mean_out, batch_var_out, sync);
     apply_affine(x, d, batch_mean_out, &scale, beta, y);
+    count
 }
 
 /// [`batch_norm_train`] in place: `y` is both the input and the output (a fused conv's
@@ -147,6 +234,22 @@ pub fn batch_norm_train_inplace<T: Real>(
     batch_mean_out: &mut [T],
     batch_var_out: &mut [T],
 ) {
+    batch_norm_train_inplace_across(y, d, gamma, beta, eps, batch_mean_out, batch_var_out, None);
+}
+
+/// [`batch_norm_train_inplace`] with the statistics of every rank's batch (see
+/// [`batch_norm_train_across`]); returns the value count per channel.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train_inplace_across<T: Real>(
+    y: &mut [T],
+    d: Dims4,
+    gamma: &[T],
+    beta: &[T],
+    eps: T,
+    batch_mean_out: &mut [T],
+    batch_var_out: &mut [T],
+    sync: Option<&dyn Collective>,
+) -> usize {
     check_lens(
         "batch_norm_train_inplace",
         d,
@@ -155,7 +258,7 @@ pub fn batch_norm_train_inplace<T: Real>(
         &[gamma, beta, batch_mean_out, batch_var_out],
     );
     assert!(d.n * d.hw() > 0, "batch_norm_train_inplace: empty batch");
-    let scale = batch_scale(y, d, gamma, eps, batch_mean_out, batch_var_out);
+    let (scale, count) = batch_scale(y, d, gamma, eps, batch_mean_out, batch_var_out, sync);
     let hw = d.hw();
     let mean: &[T] = batch_mean_out;
     y.par_chunks_mut(hw).enumerate().for_each(|(i, yp)| {
@@ -165,6 +268,7 @@ pub fn batch_norm_train_inplace<T: Real>(
             *v = (*v - m) * a + b;
         }
     });
+    count
 }
 
 /// Updates running statistics in place with PyTorch semantics:
@@ -274,9 +378,30 @@ pub fn batch_norm_backward<T: Real>(
     dgamma: &mut [T],
     dbeta: &mut [T],
 ) {
+    batch_norm_backward_across(x, d, gamma, eps, dy, dx, dgamma, dbeta, None);
+}
+
+/// [`batch_norm_backward`] of [`batch_norm_train_across`]: with `sync`, the statistics and
+/// the sums in `dx` are those of every rank's batch (one sum over the ranks), while `dgamma`
+/// and `dbeta` stay this rank's share, which the gradient sum over the ranks completes.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward_across<T: Real>(
+    x: &[T],
+    d: Dims4,
+    gamma: &[T],
+    eps: T,
+    dy: &[T],
+    dx: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    sync: Option<&dyn Collective>,
+) {
     check_lens("batch_norm_backward", d, x, dy, &[gamma, dgamma, dbeta]);
     assert_eq!(dx.len(), d.len(), "batch_norm_backward: dx length");
     assert!(d.n * d.hw() > 0, "batch_norm_backward: empty batch");
+    if let Some(sync) = sync {
+        return batch_norm_backward_synced(x, d, gamma, eps, dy, dx, dgamma, dbeta, sync);
+    }
     let (hw, chw) = (d.hw(), d.chw());
     let m = (d.n * hw) as f64;
     let eps = eps.to_f64_lossy();
@@ -314,6 +439,72 @@ pub fn batch_norm_backward<T: Real>(
         kmean[ci] = T::from_f64_lossy(mean);
         kb[ci] = T::from_f64_lossy(a * sdy / m);
     }
+    apply_backward(d, dy, x, dx, &ka, &kx, &kmean, &kb);
+}
+
+/// Synchronized BatchNorm's backward: one sum over the ranks of `[Σx, Σx², Σdy, Σdy·x]` per
+/// channel and the value count gives the global statistics and the global `Σdy`,
+/// `Σdy·(x - mean)` that `dx` needs; `dgamma` and `dbeta` are this rank's terms.
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_backward_synced<T: Real>(
+    x: &[T],
+    d: Dims4,
+    gamma: &[T],
+    eps: T,
+    dy: &[T],
+    dx: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    sync: &dyn Collective,
+) {
+    let c = d.c;
+    let local = local_sums(x, Some(dy), d);
+    let mut global = local.clone();
+    global.push((d.n * d.hw()) as f64);
+    sync.sum_f64(&mut global);
+    let m = global[4 * c];
+    let eps = eps.to_f64_lossy();
+    let mut ka = vec![T::zero(); c];
+    let mut kx = vec![T::zero(); c];
+    let mut kmean = vec![T::zero(); c];
+    let mut kb = vec![T::zero(); c];
+    for ci in 0..c {
+        let mean = global[ci] / m;
+        let var = (global[c + ci] / m - mean * mean).max(0.0);
+        let invstd = 1.0 / (var + eps).sqrt();
+        // Σdy·(x - mean) = Σdy·x - mean·Σdy, globally and for this rank's share.
+        let (sdy, sdx) = (
+            global[2 * c + ci],
+            global[3 * c + ci] - mean * global[2 * c + ci],
+        );
+        let (own_sdy, own_sdx) = (
+            local[2 * c + ci],
+            local[3 * c + ci] - mean * local[2 * c + ci],
+        );
+        dbeta[ci] = T::from_f64_lossy(own_sdy);
+        dgamma[ci] = T::from_f64_lossy(own_sdx * invstd);
+        let a = gamma[ci].to_f64_lossy() * invstd;
+        ka[ci] = T::from_f64_lossy(a);
+        kx[ci] = T::from_f64_lossy(a * sdx * invstd * invstd / m);
+        kmean[ci] = T::from_f64_lossy(mean);
+        kb[ci] = T::from_f64_lossy(a * sdy / m);
+    }
+    apply_backward(d, dy, x, dx, &ka, &kx, &kmean, &kb);
+}
+
+/// `dx = a*dy - k*(x - mean) - b` per channel.
+#[allow(clippy::too_many_arguments)]
+fn apply_backward<T: Real>(
+    d: Dims4,
+    dy: &[T],
+    x: &[T],
+    dx: &mut [T],
+    ka: &[T],
+    kx: &[T],
+    kmean: &[T],
+    kb: &[T],
+) {
+    let hw = d.hw();
     dx.par_chunks_mut(hw)
         .zip(dy.par_chunks(hw).zip(x.par_chunks(hw)))
         .enumerate()

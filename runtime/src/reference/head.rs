@@ -19,6 +19,20 @@ pub fn flatten<T: Real>(x: &[T], y: &mut [T]) {
 /// mask changes with the step, layers (`stream`) draw independent masks, and a row's mask does
 /// not depend on the batch size or the number of threads. Requires `0 <= p < 1`.
 pub fn dropout_mask<T: Real>(p: f32, seed: u64, step: u64, stream: u64, n: usize, mask: &mut [T]) {
+    dropout_mask_from(p, seed, step, stream, 0, n, mask)
+}
+
+/// [`dropout_mask`] of rows `first..first + n` of a larger batch (a data-parallel rank's
+/// part): row `i` here gets the mask of row `first + i` there.
+pub fn dropout_mask_from<T: Real>(
+    p: f32,
+    seed: u64,
+    step: u64,
+    stream: u64,
+    first: usize,
+    n: usize,
+    mask: &mut [T],
+) {
     assert!(
         (0.0..1.0).contains(&p),
         "dropout_mask: p = {p} is not in [0, 1)"
@@ -35,7 +49,7 @@ pub fn dropout_mask<T: Real>(p: f32, seed: u64, step: u64, stream: u64, n: usize
     let keep = T::from_f64_lossy(1.0 / (1.0 - p as f64));
     let base = Rng::new(seed).fork(stream).fork(step);
     mask.par_chunks_mut(per).enumerate().for_each(|(i, row)| {
-        let mut rng = base.fork(i as u64);
+        let mut rng = base.fork((first + i) as u64);
         for m in row {
             *m = if rng.uniform_f32() >= p {
                 keep

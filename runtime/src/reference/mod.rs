@@ -23,14 +23,15 @@ pub mod testing;
 
 pub use adam::adam_step;
 pub use bn::{
-    batch_norm_backward, batch_norm_eval, batch_norm_eval_backward, batch_norm_train,
-    batch_norm_train_inplace, batch_norm_update_running,
+    batch_norm_backward, batch_norm_backward_across, batch_norm_eval, batch_norm_eval_backward,
+    batch_norm_train, batch_norm_train_across, batch_norm_train_inplace,
+    batch_norm_train_inplace_across, batch_norm_update_running,
 };
 pub use conv::{conv2d, conv2d_backward_data, conv2d_backward_weight, conv2d_naive};
 pub use elementwise::{
     add, add_inplace, bias_inplace, relu, relu_backward, relu_inplace, scale_shift_inplace,
 };
-pub use head::{dropout_mask, flatten, mul, softmax_rows_backward};
+pub use head::{dropout_mask, dropout_mask_from, flatten, mul, softmax_rows_backward};
 pub use linear::{
     argmax_rows, linear, linear_backward, softmax_cross_entropy, softmax_cross_entropy_backward,
     softmax_rows,
