@@ -990,6 +990,9 @@ impl StepKernel for JitConv {
     }
 }
 
+/// Fewest output floats per parallel task of [`GemmConv`]'s epilogue pass.
+const EPILOGUE_TASK: usize = 1 << 15;
+
 /// A conv the JIT leaves to the reference GEMM (it is faster there: see
 /// [`super::engine::JitOptions::FASTEST`]), with its epilogue fused into one pass over each
 /// output plane instead of one whole-tensor pass per step, and training BN's tail in two.
@@ -1022,11 +1025,19 @@ impl StepKernel for GemmConv {
         let residuals: Vec<&[f32]> = plan.residual_inputs().iter().map(|&i| ins[i]).collect();
         let (c, hw) = (s.out_channels, plan.p);
         if !plan.tile_ops.is_empty() {
-            first.par_chunks_mut(hw).enumerate().for_each(|(i, yp)| {
-                let planes: Vec<&[f32]> =
-                    residuals.iter().map(|r| &r[i * hw..(i + 1) * hw]).collect();
-                apply_plane_ops(&plan.tile_ops, &channel_ops, &planes, i % c, yp);
-            });
+            // Planes in tasks of at least EPILOGUE_TASK floats: at batch 1 a plane of a small
+            // map is a few microseconds of work, less than rayon's hand-off (ResNet-20's 16
+            // planes of 32x32 took twice the GEMM's time when each was a task).
+            let min_planes = EPILOGUE_TASK.div_ceil(hw.max(1));
+            first
+                .par_chunks_mut(hw)
+                .enumerate()
+                .with_min_len(min_planes)
+                .for_each(|(i, yp)| {
+                    let planes: Vec<&[f32]> =
+                        residuals.iter().map(|r| &r[i * hw..(i + 1) * hw]).collect();
+                    apply_plane_ops(&plan.tile_ops, &channel_ops, &planes, i % c, yp);
+                });
         }
         plan.run_epilogue_tail(ctx, ins, inouts, first, rest);
     }

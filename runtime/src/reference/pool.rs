@@ -14,6 +14,9 @@ fn window(o: usize, stride: usize, pad: usize, k: usize, len: usize) -> (usize, 
     (lo.min(hi), hi)
 }
 
+/// Fewest outputs per parallel task of the pooling forward passes.
+const POOL_TASK: usize = 1 << 14;
+
 fn pool_out(xd: Dims4, s: &PoolSpec) -> (usize, usize) {
     s.out_hw(xd.h, xd.w)
         .unwrap_or_else(|| panic!("pool: window {:?} does not fit input {:?}", s, xd))
@@ -23,25 +26,30 @@ fn pool_out(xd: Dims4, s: &PoolSpec) -> (usize, usize) {
 /// `[n, c, oh, ow]` with `(oh, ow) = s.out_hw(h, w)`, fully overwritten. A window lying entirely
 /// in padding yields `-inf`. NaN propagates as in PyTorch.
 pub fn max_pool2d<T: Real>(x: &[T], xd: Dims4, s: &PoolSpec, y: &mut [T]) {
-    pool_forward("max_pool2d", x, xd, s, y, |window| {
+    pool_forward("max_pool2d", x, xd, s, y, |rows, (x0, x1)| {
         let mut best = T::neg_infinity();
-        for v in window {
-            if v > best || v.is_nan() {
-                best = v;
+        for row in rows {
+            for &v in &row[x0..x1] {
+                if v > best || v.is_nan() {
+                    best = v;
+                }
             }
         }
         best
     });
 }
 
-/// Applies `reduce` to the in-bounds values of every window, plane by plane in parallel.
+/// Applies `reduce` to the in-bounds values of every window, plane by plane in parallel:
+/// `reduce(rows, (x0, x1))` reads columns `x0..x1` of the window's input rows. (A monomorphic
+/// closure over slices: an iterator of the window's values through `dyn` cost ResNet-50's
+/// max pool 3.6 ms at batch 1.)
 fn pool_forward<T: Real>(
     what: &str,
     x: &[T],
     xd: Dims4,
     s: &PoolSpec,
     y: &mut [T],
-    reduce: impl Fn(&mut dyn Iterator<Item = T>) -> T + Sync,
+    reduce: impl Fn(std::slice::ChunksExact<'_, T>, (usize, usize)) -> T + Sync,
 ) {
     let (oh, ow) = pool_out(xd, s);
     assert_eq!(x.len(), xd.len(), "{what}: x length");
@@ -50,16 +58,20 @@ fn pool_forward<T: Real>(
         return;
     }
     let (h, w) = (xd.h, xd.w);
+    let cols: Vec<(usize, usize)> = (0..ow)
+        .map(|ox| window(ox, s.stride[1], s.pad[1], s.kernel[1], w))
+        .collect();
+    // Planes in tasks of at least POOL_TASK outputs, so small maps are not all hand-off.
+    let min_planes = POOL_TASK.div_ceil(oh * ow);
     y.par_chunks_mut(oh * ow)
         .zip(x.par_chunks(h * w))
+        .with_min_len(min_planes)
         .for_each(|(yp, xp)| {
-            for oy in 0..oh {
+            for (oy, yrow) in yp.chunks_exact_mut(ow).enumerate() {
                 let (y0, y1) = window(oy, s.stride[0], s.pad[0], s.kernel[0], h);
-                for ox in 0..ow {
-                    let (x0, x1) = window(ox, s.stride[1], s.pad[1], s.kernel[1], w);
-                    let mut values =
-                        (y0..y1).flat_map(|iy| xp[iy * w + x0..iy * w + x1].iter().copied());
-                    yp[oy * ow + ox] = reduce(&mut values);
+                let rows = &xp[y0 * w..y1 * w];
+                for (out, &c) in yrow.iter_mut().zip(&cols) {
+                    *out = reduce(rows.chunks_exact(w), c);
                 }
             }
         });
@@ -111,8 +123,10 @@ pub fn max_pool2d_backward<T: Real>(x: &[T], xd: Dims4, dy: &[T], s: &PoolSpec, 
 /// (floor-mode windows always lie inside the padded input). `y` fully overwritten.
 pub fn avg_pool2d<T: Real>(x: &[T], xd: Dims4, s: &PoolSpec, y: &mut [T]) {
     let inv = T::one() / T::from_usize(s.kernel[0] * s.kernel[1]).unwrap();
-    pool_forward("avg_pool2d", x, xd, s, y, |window| {
-        window.fold(T::zero(), |a, v| a + v) * inv
+    pool_forward("avg_pool2d", x, xd, s, y, |rows, (x0, x1)| {
+        rows.fold(T::zero(), |a, row| {
+            row[x0..x1].iter().fold(a, |a, &v| a + v)
+        }) * inv
     });
 }
 
