@@ -26,23 +26,53 @@ fn pool_out(xd: Dims4, s: &PoolSpec) -> (usize, usize) {
 /// `[n, c, oh, ow]` with `(oh, ow) = s.out_hw(h, w)`, fully overwritten. A window lying entirely
 /// in padding yields `-inf`. NaN propagates as in PyTorch.
 pub fn max_pool2d<T: Real>(x: &[T], xd: Dims4, s: &PoolSpec, y: &mut [T]) {
-    pool_forward("max_pool2d", x, xd, s, y, |rows, (x0, x1)| {
-        let mut best = T::neg_infinity();
-        for row in rows {
-            for &v in &row[x0..x1] {
-                if v > best || v.is_nan() {
-                    best = v;
+    let (oh, ow) = pool_out(xd, s);
+    assert_eq!(x.len(), xd.len(), "max_pool2d: x length");
+    assert_eq!(y.len(), xd.n * xd.c * oh * ow, "max_pool2d: y length");
+    if y.is_empty() {
+        return;
+    }
+    let (h, w) = (xd.h, xd.w);
+    let cols = col_windows(s, w, ow);
+    // NaN wins, as in PyTorch; written as a select so that the row loop vectorizes.
+    let max = |a: T, b: T| if b > a || b.is_nan() { b } else { a };
+    // Separable: the max over the window's rows into one row (contiguous, vectorized), then
+    // over each window's columns of that row. ResNet-50's 3x3 /2 max pool at batch 16 went
+    // from 56 ms (every window's values in turn) to this.
+    y.par_chunks_mut(oh * ow)
+        .zip(x.par_chunks(h * w))
+        .with_min_len(POOL_TASK.div_ceil(oh * ow))
+        .for_each_init(
+            || vec![T::neg_infinity(); w],
+            |rowmax, (yp, xp)| {
+                for (oy, yrow) in yp.chunks_exact_mut(ow).enumerate() {
+                    let (y0, y1) = window(oy, s.stride[0], s.pad[0], s.kernel[0], h);
+                    rowmax.fill(T::neg_infinity());
+                    for row in xp[y0 * w..y1 * w].chunks_exact(w) {
+                        for (m, &v) in rowmax.iter_mut().zip(row) {
+                            *m = max(*m, v);
+                        }
+                    }
+                    for (out, &(x0, x1)) in yrow.iter_mut().zip(&cols) {
+                        *out = rowmax[x0..x1]
+                            .iter()
+                            .fold(T::neg_infinity(), |a, &v| max(a, v));
+                    }
                 }
-            }
-        }
-        best
-    });
+            },
+        );
+}
+
+/// The clipped input columns of every output column's window.
+fn col_windows(s: &PoolSpec, w: usize, ow: usize) -> Vec<(usize, usize)> {
+    (0..ow)
+        .map(|ox| window(ox, s.stride[1], s.pad[1], s.kernel[1], w))
+        .collect()
 }
 
 /// Applies `reduce` to the in-bounds values of every window, plane by plane in parallel:
-/// `reduce(rows, (x0, x1))` reads columns `x0..x1` of the window's input rows. (A monomorphic
-/// closure over slices: an iterator of the window's values through `dyn` cost ResNet-50's
-/// max pool 3.6 ms at batch 1.)
+/// `reduce(rows, (x0, x1))` reads columns `x0..x1` of the window's input rows (a monomorphic
+/// closure over slices, not an iterator of the window's values through `dyn`).
 fn pool_forward<T: Real>(
     what: &str,
     x: &[T],
@@ -58,9 +88,7 @@ fn pool_forward<T: Real>(
         return;
     }
     let (h, w) = (xd.h, xd.w);
-    let cols: Vec<(usize, usize)> = (0..ow)
-        .map(|ox| window(ox, s.stride[1], s.pad[1], s.kernel[1], w))
-        .collect();
+    let cols = col_windows(s, w, ow);
     // Planes in tasks of at least POOL_TASK outputs, so small maps are not all hand-off.
     let min_planes = POOL_TASK.div_ceil(oh * ow);
     y.par_chunks_mut(oh * ow)
