@@ -201,6 +201,7 @@ pub fn global_avg_pool<T: Real>(x: &[T], xd: Dims4, y: &mut [T]) {
     assert!(hw > 0, "global_avg_pool: empty spatial size");
     y.par_iter_mut()
         .zip(x.par_chunks(hw))
+        .with_min_len(POOL_TASK.div_ceil(hw))
         .for_each(|(o, p)| *o = T::from_f64_lossy(sum_f64(p) / hw as f64));
 }
 
@@ -248,24 +249,27 @@ pub fn shortcut_a<T: Real>(x: &[T], xd: Dims4, s: &ShortcutASpec, y: &mut [T]) {
         return;
     }
     let (h, w, oh, ow, st) = (xd.h, xd.w, yd.h, yd.w, s.stride);
-    y.par_chunks_mut(oh * ow).enumerate().for_each(|(i, yp)| {
-        let (n, o) = (i / yd.c, i % yd.c);
-        if o < s.pad_before || o >= s.pad_before + s.in_channels {
-            yp.fill(T::zero());
-            return;
-        }
-        let c = o - s.pad_before;
-        let xp = &x[(n * xd.c + c) * h * w..(n * xd.c + c + 1) * h * w];
-        for oy in 0..oh {
-            let row = &xp[oy * st * w..(oy * st + 1) * w];
-            for (d, &v) in yp[oy * ow..(oy + 1) * ow]
-                .iter_mut()
-                .zip(row.iter().step_by(st))
-            {
-                *d = v;
+    y.par_chunks_mut(oh * ow)
+        .enumerate()
+        .with_min_len(POOL_TASK.div_ceil(oh * ow))
+        .for_each(|(i, yp)| {
+            let (n, o) = (i / yd.c, i % yd.c);
+            if o < s.pad_before || o >= s.pad_before + s.in_channels {
+                yp.fill(T::zero());
+                return;
             }
-        }
-    });
+            let c = o - s.pad_before;
+            let xp = &x[(n * xd.c + c) * h * w..(n * xd.c + c + 1) * h * w];
+            for oy in 0..oh {
+                let row = &xp[oy * st * w..(oy * st + 1) * w];
+                for (d, &v) in yp[oy * ow..(oy + 1) * ow]
+                    .iter_mut()
+                    .zip(row.iter().step_by(st))
+                {
+                    *d = v;
+                }
+            }
+        });
 }
 
 /// Option-A shortcut backward: `dx[:, c, i * stride, j * stride] = dy[:, pad_before + c, i, j]`,
