@@ -1019,26 +1019,30 @@ impl StepKernel for GemmConv {
         let n = ctx.n;
         let xd = Dims4::new(n, s.in_channels, plan.in_hw[0], plan.in_hw[1]);
         let (first, rest) = outs.split_first_mut().expect("conv has an output");
-        // The bias is the first fused op, so the GEMM runs without it.
-        resnetc_runtime::reference::conv2d(ins[0], xd, ins[1], None, &s, first);
         let channel_ops = plan.tile_operands(ins);
         let residuals: Vec<&[f32]> = plan.residual_inputs().iter().map(|&i| ins[i]).collect();
         let (c, hw) = (s.out_channels, plan.p);
-        if !plan.tile_ops.is_empty() {
-            // Planes in tasks of at least EPILOGUE_TASK floats: at batch 1 a plane of a small
-            // map is a few microseconds of work, less than rayon's hand-off (ResNet-20's 16
-            // planes of 32x32 took twice the GEMM's time when each was a task).
-            let min_planes = EPILOGUE_TASK.div_ceil(hw.max(1));
-            first
-                .par_chunks_mut(hw)
+        // Planes in tasks of at least EPILOGUE_TASK floats: at batch 1 a plane of a small map
+        // is a few microseconds of work, less than rayon's hand-off (ResNet-20's 16 planes of
+        // 32x32 took twice the GEMM's time when each was a task).
+        let min_planes = EPILOGUE_TASK.div_ceil(hw.max(1));
+        let ops = &plan.tile_ops;
+        // The bias is the first fused op, so the GEMM runs without it; the epilogue runs on
+        // each image's output right after its GEMM, while it is in cache.
+        resnetc_runtime::reference::conv2d_then(ins[0], xd, ins[1], None, &s, first, |n, yi| {
+            if ops.is_empty() {
+                return;
+            }
+            let image = n * c * hw;
+            yi.par_chunks_mut(hw)
                 .enumerate()
                 .with_min_len(min_planes)
-                .for_each(|(i, yp)| {
-                    let planes: Vec<&[f32]> =
-                        residuals.iter().map(|r| &r[i * hw..(i + 1) * hw]).collect();
-                    apply_plane_ops(&plan.tile_ops, &channel_ops, &planes, i % c, yp);
+                .for_each(|(ci, yp)| {
+                    let at = image + ci * hw;
+                    let planes: Vec<&[f32]> = residuals.iter().map(|r| &r[at..at + hw]).collect();
+                    apply_plane_ops(ops, &channel_ops, &planes, ci, yp);
                 });
-        }
+        });
         plan.run_epilogue_tail(ctx, ins, inouts, first, rest);
     }
 

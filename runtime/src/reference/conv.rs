@@ -203,6 +203,20 @@ fn col2im<T: Real>(col: &[T], g: &Geom, dxg: &mut [T]) {
 /// im2col + GEMM per image and group, parallel over the batch; a 1x1 stride-1 unpadded conv
 /// multiplies the input directly without im2col.
 pub fn conv2d<T: Real>(x: &[T], xd: Dims4, w: &[T], bias: Option<&[T]>, s: &ConvSpec, y: &mut [T]) {
+    conv2d_then(x, xd, w, bias, s, y, |_, _| {});
+}
+
+/// [`conv2d`], calling `after(i, y_i)` on each image's output as soon as it is computed,
+/// while it is still in cache: a fused epilogue without another pass over the whole output.
+pub fn conv2d_then<T: Real>(
+    x: &[T],
+    xd: Dims4,
+    w: &[T],
+    bias: Option<&[T]>,
+    s: &ConvSpec,
+    y: &mut [T],
+    after: impl Fn(usize, &mut [T]) + Sync,
+) {
     let g = Geom::new(xd, s);
     assert_eq!(x.len(), xd.len(), "conv2d: x length");
     assert_eq!(w.len(), g.oc * g.kdim, "conv2d: w length");
@@ -218,15 +232,24 @@ pub fn conv2d<T: Real>(x: &[T], xd: Dims4, w: &[T], bias: Option<&[T]>, s: &Conv
         // Too few images to keep every thread busy (inference at batch 1): split each GEMM
         // over blocks of output channels instead, which are contiguous rows of the output.
         let mut col = vec![T::zero(); g.col_len()];
-        for (yi, xi) in y.chunks_mut(out_chw).zip(x.chunks(in_chw.max(1))) {
+        for (i, (yi, xi)) in y
+            .chunks_mut(out_chw)
+            .zip(x.chunks(in_chw.max(1)))
+            .enumerate()
+        {
             conv_image(xi, w, bias, &g, &mut col, yi, true);
+            after(i, yi);
         }
     } else {
         y.par_chunks_mut(out_chw)
             .zip(x.par_chunks(in_chw.max(1)))
+            .enumerate()
             .for_each_init(
                 || vec![T::zero(); g.col_len()],
-                |col, (yi, xi)| conv_image(xi, w, bias, &g, col, yi, false),
+                |col, (i, (yi, xi))| {
+                    conv_image(xi, w, bias, &g, col, yi, false);
+                    after(i, yi);
+                },
             );
     }
 }

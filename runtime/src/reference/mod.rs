@@ -27,7 +27,7 @@ pub use bn::{
     batch_norm_train, batch_norm_train_across, batch_norm_train_inplace,
     batch_norm_train_inplace_across, batch_norm_update_running,
 };
-pub use conv::{conv2d, conv2d_backward_data, conv2d_backward_weight, conv2d_naive};
+pub use conv::{conv2d, conv2d_backward_data, conv2d_backward_weight, conv2d_naive, conv2d_then};
 pub use elementwise::{
     add, add_inplace, bias_inplace, relu, relu_backward, relu_inplace, scale_shift_inplace,
 };
