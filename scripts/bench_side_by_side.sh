@@ -30,9 +30,12 @@ for r in json.loads(last)["bench"]:
     print(json.dumps(r))' "$model" "$ENGINE" "$@" >> "$OURS"
     done
 done
+echo "== the JIT's 3x3 conv micro-kernel alone"
+MICRO=$($BIN bench models/resnet20.resnet --iters 1 --microkernel --json | grep '^{"microkernel"')
+echo "$MICRO"
 PEERS_JSON=$PEERS TRAIN_CASES=${TRAIN_CASES:-resnet20:128,resnet50:16} scripts/bench_peers.sh
 echo "== one table: medians in ms, 2 threads (resnetc measured twice above: the table uses the --json run)"
-python3 - "$OURS" "$PEERS" <<'PY'
+python3 - "$OURS" "$PEERS" "$MICRO" <<'PY'
 import json, sys
 ours = [json.loads(l) for l in open(sys.argv[1])]
 peers = [json.loads(l) for l in open(sys.argv[2])]
@@ -73,4 +76,8 @@ for r in ours:
         met = "" if r["mode"] != "train" or r["model"] != "resnet50" else \
             f"  (target under 1000 ms: {'yes' if r['compile_ms'] < 1000 else 'no'})"
         print(f"JIT compile, {r['model']} {r['mode']} batch {r['batch']}: {r['compile_ms']:.0f} ms{met}")
+micro = json.loads(sys.argv[3])["microkernel"]
+pct = micro["percent_of_128_bit_peak"]
+print(f"3x3 conv micro-kernel, one thread: {micro['gflops']:.1f} GFLOP/s, {pct:.0f} % of the 128-bit peak "
+      f"(target at least 85 %: {'yes' if pct >= 85 else 'no'})")
 PY

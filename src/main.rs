@@ -367,6 +367,10 @@ struct BenchArgs {
     /// Also print each step's time, GFLOP/s and % of the 128-bit peak in one run.
     #[arg(long)]
     layers: bool,
+    /// Also measure the JIT's 3x3 conv micro-kernel alone (one thread, operands in L1)
+    /// against the 128-bit peak.
+    #[arg(long)]
+    microkernel: bool,
 }
 
 #[derive(Args)]
@@ -840,7 +844,11 @@ fn main() -> ExitCode {
             driver::bench(
                 &opts, &batches, b.train, b.iters, b.json, b.profile, b.layers,
             )
-            .map(|t| out!("{t}"))
+            .map(|t| out!("{t}"))?;
+            if b.microkernel {
+                out!("{}", driver::microkernel(b.json)?);
+            }
+            Ok(())
         }),
         Command::Compare(c) => compare(c),
     };

@@ -1,5 +1,5 @@
 //! The README's Commands list, for the forms no other test runs through the CLI:
-//! `build --emit clif [--kernel]`, `build --train --emit ir` and `bench --layers`.
+//! `build --emit clif [--kernel]`, `build --train --emit ir`, `bench --layers` and `bench --microkernel`.
 //! (The others are in tests/cli.rs, compare.rs, keras.rs, onnx_export.rs, transfer.rs,
 //! data_download.rs and walkthrough.rs.)
 
@@ -74,4 +74,38 @@ fn bench_layers_prints_a_row_per_step() {
             "no row for {step}:\n{out}"
         );
     }
+}
+
+/// `bench --microkernel --json` measures the JIT's 3x3 conv tile after checking it against
+/// its reference twin; the figures must be present and sane (the rate itself is not a test).
+#[test]
+fn bench_microkernel_reports_its_rate_against_the_peak() {
+    let o = resnetc(&[
+        "bench",
+        "models/resnet20.resnet",
+        "--iters",
+        "1",
+        "--microkernel",
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("{\"microkernel\""))
+        .unwrap_or_else(|| panic!("no microkernel line:\n{out}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let m = &v["microkernel"];
+    let gflops = m["gflops"].as_f64().unwrap();
+    let percent = m["percent_of_128_bit_peak"].as_f64().unwrap();
+    assert!(gflops > 0.0 && m["calls"].as_u64().unwrap() > 0, "{line}");
+    assert!(
+        (percent - 100.0 * gflops / m["peak_gflops"].as_f64().unwrap()).abs() < 1e-6,
+        "{line}"
+    );
+    assert!(m["max_rel_err"].as_f64().unwrap() <= 1e-5, "{line}");
+    assert!(
+        m["tile"].as_str().unwrap().starts_with("tile_14x4_c32_t9"),
+        "{line}"
+    );
 }

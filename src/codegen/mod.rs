@@ -10,6 +10,7 @@ pub mod engine;
 pub mod jit;
 pub mod microkernel;
 pub mod optimizer;
+pub mod tile_rate;
 pub mod winograd;
 
 pub use engine::JitEngine;

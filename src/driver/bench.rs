@@ -154,3 +154,39 @@ pub fn bench(
     }
     Ok(out)
 }
+
+/// `bench --microkernel`: the JIT's 3x3 conv micro-kernel alone on one thread, its operands in
+/// L1 (32 input channels: 16 KB of weights, 14 KB of input), against the 128-bit peak.
+pub fn microkernel(json: bool) -> Result<String, CliError> {
+    if let Some(why) = crate::codegen::jit::cpu_unsupported() {
+        return Err(CliError::usage(format!(
+            "--microkernel measures JIT code, which this CPU cannot run: {why}"
+        )));
+    }
+    let r = crate::codegen::tile_rate::measure_conv_tile(32, std::time::Duration::from_millis(500))
+        .map_err(CliError::Internal)?;
+    let percent = 100.0 * r.gflops / PEAK_128_GFLOPS_PER_CORE;
+    Ok(if json {
+        format!(
+            "{}\n",
+            serde_json::json!({ "microkernel": {
+                "tile": r.spec.symbol(), "gflops": r.gflops, "percent_of_128_bit_peak": percent,
+                "peak_gflops": PEAK_128_GFLOPS_PER_CORE, "calls": r.calls, "seconds": r.seconds,
+                "max_rel_err": r.max_rel_err,
+            }})
+        )
+    } else {
+        format!(
+            "3x3 conv micro-kernel {} ({}x{} tile, K = {}, one thread, operands in L1): \
+             {:.1} GFLOP/s, {:.0} % of the 128-bit peak ({PEAK_128_GFLOPS_PER_CORE} GFLOP/s); \
+             matches its reference twin within {:.1e}\n",
+            r.spec.symbol(),
+            r.spec.mr,
+            r.spec.nr(),
+            r.spec.k(),
+            r.gflops,
+            percent,
+            r.max_rel_err
+        )
+    })
+}

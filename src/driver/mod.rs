@@ -18,7 +18,7 @@ pub mod train;
 pub mod weights;
 
 pub use crate::exit;
-pub use bench::{bench, peak_rss_bytes, PEAK_128_GFLOPS_PER_CORE};
+pub use bench::{bench, microkernel, peak_rss_bytes, PEAK_128_GFLOPS_PER_CORE};
 pub use data::{default_data_dirs, find_data_dir, load_split, normalize_of};
 pub use infer::{evaluate, infer};
 pub use pipeline::{
