@@ -327,15 +327,10 @@ pub fn train(
             if signals != 0.0 {
                 // Data-parallel, every rank stops at the same step: with the signal it saw, or
                 // the first one another rank saw.
-                let signal = match &job {
-                    Some(job) if signal == 0 => {
-                        job.gather_u64(0).into_iter().find(|&s| s != 0).unwrap_or(0) as _
-                    }
-                    Some(job) => {
-                        job.gather_u64(signal as u64);
-                        signal
-                    }
-                    None => signal,
+                let seen_by = job.as_ref().map_or(vec![], |j| j.gather_u64(signal as u64));
+                let signal = match seen_by.into_iter().find(|&s| s != 0) {
+                    Some(other) if signal == 0 => other as usize,
+                    _ => signal,
                 };
                 let path = cfg.save.clone().unwrap_or_else(|| cfg.stop_save.clone());
                 let mut at = done;
