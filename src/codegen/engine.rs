@@ -11,7 +11,7 @@ use super::backward::{grad_input_as_conv, GradWeightPlan, JitConvGradInput, JitC
 use super::conv::{ConvPlan, GemmConv, JitConv, PACK_FROM_K};
 use super::jit::{cpu_unsupported, CompiledTiles, TileSet};
 use super::optimizer::{update_specs, JitUpdate};
-use super::winograd::{JitWinograd, WinogradPlan};
+use super::winograd::{JitWinograd, WinogradPlan, MIN_CHANNELS};
 use resnetc_runtime::engine::{Engine, ReferenceEngine, StepKernel};
 use resnetc_runtime::program::{Kernel, Program, Step};
 
@@ -19,8 +19,11 @@ use resnetc_runtime::program::{Kernel, Program, Step};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JitOptions {
     /// Winograd for 3x3 stride-1 convs (and their input gradients) from
-    /// [`super::winograd::MIN_CHANNELS`] input channels on.
+    /// `winograd_min_channels` input channels on.
     pub winograd: bool,
+    /// Fewest input channels for Winograd: [`super::winograd::MIN_CHANNELS`] in both engines;
+    /// the kernel tests lower it to check the transforms on odd channel counts.
+    pub winograd_min_channels: usize,
     /// Winograd F(2x2) on maps under 8x8 (else only F(4x4), on larger maps).
     pub winograd_small_maps: bool,
     /// Direct tiles for every other forward conv and stride-1 input gradient.
@@ -37,6 +40,7 @@ impl JitOptions {
     /// Every conv family as JIT code (`--engine jit-all`, and the kernel tests).
     pub const ALL: JitOptions = JitOptions {
         winograd: true,
+        winograd_min_channels: MIN_CHANNELS,
         winograd_small_maps: true,
         direct: true,
         grad_input: true,
@@ -52,6 +56,7 @@ impl JitOptions {
     /// the reference GEMM get their epilogue fused into one pass per output plane.
     pub const FASTEST: JitOptions = JitOptions {
         winograd: true,
+        winograd_min_channels: MIN_CHANNELS,
         winograd_small_maps: false,
         direct: false,
         grad_input: false,
@@ -73,7 +78,11 @@ enum ConvKernelPlan {
 
 fn plan_conv(kernel: &Kernel, options: &JitOptions) -> Option<ConvKernelPlan> {
     if options.winograd {
-        if let Some(w) = WinogradPlan::choose(kernel, options.winograd_small_maps) {
+        if let Some(w) = WinogradPlan::choose(
+            kernel,
+            options.winograd_min_channels,
+            options.winograd_small_maps,
+        ) {
             return Some(ConvKernelPlan::Winograd(Box::new(w)));
         }
     }

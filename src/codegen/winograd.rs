@@ -68,75 +68,134 @@ const AT4: [[f32; 6]; 4] = [
 const LANES: usize = 4;
 type Lanes = [f32; LANES];
 
+/// [`apply_plane_ops`] on 16 consecutive pixels of channel `c`, at `at` in the image's
+/// output (and residual) planes, in the same order of operations.
 #[inline(always)]
-fn axpy(acc: &mut Lanes, a: f32, x: &Lanes) {
-    for l in 0..LANES {
-        acc[l] += a * x[l];
+fn apply_lanes_ops(
+    ops: &[super::microkernel::TileOp],
+    channel_ops: &[Vec<f32>],
+    residuals: &[&[f32]],
+    c: usize,
+    at: usize,
+    px: &mut [Lanes; 4],
+) {
+    use super::microkernel::TileOp;
+    let mut res = residuals.iter();
+    let mut chan = channel_ops.iter();
+    let each = |px: &mut [Lanes; 4], f: &dyn Fn(f32, usize) -> f32| {
+        for (l, v) in px.iter_mut().enumerate() {
+            for (j, x) in v.iter_mut().enumerate() {
+                *x = f(*x, l * LANES + j);
+            }
+        }
+    };
+    for op in ops {
+        match op {
+            TileOp::Shift => {
+                let b = chan.next().expect("op")[c];
+                each(px, &|x, _| x + b);
+            }
+            TileOp::ScaleShift => {
+                let a = chan.next().expect("op")[c];
+                let b = chan.next().expect("op")[c];
+                each(px, &|x, _| x * a + b);
+            }
+            TileOp::Add => {
+                chan.next();
+                let r = &res.next().expect("residual")[at..at + 4 * LANES];
+                each(px, &|x, k| x + r[k]);
+            }
+            TileOp::Relu => each(px, &|x, _| if x > 0.0 { x } else { 0.0 }),
+        }
     }
 }
 
-#[inline(always)]
-fn lin<const N: usize>(terms: [(f32, &Lanes); N]) -> Lanes {
-    let mut acc = [0.0f32; LANES];
-    for (c, x) in terms {
-        axpy(&mut acc, c, x);
-    }
-    acc
+/// `dst` = the input row `src` (or zeros, for a padding row) shifted right by `left` zeros.
+fn pad_row(src: Option<&[f32]>, left: usize, dst: &mut [f32]) {
+    let Some(src) = src else {
+        dst.fill(0.0);
+        return;
+    };
+    let lo = left.min(dst.len());
+    let hi = (left + src.len()).min(dst.len());
+    dst[..lo].fill(0.0);
+    dst[lo..hi].copy_from_slice(&src[..hi - lo]);
+    dst[hi..].fill(0.0);
 }
+
+#[inline(always)]
+fn load4(xs: &[f32], at: usize) -> Lanes {
+    xs[at..at + LANES].try_into().expect("four floats")
+}
+
+/// `r[j][l] = a[l][j]`.
+#[inline(always)]
+fn transpose4(a: [Lanes; 4]) -> [Lanes; 4] {
+    std::array::from_fn(|j| std::array::from_fn(|l| a[l][j]))
+}
+
+#[inline(always)]
+fn add(a: Lanes, b: Lanes) -> Lanes {
+    std::array::from_fn(|l| a[l] + b[l])
+}
+
+#[inline(always)]
+fn sub(a: Lanes, b: Lanes) -> Lanes {
+    std::array::from_fn(|l| a[l] - b[l])
+}
+
+#[inline(always)]
+fn scale(k: f32, a: Lanes) -> Lanes {
+    std::array::from_fn(|l| k * a[l])
+}
+
+// The one-dimensional transforms share their sums and differences: f32 addition is not
+// associative, so the compiler cannot find them in a row-by-row product with the matrix.
 
 /// One dimension of F(2x2,3x3)'s input transform, `B^T d` (the rows of [`BT2`]).
 #[inline(always)]
 fn in_1d_f2(d: &[Lanes; 4]) -> [Lanes; 4] {
     [
-        lin([(1.0, &d[0]), (-1.0, &d[2])]),
-        lin([(1.0, &d[1]), (1.0, &d[2])]),
-        lin([(-1.0, &d[1]), (1.0, &d[2])]),
-        lin([(1.0, &d[1]), (-1.0, &d[3])]),
+        sub(d[0], d[2]),
+        add(d[1], d[2]),
+        sub(d[2], d[1]),
+        sub(d[1], d[3]),
     ]
 }
 
 /// One dimension of F(4x4,3x3)'s input transform (the rows of [`BT4`]).
 #[inline(always)]
 fn in_1d_f4(d: &[Lanes; 6]) -> [Lanes; 6] {
+    let d4_d2 = sub(d[4], d[2]);
+    let d3_d1 = scale(2.0, sub(d[3], d[1]));
+    let s12 = scale(4.0, add(d[1], d[2]));
+    let d12 = scale(4.0, sub(d[1], d[2]));
     [
-        lin([(4.0, &d[0]), (-5.0, &d[2]), (1.0, &d[4])]),
-        lin([(-4.0, &d[1]), (-4.0, &d[2]), (1.0, &d[3]), (1.0, &d[4])]),
-        lin([(4.0, &d[1]), (-4.0, &d[2]), (-1.0, &d[3]), (1.0, &d[4])]),
-        lin([(-2.0, &d[1]), (-1.0, &d[2]), (2.0, &d[3]), (1.0, &d[4])]),
-        lin([(2.0, &d[1]), (-1.0, &d[2]), (-2.0, &d[3]), (1.0, &d[4])]),
-        lin([(4.0, &d[1]), (-5.0, &d[3]), (1.0, &d[5])]),
+        add(sub(scale(4.0, d[0]), scale(5.0, d[2])), d[4]),
+        sub(add(d[3], d[4]), s12),
+        add(sub(d[4], d[3]), d12),
+        add(d4_d2, d3_d1),
+        sub(d4_d2, d3_d1),
+        add(sub(scale(4.0, d[1]), scale(5.0, d[3])), d[5]),
     ]
 }
 
 /// One dimension of F(2x2,3x3)'s output transform, `A^T m` (the rows of [`AT2`]).
 #[inline(always)]
 fn out_1d_f2(m: &[Lanes; 4]) -> [Lanes; 2] {
-    [
-        lin([(1.0, &m[0]), (1.0, &m[1]), (1.0, &m[2])]),
-        lin([(1.0, &m[1]), (-1.0, &m[2]), (-1.0, &m[3])]),
-    ]
+    [add(add(m[0], m[1]), m[2]), sub(sub(m[1], m[2]), m[3])]
 }
 
 /// One dimension of F(4x4,3x3)'s output transform (the rows of [`AT4`]).
 #[inline(always)]
 fn out_1d_f4(m: &[Lanes; 6]) -> [Lanes; 4] {
+    let (s12, d12) = (add(m[1], m[2]), sub(m[1], m[2]));
+    let (s34, d34) = (add(m[3], m[4]), sub(m[3], m[4]));
     [
-        lin([
-            (1.0, &m[0]),
-            (1.0, &m[1]),
-            (1.0, &m[2]),
-            (1.0, &m[3]),
-            (1.0, &m[4]),
-        ]),
-        lin([(1.0, &m[1]), (-1.0, &m[2]), (2.0, &m[3]), (-2.0, &m[4])]),
-        lin([(1.0, &m[1]), (1.0, &m[2]), (4.0, &m[3]), (4.0, &m[4])]),
-        lin([
-            (1.0, &m[1]),
-            (-1.0, &m[2]),
-            (8.0, &m[3]),
-            (-8.0, &m[4]),
-            (1.0, &m[5]),
-        ]),
+        add(add(m[0], s12), s34),
+        add(d12, scale(2.0, d34)),
+        add(s12, scale(4.0, s34)),
+        add(add(d12, scale(8.0, d34)), m[5]),
     ]
 }
 
@@ -278,7 +337,9 @@ impl WinogradPlan {
         let cols = (tiles_hw[0] * tiles_hw[1]).next_multiple_of(4);
         let oc = s.out_channels;
         let mr = super::conv::rows_per_tile(oc);
-        let tile = |rows: usize| TileSpec::gemm(rows, 1, s.in_channels, cols, cols);
+        // Transformed data is blocked by groups of 4 tiles, `[group][pos][channel][4]`, so a
+        // GEMM's `B` and `C` rows are 4 floats apart.
+        let tile = |rows: usize| TileSpec::gemm(rows, 1, s.in_channels, LANES, LANES);
         Some(WinogradPlan {
             main: (oc >= mr).then(|| tile(mr)),
             rem: (!oc.is_multiple_of(mr)).then(|| tile(oc % mr)),
@@ -292,15 +353,16 @@ impl WinogradPlan {
 
     /// The tile size the engine uses for a conv, or `None` when Winograd does not pay:
     /// F(4x4) from 8x8 outputs on, F(2x2) below (a 4x4 tile would be mostly padding).
-    /// Below 32 input channels the transforms cost more than the multiplications saved
-    /// (`bench --layers` on ResNet-20, batch 128: 30 % of the 128-bit peak at 16 channels
-    /// against 55 % for direct tiles; 62 % against 57 % at 32 channels, 97 % against 54 % at 64).
+    /// Below `min_channels` input channels ([`MIN_CHANNELS`] in the engines) the transforms
+    /// would cost more than the multiplications saved. With the transforms on whole rows of
+    /// pixels, ResNet-20 at batch 128 ran in 88 ms with Winograd on its 16-channel layers
+    /// against 94 ms with the reference GEMM there (medians of 20, three interleaved runs).
     ///
     /// Without `small_maps`, maps under 8x8 are left alone: F(2x2) on ResNet-50's 7x7 layer4
     /// took 36.6 ms per batch of 16 against the reference's 32.4.
-    pub fn choose(kernel: &Kernel, small_maps: bool) -> Option<WinogradPlan> {
+    pub fn choose(kernel: &Kernel, min_channels: usize, small_maps: bool) -> Option<WinogradPlan> {
         let plan = Self::new(kernel, 4)?;
-        if plan.conv.spec.in_channels < MIN_CHANNELS {
+        if plan.conv.spec.in_channels < min_channels {
             return None;
         }
         if plan.conv.out_hw[0] >= 8 && plan.conv.out_hw[1] >= 8 {
@@ -325,18 +387,46 @@ impl WinogradPlan {
     fn positions(&self) -> usize {
         (self.m + 2) * (self.m + 2)
     }
-    /// Floats of one image's transformed input `[pos][in_channel][cols]`.
+    /// Floats of one image's transformed input `[group][pos][in_channel][LANES]`.
     fn v_len(&self) -> usize {
         self.positions() * self.conv.spec.in_channels * self.cols
     }
-    /// Floats of one image's transformed output `[pos][out_channel][cols]`.
+    /// Floats of one image's transformed output `[group][pos][out_channel][LANES]`.
     fn m_len(&self) -> usize {
         self.positions() * self.conv.spec.out_channels * self.cols
     }
+    /// Offset of the `LANES` values of tile group `group`, position `pos`, channel `c` in a
+    /// transformed buffer of `channels` channels. Blocking by groups keeps one group's values
+    /// (all positions and channels) within a few KiB: the transforms' 36 streams per channel
+    /// stay in L1 instead of landing 4 KiB apart (36-way set conflicts at 16 channels).
+    #[inline(always)]
+    fn at(&self, group: usize, pos: usize, channels: usize, c: usize) -> usize {
+        ((group * self.positions() + pos) * channels + c) * LANES
+    }
+    /// Whether groups of `LANES` tiles lie in one tile row of an F(4x4) plan, so the
+    /// transforms can move whole rows of pixels with 4x4 transposes instead of gathers.
+    fn row_groups(&self) -> bool {
+        self.m == 4 && self.tiles_hw[1].is_multiple_of(LANES)
+    }
+    /// Row groups of whole tiles: each output row of a group is 16 contiguous pixels, stored
+    /// by one 4x4 transpose after its epilogue, so groups can be finished one block at a time.
+    fn whole_rows(&self) -> bool {
+        let [oh, ow] = self.conv.out_hw;
+        self.row_groups() && oh.is_multiple_of(self.m) && ow.is_multiple_of(self.m)
+    }
+    /// Tile groups whose GEMMs and output transform run back to back, so their transformed
+    /// output (all channels) stays in L1: about 20 KiB of it, at least one group.
+    fn block_groups(&self) -> usize {
+        if !self.whole_rows() {
+            return self.cols / LANES;
+        }
+        let group_bytes = self.positions() * self.conv.spec.out_channels * LANES * 4;
+        (20 << 10) / group_bytes.max(1)
+    }
 }
 
-/// Fewest input channels for which [`WinogradPlan::choose`] picks Winograd.
-pub const MIN_CHANNELS: usize = 32;
+/// Fewest input channels for which the engines pick Winograd: CIFAR ResNets' 16.
+pub const MIN_CHANNELS: usize = 16;
 
 /// Pooled transform buffers; dropping puts them back.
 struct Scratch<'a> {
@@ -445,8 +535,29 @@ impl JitWinograd {
         let (h, w) = (p.conv.in_hw[0] as isize, p.conv.in_hw[1] as isize);
         let (pt, pl) = (s.pad[0] as isize, s.pad[1] as isize);
         let [th, tw] = p.tiles_hw;
-        let (ic, cols) = (s.in_channels, p.cols);
+        let ic = s.in_channels;
         let tiles = th * tw;
+        let row_groups = p.row_groups();
+        if row_groups {
+            // Tile row by tile row, so the row's groups of `v` (all channels) stay in L1.
+            let pw = 4 * tw + 4;
+            let mut rows = vec![0.0f32; A * pw];
+            let mut vert = vec![0.0f32; A * pw];
+            for ty in 0..th {
+                for c in chans.clone() {
+                    let plane = &x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
+                    for i in 0..A {
+                        let iy = (ty * p.m + i) as isize - pt;
+                        let src = (0..h)
+                            .contains(&iy)
+                            .then(|| &plane[(iy * w) as usize..((iy + 1) * w) as usize]);
+                        pad_row(src, pl as usize, &mut rows[i * pw..(i + 1) * pw]);
+                    }
+                    self.input_tile_row(&rows, pw, &mut vert, ty, v, c);
+                }
+            }
+            return;
+        }
         // The channel, zero-padded to whole tiles, so the gathers below need no bounds checks.
         let (ph, pw) = (th * p.m + 2, tw * p.m + 2);
         let mut padded = vec![0.0f32; ph * pw];
@@ -454,18 +565,10 @@ impl JitWinograd {
             let plane = &x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
             for py in 0..ph {
                 let iy = py as isize - pt;
-                let row = &mut padded[py * pw..(py + 1) * pw];
-                if iy < 0 || iy >= h {
-                    row.fill(0.0);
-                    continue;
-                }
-                let src = &plane[(iy * w) as usize..((iy + 1) * w) as usize];
-                // Columns px read ix = px - pl.
-                let lo = (pl as usize).min(pw);
-                let hi = (pl as usize + w as usize).min(pw);
-                row[..lo].fill(0.0);
-                row[lo..hi].copy_from_slice(&src[..hi - lo]);
-                row[hi..].fill(0.0);
+                let src = (0..h)
+                    .contains(&iy)
+                    .then(|| &plane[(iy * w) as usize..((iy + 1) * w) as usize]);
+                pad_row(src, pl as usize, &mut padded[py * pw..(py + 1) * pw]);
             }
             for t0 in (0..tiles).step_by(LANES) {
                 let mut d = [[[0.0f32; LANES]; A]; A];
@@ -481,10 +584,9 @@ impl JitWinograd {
                 }
                 let t = transform_input_lanes(fi, &d);
                 for (pos, val) in t.iter().flatten().enumerate() {
-                    // `cols` is a multiple of LANES, so the group stays inside the row.
                     std::ptr::copy_nonoverlapping(
                         val.as_ptr(),
-                        v.0.add((pos * ic + c) * cols + t0),
+                        v.0.add(p.at(t0 / LANES, pos, ic, c)),
                         LANES,
                     );
                 }
@@ -492,28 +594,91 @@ impl JitWinograd {
         }
     }
 
-    /// The GEMMs of positions `positions` of one image.
+    /// The input transform of one tile row `ty` of one channel from its six zero-padded
+    /// input rows (`pw` floats each), F(4x4) with whole groups of 4 tiles in the row. The vertical half runs on
+    /// contiguous pixels; the horizontal half takes each group's six columns by two 4x4
+    /// transposes, since tile `l`'s column `j` lies at `4 l + j`.
     ///
     /// # Safety
-    /// `v` and `mbuf` point at the image's buffers; the positions' outputs are written by this
-    /// call only.
-    unsafe fn gemms(&self, v: SendPtr, mbuf: SendPtr, positions: std::ops::Range<usize>) {
+    /// As [`JitWinograd::input`].
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn input_tile_row(
+        &self,
+        rows: &[f32],
+        pw: usize,
+        vert: &mut [f32],
+        ty: usize,
+        v: SendPtr,
+        c: usize,
+    ) {
+        const A: usize = 6;
+        let p = &self.plan;
+        let (tw, ic) = (p.tiles_hw[1], p.conv.spec.in_channels);
+        for x0 in (0..pw).step_by(LANES) {
+            let d: [Lanes; A] = std::array::from_fn(|i| load4(rows, i * pw + x0));
+            for (i, r) in in_1d_f4(&d).iter().enumerate() {
+                vert[i * pw + x0..i * pw + x0 + LANES].copy_from_slice(r);
+            }
+        }
+        for g in 0..tw / LANES {
+            let group = (ty * tw) / LANES + g;
+            let x0 = 4 * LANES * g;
+            for i in 0..A {
+                let r = i * pw + x0;
+                let lo = transpose4([
+                    load4(vert, r),
+                    load4(vert, r + 4),
+                    load4(vert, r + 8),
+                    load4(vert, r + 12),
+                ]);
+                let hi = transpose4([
+                    load4(vert, r + 4),
+                    load4(vert, r + 8),
+                    load4(vert, r + 12),
+                    load4(vert, r + 16),
+                ]);
+                let cols: [Lanes; A] =
+                    std::array::from_fn(|j| if j < 4 { lo[j] } else { hi[j - 4] });
+                for (j, val) in in_1d_f4(&cols).iter().enumerate() {
+                    std::ptr::copy_nonoverlapping(
+                        val.as_ptr(),
+                        v.0.add(p.at(group, i * A + j, ic, c)),
+                        LANES,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The GEMMs of positions `positions` of tile groups `groups` of one image, into `mbuf`
+    /// from group `groups.start` on.
+    ///
+    /// # Safety
+    /// `v` points at the image's transformed input, `mbuf` at room for the groups; the
+    /// positions' outputs are written by this call only.
+    unsafe fn gemms(
+        &self,
+        v: SendPtr,
+        mbuf: SendPtr,
+        positions: std::ops::Range<usize>,
+        groups: std::ops::Range<usize>,
+    ) {
         let v = v.0 as *const f32;
         let p = &self.plan;
-        let (ic, oc, cols) = (p.conv.spec.in_channels, p.conv.spec.out_channels, p.cols);
+        let (ic, oc) = (p.conv.spec.in_channels, p.conv.spec.out_channels);
         for pos in positions {
             let a_pos = self.packed.as_ptr().add(pos * oc * ic);
-            let b_pos = v.add(pos * ic * cols);
-            let c_pos = mbuf.0.add(pos * oc * cols);
             let mut r0 = 0;
             while r0 < oc {
                 let rows = p.mr.min(oc - r0);
                 let f = if rows == p.mr { self.main } else { self.rem }.expect("planned tile");
-                for q in 0..cols / 4 {
+                // The row panel of `A` stays in L1 across the groups.
+                for group in groups.clone() {
                     f(
                         a_pos.add(r0 * ic),
-                        b_pos.add(q * 4),
-                        c_pos.add(r0 * cols + q * 4),
+                        v.add(p.at(group, pos, ic, 0)),
+                        mbuf.0.add(p.at(group - groups.start, pos, oc, r0)),
                         std::ptr::null(),
                     );
                 }
@@ -522,10 +687,12 @@ impl JitWinograd {
         }
     }
 
-    /// Output transform and fused epilogue of channels `chans` of one image.
+    /// Output transform and fused epilogue of channels `chans` of tile groups `groups` of one
+    /// image, from `mbuf` holding the groups' transformed output.
     ///
     /// # Safety
-    /// `y` points at the image's output; the channels are written by this call only.
+    /// `y` points at the image's output; these channels of these groups are written by this
+    /// call only.
     #[allow(clippy::too_many_arguments)]
     unsafe fn output<const A: usize, const M: usize>(
         &self,
@@ -535,20 +702,52 @@ impl JitWinograd {
         channel_ops: &[Vec<f32>],
         residuals: &[&[f32]],
         chans: std::ops::Range<usize>,
+        groups: std::ops::Range<usize>,
     ) {
         let p = &self.plan;
         let [oh, ow] = p.conv.out_hw;
         let [th, tw] = p.tiles_hw;
-        let (oc, cols) = (p.conv.spec.out_channels, p.cols);
+        let oc = p.conv.spec.out_channels;
         let ops = &p.conv.tile_ops;
         let tiles = th * tw;
+        if p.whole_rows() {
+            let g0 = groups.start;
+            // Group by group, so the group's transformed values (all channels) stay in L1;
+            // the epilogue runs on each row of 16 pixels before it is stored.
+            for group in groups {
+                let t0 = group * LANES;
+                let (ty, tx0) = (t0 / tw, t0 % tw);
+                for c in chans.clone() {
+                    // The group's positions of channel `c`, `oc * LANES` floats apart.
+                    let first = p.at(group - g0, 0, oc, c);
+                    assert!(first + (A * A - 1) * oc * LANES + LANES <= mbuf.len());
+                    let src = mbuf.as_ptr().add(first);
+                    let mut mt = [[[0.0f32; LANES]; A]; A];
+                    for (pos, v) in mt.iter_mut().flatten().enumerate() {
+                        *v = std::ptr::read_unaligned(src.add(pos * oc * LANES) as *const Lanes);
+                    }
+                    let out = transform_output_lanes(fo, &mt);
+                    for (i, row) in out.iter().enumerate() {
+                        let mut px = transpose4(std::array::from_fn(|j| row[j]));
+                        let at = c * oh * ow + (ty * M + i) * ow + tx0 * M;
+                        apply_lanes_ops(ops, channel_ops, residuals, c, at, &mut px);
+                        let dst = y.0.add(at);
+                        for (l, v) in px.iter().enumerate() {
+                            std::ptr::copy_nonoverlapping(v.as_ptr(), dst.add(l * LANES), LANES);
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        // The plane-wise epilogue below needs every group of the channel.
+        debug_assert_eq!(groups, 0..p.cols / LANES);
         for c in chans {
             for t0 in (0..tiles).step_by(LANES) {
-                let mut mt = [[[0.0f32; LANES]; A]; A];
-                for (pos, mv) in mt.iter_mut().flatten().enumerate() {
-                    let at_m = (pos * oc + c) * cols + t0;
-                    mv.copy_from_slice(&mbuf[at_m..at_m + LANES]);
-                }
+                let group = t0 / LANES;
+                let mt: [[Lanes; A]; A] = std::array::from_fn(|i| {
+                    std::array::from_fn(|j| load4(mbuf, p.at(group, i * A + j, oc, c)))
+                });
                 let out = transform_output_lanes(fo, &mt);
                 for l in 0..LANES.min(tiles - t0) {
                     let (ty, tx) = ((t0 + l) / tw, (t0 + l) % tw);
@@ -631,15 +830,22 @@ impl JitWinograd {
                         // SAFETY: the buffers are this task's; image `i` owns its output.
                         unsafe {
                             this.input(fi, xi, vp, 0..s.in_channels);
-                            this.gemms(vp, mp, 0..this.plan.positions());
-                            this.output(
-                                fo,
-                                mbuf,
-                                y.at(i * out_chw),
-                                &channel_ops,
-                                &residuals_of(i),
-                                0..s.out_channels,
-                            );
+                            let groups = this.plan.cols / LANES;
+                            let block = this.plan.block_groups().clamp(1, groups);
+                            let residuals = residuals_of(i);
+                            for g0 in (0..groups).step_by(block) {
+                                let g = g0..(g0 + block).min(groups);
+                                this.gemms(vp, mp, 0..this.plan.positions(), g.clone());
+                                this.output(
+                                    fo,
+                                    mbuf,
+                                    y.at(i * out_chw),
+                                    &channel_ops,
+                                    &residuals,
+                                    0..s.out_channels,
+                                    g,
+                                );
+                            }
                         }
                     },
                 );
@@ -657,7 +863,12 @@ impl JitWinograd {
                     this.input(fi, xi, vp, split(s.in_channels, t));
                 });
                 (0..threads).into_par_iter().for_each(|t| unsafe {
-                    this.gemms(vp, mp, split(this.plan.positions(), t));
+                    this.gemms(
+                        vp,
+                        mp,
+                        split(this.plan.positions(), t),
+                        0..this.plan.cols / LANES,
+                    );
                 });
                 let mref = &mbuf;
                 (0..threads).into_par_iter().for_each(|t| unsafe {
@@ -668,6 +879,7 @@ impl JitWinograd {
                         &channel_ops,
                         &residuals,
                         split(s.out_channels, t),
+                        0..this.plan.cols / LANES,
                     );
                 });
             }
