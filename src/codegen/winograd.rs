@@ -68,44 +68,63 @@ const AT4: [[f32; 6]; 4] = [
 const LANES: usize = 4;
 type Lanes = [f32; LANES];
 
-/// [`apply_plane_ops`] on 16 consecutive pixels of channel `c`, at `at` in the image's
-/// output (and residual) planes, in the same order of operations.
+/// [`apply_plane_ops`] on one output row of 4 tiles of channel `c`, in the same order of
+/// operations: lane `l`'s 4 pixels start at `at[l]` in the image's output (and residual)
+/// planes, and only its first `inside[l].1` pixels of rows below `inside[l].0` exist.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn apply_lanes_ops(
     ops: &[super::microkernel::TileOp],
     channel_ops: &[Vec<f32>],
     residuals: &[&[f32]],
     c: usize,
-    at: usize,
+    at: &[usize; LANES],
+    inside: &[(usize, usize); LANES],
+    row: usize,
     px: &mut [Lanes; 4],
 ) {
     use super::microkernel::TileOp;
     let mut res = residuals.iter();
     let mut chan = channel_ops.iter();
-    let each = |px: &mut [Lanes; 4], f: &dyn Fn(f32, usize) -> f32| {
-        for (l, v) in px.iter_mut().enumerate() {
-            for (j, x) in v.iter_mut().enumerate() {
-                *x = f(*x, l * LANES + j);
-            }
-        }
-    };
     for op in ops {
         match op {
             TileOp::Shift => {
                 let b = chan.next().expect("op")[c];
-                each(px, &|x, _| x + b);
+                for v in px.iter_mut() {
+                    *v = add(*v, [b; LANES]);
+                }
             }
             TileOp::ScaleShift => {
                 let a = chan.next().expect("op")[c];
                 let b = chan.next().expect("op")[c];
-                each(px, &|x, _| x * a + b);
+                for v in px.iter_mut() {
+                    *v = add(scale(a, *v), [b; LANES]);
+                }
             }
             TileOp::Add => {
                 chan.next();
-                let r = &res.next().expect("residual")[at..at + 4 * LANES];
-                each(px, &|x, k| x + r[k]);
+                let r = res.next().expect("residual");
+                for (l, v) in px.iter_mut().enumerate() {
+                    let (rows, cols) = inside[l];
+                    if row >= rows {
+                        continue;
+                    }
+                    if cols == LANES {
+                        *v = add(*v, load4(r, at[l]));
+                    } else {
+                        for (j, x) in v.iter_mut().take(cols).enumerate() {
+                            *x += r[at[l] + j];
+                        }
+                    }
+                }
             }
-            TileOp::Relu => each(px, &|x, _| if x > 0.0 { x } else { 0.0 }),
+            TileOp::Relu => {
+                for v in px.iter_mut() {
+                    for x in v.iter_mut() {
+                        *x = if *x > 0.0 { *x } else { 0.0 };
+                    }
+                }
+            }
         }
     }
 }
@@ -123,6 +142,22 @@ fn pad_row(src: Option<&[f32]>, left: usize, dst: &mut [f32]) {
     dst[hi..].fill(0.0);
 }
 
+/// The 4 values of `row` from `start` on, zero outside it.
+#[inline(always)]
+fn load4_padded(row: &[f32], start: isize) -> Lanes {
+    if start >= 0 && start as usize + LANES <= row.len() {
+        return load4(row, start as usize);
+    }
+    let mut out = [0.0f32; LANES];
+    for (l, o) in out.iter_mut().enumerate() {
+        let i = start + l as isize;
+        if i >= 0 && (i as usize) < row.len() {
+            *o = row[i as usize];
+        }
+    }
+    out
+}
+
 #[inline(always)]
 fn load4(xs: &[f32], at: usize) -> Lanes {
     xs[at..at + LANES].try_into().expect("four floats")
@@ -131,22 +166,27 @@ fn load4(xs: &[f32], at: usize) -> Lanes {
 /// `r[j][l] = a[l][j]`.
 #[inline(always)]
 fn transpose4(a: [Lanes; 4]) -> [Lanes; 4] {
-    std::array::from_fn(|j| std::array::from_fn(|l| a[l][j]))
+    [
+        [a[0][0], a[1][0], a[2][0], a[3][0]],
+        [a[0][1], a[1][1], a[2][1], a[3][1]],
+        [a[0][2], a[1][2], a[2][2], a[3][2]],
+        [a[0][3], a[1][3], a[2][3], a[3][3]],
+    ]
 }
 
 #[inline(always)]
 fn add(a: Lanes, b: Lanes) -> Lanes {
-    std::array::from_fn(|l| a[l] + b[l])
+    [a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]]
 }
 
 #[inline(always)]
 fn sub(a: Lanes, b: Lanes) -> Lanes {
-    std::array::from_fn(|l| a[l] - b[l])
+    [a[0] - b[0], a[1] - b[1], a[2] - b[2], a[3] - b[3]]
 }
 
 #[inline(always)]
 fn scale(k: f32, a: Lanes) -> Lanes {
-    std::array::from_fn(|l| k * a[l])
+    [k * a[0], k * a[1], k * a[2], k * a[3]]
 }
 
 // The one-dimensional transforms share their sums and differences: f32 addition is not
@@ -214,7 +254,11 @@ fn transform_input_lanes<const A: usize>(
         }
     }
     // Then rows: (B^T d) B = rows of tmp transformed.
-    std::array::from_fn(|i| f(&tmp[i]))
+    let mut out = [[[0.0f32; LANES]; A]; A];
+    for (o, t) in out.iter_mut().zip(&tmp) {
+        *o = f(t);
+    }
+    out
 }
 
 /// `A^T m A` for `LANES` tiles at once, from the one-dimensional transform `f`.
@@ -230,7 +274,11 @@ fn transform_output_lanes<const A: usize, const M: usize>(
             tmp[i][j] = v;
         }
     }
-    std::array::from_fn(|i| f(&tmp[i]))
+    let mut out = [[[0.0f32; LANES]; M]; M];
+    for (o, t) in out.iter_mut().zip(&tmp) {
+        *o = f(t);
+    }
+    out
 }
 
 /// `B^T d B` for an `A x A` patch (the scalar twin of [`transform_input_lanes`]).
@@ -403,25 +451,21 @@ impl WinogradPlan {
     fn at(&self, group: usize, pos: usize, channels: usize, c: usize) -> usize {
         ((group * self.positions() + pos) * channels + c) * LANES
     }
-    /// Whether groups of `LANES` tiles lie in one tile row of an F(4x4) plan, so the
-    /// transforms can move whole rows of pixels with 4x4 transposes instead of gathers.
-    fn row_groups(&self) -> bool {
-        self.m == 4 && self.tiles_hw[1].is_multiple_of(LANES)
-    }
-    /// Row groups of whole tiles: each output row of a group is 16 contiguous pixels, stored
-    /// by one 4x4 transpose after its epilogue, so groups can be finished one block at a time.
-    fn whole_rows(&self) -> bool {
-        let [oh, ow] = self.conv.out_hw;
-        self.row_groups() && oh.is_multiple_of(self.m) && ow.is_multiple_of(self.m)
+    /// Tile groups whose input transform runs together, channel by channel: about one
+    /// tile row's worth, so the band's transformed input stays in L1 while its 36 positions
+    /// are written.
+    fn band_groups(&self) -> usize {
+        (self.tiles_hw[1] / LANES).max(1)
     }
     /// Tile groups whose GEMMs and output transform run back to back, so their transformed
-    /// output (all channels) stays in L1: about 20 KiB of it, at least one group.
+    /// output (all channels) stays in L1: about 20 KiB of it, at least one group. F(2x2)
+    /// applies its epilogue plane by plane, after every group.
     fn block_groups(&self) -> usize {
-        if !self.whole_rows() {
+        if self.m != 4 {
             return self.cols / LANES;
         }
         let group_bytes = self.positions() * self.conv.spec.out_channels * LANES * 4;
-        (20 << 10) / group_bytes.max(1)
+        ((20 << 10) / group_bytes.max(1)).max(1)
     }
 }
 
@@ -537,23 +581,16 @@ impl JitWinograd {
         let [th, tw] = p.tiles_hw;
         let ic = s.in_channels;
         let tiles = th * tw;
-        let row_groups = p.row_groups();
-        if row_groups {
-            // Tile row by tile row, so the row's groups of `v` (all channels) stay in L1.
-            let pw = 4 * tw + 4;
-            let mut rows = vec![0.0f32; A * pw];
-            let mut vert = vec![0.0f32; A * pw];
-            for ty in 0..th {
+        if p.m == 4 {
+            // Band by band of tile groups, so a band's part of `v` (all channels) stays in L1.
+            let groups = p.cols / LANES;
+            let band = p.band_groups();
+            let mut vert = vec![0.0f32; 0];
+            for g0 in (0..groups).step_by(band) {
+                let g1 = (g0 + band).min(groups);
                 for c in chans.clone() {
                     let plane = &x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
-                    for i in 0..A {
-                        let iy = (ty * p.m + i) as isize - pt;
-                        let src = (0..h)
-                            .contains(&iy)
-                            .then(|| &plane[(iy * w) as usize..((iy + 1) * w) as usize]);
-                        pad_row(src, pl as usize, &mut rows[i * pw..(i + 1) * pw]);
-                    }
-                    self.input_tile_row(&rows, pw, &mut vert, ty, v, c);
+                    self.input_f4_band(plane, g0..g1, &mut vert, v, c);
                 }
             }
             return;
@@ -594,52 +631,82 @@ impl JitWinograd {
         }
     }
 
-    /// The input transform of one tile row `ty` of one channel from its six zero-padded
-    /// input rows (`pw` floats each), F(4x4) with whole groups of 4 tiles in the row. The vertical half runs on
-    /// contiguous pixels; the horizontal half takes each group's six columns by two 4x4
-    /// transposes, since tile `l`'s column `j` lies at `4 l + j`.
+    /// F(4x4)'s input transform of one channel's `plane` for the tile groups `groups`. The
+    /// vertical half of `B^T d B` runs on 4 contiguous pixels at a time, over the columns the
+    /// groups' tiles cover in each of their tile rows, into `vert` (6 rows of `4 tw + 4`
+    /// padded columns per tile row). The horizontal half takes each group's six columns per
+    /// row by two 4x4 transposes of the tiles' vectors, since tile `tx`'s column `j` lies at
+    /// `4 tx + j`: no scalar gathers.
     ///
     /// # Safety
     /// As [`JitWinograd::input`].
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn input_tile_row(
+    unsafe fn input_f4_band(
         &self,
-        rows: &[f32],
-        pw: usize,
-        vert: &mut [f32],
-        ty: usize,
+        plane: &[f32],
+        groups: std::ops::Range<usize>,
+        vert: &mut Vec<f32>,
         v: SendPtr,
         c: usize,
     ) {
         const A: usize = 6;
         let p = &self.plan;
-        let (tw, ic) = (p.tiles_hw[1], p.conv.spec.in_channels);
-        for x0 in (0..pw).step_by(LANES) {
-            let d: [Lanes; A] = std::array::from_fn(|i| load4(rows, i * pw + x0));
-            for (i, r) in in_1d_f4(&d).iter().enumerate() {
-                vert[i * pw + x0..i * pw + x0 + LANES].copy_from_slice(r);
+        let s = p.conv.spec;
+        let (h, w) = (p.conv.in_hw[0] as isize, p.conv.in_hw[1] as isize);
+        let (pt, pl) = (s.pad[0] as isize, s.pad[1] as isize);
+        let [th, tw] = p.tiles_hw;
+        let (ic, tiles) = (s.in_channels, th * tw);
+        let pw = 4 * tw + 4;
+        let t0 = groups.start * LANES;
+        let t1 = (groups.end * LANES).min(tiles);
+        if t0 >= t1 {
+            return;
+        }
+        let (r0, r1) = (t0 / tw, (t1 - 1) / tw);
+        vert.resize((r1 - r0 + 1) * A * pw, 0.0);
+        for ty in r0..=r1 {
+            // The band's tile columns in this row, and the padded columns they read.
+            let xa = if ty == r0 { t0 % tw } else { 0 };
+            let xb = if ty == r1 { (t1 - 1) % tw } else { tw - 1 };
+            let rows: [Option<&[f32]>; A] = std::array::from_fn(|i| {
+                let iy = (ty * 4 + i) as isize - pt;
+                (0..h)
+                    .contains(&iy)
+                    .then(|| &plane[(iy * w) as usize..((iy + 1) * w) as usize])
+            });
+            let out = &mut vert[(ty - r0) * A * pw..(ty - r0 + 1) * A * pw];
+            for x0 in (4 * xa..4 * xb + 8).step_by(LANES) {
+                let mut d = [[0.0f32; LANES]; A];
+                for (di, row) in d.iter_mut().zip(&rows) {
+                    if let Some(row) = row {
+                        *di = load4_padded(row, x0 as isize - pl);
+                    }
+                }
+                for (i, r) in in_1d_f4(&d).iter().enumerate() {
+                    out[i * pw + x0..i * pw + x0 + LANES].copy_from_slice(r);
+                }
             }
         }
-        for g in 0..tw / LANES {
-            let group = (ty * tw) / LANES + g;
-            let x0 = 4 * LANES * g;
+        for group in groups {
+            // Each lane's tile: its row in `vert` and its first column (lanes past the last
+            // tile read row 0 and are never stored by the output transform).
+            let at: [usize; LANES] = std::array::from_fn(|l| {
+                let t = (group * LANES + l).min(t1 - 1);
+                (t / tw - r0) * A * pw + 4 * (t % tw)
+            });
             for i in 0..A {
-                let r = i * pw + x0;
                 let lo = transpose4([
-                    load4(vert, r),
-                    load4(vert, r + 4),
-                    load4(vert, r + 8),
-                    load4(vert, r + 12),
+                    load4(vert, at[0] + i * pw),
+                    load4(vert, at[1] + i * pw),
+                    load4(vert, at[2] + i * pw),
+                    load4(vert, at[3] + i * pw),
                 ]);
                 let hi = transpose4([
-                    load4(vert, r + 4),
-                    load4(vert, r + 8),
-                    load4(vert, r + 12),
-                    load4(vert, r + 16),
+                    load4(vert, at[0] + i * pw + 4),
+                    load4(vert, at[1] + i * pw + 4),
+                    load4(vert, at[2] + i * pw + 4),
+                    load4(vert, at[3] + i * pw + 4),
                 ]);
-                let cols: [Lanes; A] =
-                    std::array::from_fn(|j| if j < 4 { lo[j] } else { hi[j - 4] });
+                let cols: [Lanes; A] = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
                 for (j, val) in in_1d_f4(&cols).iter().enumerate() {
                     std::ptr::copy_nonoverlapping(
                         val.as_ptr(),
@@ -710,13 +777,24 @@ impl JitWinograd {
         let oc = p.conv.spec.out_channels;
         let ops = &p.conv.tile_ops;
         let tiles = th * tw;
-        if p.whole_rows() {
+        if p.m == 4 {
+            // Group by group, so the group's transformed values (all channels) stay in L1.
+            // A 4x4 transpose turns each output row of the group's tiles into one vector per
+            // tile: 4 contiguous pixels, which get the epilogue and are stored.
             let g0 = groups.start;
-            // Group by group, so the group's transformed values (all channels) stay in L1;
-            // the epilogue runs on each row of 16 pixels before it is stored.
             for group in groups {
-                let t0 = group * LANES;
-                let (ty, tx0) = (t0 / tw, t0 % tw);
+                // Each lane's tile's top-left pixel in a plane, and how many of its rows
+                // and columns lie inside the map (none for the padding tiles).
+                let mut origin = [0usize; LANES];
+                let mut inside = [(0usize, 0usize); LANES];
+                for l in 0..LANES {
+                    let t = group * LANES + l;
+                    if t < tiles {
+                        let (oy, ox) = (t / tw * M, t % tw * M);
+                        origin[l] = oy * ow + ox;
+                        inside[l] = ((oh - oy).min(M), (ow - ox).min(M));
+                    }
+                }
                 for c in chans.clone() {
                     // The group's positions of channel `c`, `oc * LANES` floats apart.
                     let first = p.at(group - g0, 0, oc, c);
@@ -728,12 +806,18 @@ impl JitWinograd {
                     }
                     let out = transform_output_lanes(fo, &mt);
                     for (i, row) in out.iter().enumerate() {
-                        let mut px = transpose4(std::array::from_fn(|j| row[j]));
-                        let at = c * oh * ow + (ty * M + i) * ow + tx0 * M;
-                        apply_lanes_ops(ops, channel_ops, residuals, c, at, &mut px);
-                        let dst = y.0.add(at);
-                        for (l, v) in px.iter().enumerate() {
-                            std::ptr::copy_nonoverlapping(v.as_ptr(), dst.add(l * LANES), LANES);
+                        let mut px = transpose4([row[0], row[1], row[2], row[3]]);
+                        let at: [usize; LANES] =
+                            std::array::from_fn(|l| c * oh * ow + origin[l] + i * ow);
+                        apply_lanes_ops(ops, channel_ops, residuals, c, &at, &inside, i, &mut px);
+                        for l in 0..LANES {
+                            let (rows, cols) = inside[l];
+                            let dst = y.0.add(at[l]);
+                            if i < rows && cols == LANES {
+                                std::ptr::write_unaligned(dst as *mut Lanes, px[l]);
+                            } else if i < rows {
+                                std::ptr::copy_nonoverlapping(px[l].as_ptr(), dst, cols);
+                            }
                         }
                     }
                 }

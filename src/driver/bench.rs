@@ -60,12 +60,27 @@ pub fn bench(
         let median = times[times.len() / 2];
         let max = times[times.len() - 1];
         if layers {
-            exec.enable_profile();
-            exec.run(&x, labels)?;
-            exec.take_profile();
+            // Each step's median over `iters` profiled runs: one run's figures move by 10 to
+            // 20 % on a shared machine.
+            let mut step_runs: Vec<Vec<std::time::Duration>> = vec![];
+            for _ in 0..iters.max(1) {
+                exec.enable_profile();
+                exec.run(&x, labels)?;
+                exec.take_profile();
+                step_runs.push(exec.step_times().to_vec());
+            }
+            let step_medians: Vec<std::time::Duration> = (0..exec.program.steps.len())
+                .map(|i| {
+                    let mut ts: Vec<_> =
+                        step_runs.iter().filter_map(|r| r.get(i).copied()).collect();
+                    ts.sort();
+                    ts.get(ts.len() / 2).copied().unwrap_or_default()
+                })
+                .collect();
             let threads = rayon::current_num_threads() as f64;
             out += &format!(
-                "layers at batch {n} ({engine} engine; GFLOP/s counted as direct convolution, peak = {:.1} GFLOP/s at 128 bits on {threads} threads):\n",
+                "layers at batch {n} ({engine} engine; medians of {} runs; GFLOP/s counted as direct convolution, peak = {:.1} GFLOP/s at 128 bits on {threads} threads):\n",
+                step_runs.len(),
                 PEAK_128_GFLOPS_PER_CORE * threads
             );
             out += &format!(
@@ -74,7 +89,7 @@ pub fn bench(
             );
             let table = exec.kernel_table();
             for ((step, t), (_, eng, desc)) in
-                exec.program.steps.iter().zip(exec.step_times()).zip(&table)
+                exec.program.steps.iter().zip(&step_medians).zip(&table)
             {
                 let ms = t.as_secs_f64() * 1e3;
                 // Backward convolutions do the forward's multiply-accumulates.
