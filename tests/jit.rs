@@ -572,33 +572,105 @@ proptest! {
             in_channels: cin, out_channels: oc, kernel: [kernel, kernel], stride: [stride, stride],
             pad: [pad; 4], groups: 1, bias,
         };
-        let Some((oh, ow)) = spec.out_hw(h, w) else { return Ok(()); };
-        let kernel_of = Kernel::ConvGradWeight { spec, in_hw: [h, w] };
-        let step = Step { name: "dw".into(), kernel: kernel_of.clone(), ins: vec![], inouts: vec![], outs: vec![] };
-        let x = random(seed, n * cin * h * w);
-        let dy = random(seed + 1, n * oc * oh * ow);
-        let ins: Vec<&[f32]> = vec![&x, &dy];
-        let ctx = KernelCtx { n, lr: 0.0, optimizer_steps: 0, params_version: 1, seed: 0, batch_stats: None, first_image: 0 };
-        let wlen: usize = spec.weight_shape().iter().product();
-        let outs = |fill: f32| {
-            let mut v = vec![vec![fill; wlen]];
-            if bias {
-                v.push(vec![fill; oc]);
-            }
-            v
-        };
-        let mut want = outs(0.0);
-        ReferenceEngine.kernel(&step).run(&ctx, &ins, &mut [], &mut want);
-        let jit = JitEngine::for_kernels([&kernel_of], false).unwrap();
-        let mut k = jit.kernel(&step);
-        prop_assert_eq!(k.engine(), "jit");
-        let mut got = outs(f32::NAN);
-        k.run(&ctx, &ins, &mut [], &mut got);
-        assert_close(&format!("dW {spec:?} n={n} in={h}x{w}"), &got[0], &want[0], 1e-5, 1e-5);
-        if bias {
-            assert_close("db", &got[1], &want[1], 1e-6, 1e-6);
-        }
+        grad_weight_case(JitOptions::ALL, spec, [h, w], n, seed)?;
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Winograd F(3x3, 4x4) weight gradients (forced on from one channel, on any map) equal
+    /// the reference's on odd shapes: channel counts off the vector width, partial and
+    /// padding tiles, asymmetric padding, batch 1 to 11 (more images than partial sums, and
+    /// than one GEMM's images).
+    #[test]
+    fn winograd_grad_weight_matches_reference(
+        cin in 1usize..=9,
+        oc in 1usize..=19,
+        pad in prop::collection::vec(0usize..=2, 4),
+        h in prop::sample::select(vec![3usize, 6, 9, 14, 16, 17]),
+        w in prop::sample::select(vec![4usize, 7, 10, 16, 18]),
+        n in 1usize..=11,
+        bias in any::<bool>(),
+        seed in 0u64..1000,
+    ) {
+        let spec = ConvSpec {
+            pad: [pad[0], pad[1], pad[2], pad[3]],
+            bias,
+            ..ConvSpec::square(cin, oc, 3, 1)
+        };
+        let options = JitOptions {
+            winograd_min_channels: 1,
+            winograd_small_maps: true,
+            ..JitOptions::FASTEST
+        };
+        grad_weight_case(options, spec, [h, w], n, seed)?;
+    }
+}
+
+/// The JIT's weight (and bias) gradient under `options` against the reference's.
+fn grad_weight_case(
+    options: JitOptions,
+    spec: ConvSpec,
+    [h, w]: [usize; 2],
+    n: usize,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let (cin, oc, bias) = (spec.in_channels, spec.out_channels, spec.bias);
+    let Some((oh, ow)) = spec.out_hw(h, w) else {
+        return Ok(());
+    };
+    let kernel_of = Kernel::ConvGradWeight {
+        spec,
+        in_hw: [h, w],
+    };
+    let step = Step {
+        name: "dw".into(),
+        kernel: kernel_of.clone(),
+        ins: vec![],
+        inouts: vec![],
+        outs: vec![],
+    };
+    let x = random(seed, n * cin * h * w);
+    let dy = random(seed + 1, n * oc * oh * ow);
+    let ins: Vec<&[f32]> = vec![&x, &dy];
+    let ctx = KernelCtx {
+        n,
+        lr: 0.0,
+        optimizer_steps: 0,
+        params_version: 1,
+        seed: 0,
+        batch_stats: None,
+        first_image: 0,
+    };
+    let wlen: usize = spec.weight_shape().iter().product();
+    let outs = |fill: f32| {
+        let mut v = vec![vec![fill; wlen]];
+        if bias {
+            v.push(vec![fill; oc]);
+        }
+        v
+    };
+    let mut want = outs(0.0);
+    ReferenceEngine
+        .kernel(&step)
+        .run(&ctx, &ins, &mut [], &mut want);
+    let jit = JitEngine::for_kernels_with([&kernel_of], false, options).unwrap();
+    let mut k = jit.kernel(&step);
+    prop_assert_eq!(k.engine(), "jit");
+    let mut got = outs(f32::NAN);
+    k.run(&ctx, &ins, &mut [], &mut got);
+    assert_close(
+        &format!("dW {spec:?} n={n} in={h}x{w}: {}", k.describe()),
+        &got[0],
+        &want[0],
+        1e-5,
+        1e-5,
+    );
+    if bias {
+        assert_close("db", &got[1], &want[1], 1e-6, 1e-6);
+    }
+    Ok(())
 }
 
 /// An infinity planted in the classifier's weights is found at that layer, on every engine.

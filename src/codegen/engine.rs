@@ -12,6 +12,7 @@ use super::conv::{ConvPlan, GemmConv, JitConv, PACK_FROM_K};
 use super::jit::{cpu_unsupported, CompiledTiles, TileSet};
 use super::optimizer::{update_specs, JitUpdate};
 use super::winograd::{JitWinograd, WinogradPlan, MIN_CHANNELS};
+use super::winograd_grad::{JitWinogradGradWeight, WinogradGradWeightPlan};
 use resnetc_runtime::engine::{Engine, ReferenceEngine, StepKernel};
 use resnetc_runtime::program::{Kernel, Program, Step};
 
@@ -32,6 +33,9 @@ pub struct JitOptions {
     pub grad_input: bool,
     /// Weight gradients on accumulating tiles.
     pub grad_weight: bool,
+    /// Weight gradients of the convs that run Winograd forward as Winograd F(3x3, 4x4)
+    /// (before `grad_weight`'s direct tiles).
+    pub winograd_grad_weight: bool,
     /// Direct tiles pack their columns from this reduction length on.
     pub pack_from_k: usize,
 }
@@ -45,6 +49,7 @@ impl JitOptions {
         direct: true,
         grad_input: true,
         grad_weight: true,
+        winograd_grad_weight: true,
         pack_from_k: PACK_FROM_K,
     };
     /// The families that beat the reference kernels in `bench --layers` on ResNet-20
@@ -61,6 +66,7 @@ impl JitOptions {
         direct: false,
         grad_input: false,
         grad_weight: false,
+        winograd_grad_weight: true,
         pack_from_k: PACK_FROM_K,
     };
 }
@@ -90,6 +96,21 @@ fn plan_conv(kernel: &Kernel, options: &JitOptions) -> Option<ConvKernelPlan> {
         return None;
     }
     ConvPlan::with_packing(kernel, options.pack_from_k).map(|p| ConvKernelPlan::Direct(Box::new(p)))
+}
+
+fn plan_winograd_grad_weight(
+    kernel: &Kernel,
+    options: &JitOptions,
+) -> Option<WinogradGradWeightPlan> {
+    (options.winograd && options.winograd_grad_weight)
+        .then(|| {
+            WinogradGradWeightPlan::choose(
+                kernel,
+                options.winograd_min_channels,
+                options.winograd_small_maps,
+            )
+        })
+        .flatten()
 }
 
 fn plan_grad_weight(kernel: &Kernel, options: &JitOptions) -> Option<GradWeightPlan> {
@@ -155,6 +176,9 @@ impl JitEngine {
 
     /// The tiles a kernel needs under `options` (none when it runs on the reference).
     fn tiles_of(kernel: &Kernel, options: &JitOptions) -> Vec<super::microkernel::TileSpec> {
+        if let Some(plan) = plan_winograd_grad_weight(kernel, options) {
+            return vec![plan.tile];
+        }
         if let Some(plan) = plan_grad_weight(kernel, options) {
             return plan.tiles().cloned().collect();
         }
@@ -203,6 +227,9 @@ impl Engine for JitEngine {
     fn kernel(&self, step: &Step) -> Box<dyn StepKernel> {
         if let Some(update) = JitUpdate::new(&step.kernel, &self.tiles) {
             return Box::new(update);
+        }
+        if let Some(plan) = plan_winograd_grad_weight(&step.kernel, &self.options) {
+            return Box::new(JitWinogradGradWeight::new(plan, &self.tiles));
         }
         if let Some(plan) = plan_grad_weight(&step.kernel, &self.options) {
             return Box::new(JitConvGradWeight::new(plan, &self.tiles));

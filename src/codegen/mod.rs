@@ -12,5 +12,6 @@ pub mod microkernel;
 pub mod optimizer;
 pub mod tile_rate;
 pub mod winograd;
+pub mod winograd_grad;
 
 pub use engine::JitEngine;

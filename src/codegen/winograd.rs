@@ -65,8 +65,8 @@ const AT4: [[f32; 6]; 4] = [
 /// Tiles transformed together: the transforms' arithmetic runs on `[f32; LANES]` rows, which
 /// LLVM turns into SIMD across tiles, and each position's values of four consecutive tiles
 /// are stored (or loaded) as one contiguous group.
-const LANES: usize = 4;
-type Lanes = [f32; LANES];
+pub(crate) const LANES: usize = 4;
+pub(crate) type Lanes = [f32; LANES];
 
 /// [`apply_plane_ops`] on one output row of 4 tiles of channel `c`, in the same order of
 /// operations: lane `l`'s 4 pixels start at `at[l]` in the image's output (and residual)
@@ -165,7 +165,7 @@ fn load4(xs: &[f32], at: usize) -> Lanes {
 
 /// `r[j][l] = a[l][j]`.
 #[inline(always)]
-fn transpose4(a: [Lanes; 4]) -> [Lanes; 4] {
+pub(crate) fn transpose4(a: [Lanes; 4]) -> [Lanes; 4] {
     [
         [a[0][0], a[1][0], a[2][0], a[3][0]],
         [a[0][1], a[1][1], a[2][1], a[3][1]],
@@ -422,6 +422,88 @@ impl WinogradPlan {
         }
     }
 
+    /// F(4x4)'s input transform of one channel's `plane` for the tile groups `groups`. The
+    /// vertical half of `B^T d B` runs on 4 contiguous pixels at a time, over the columns the
+    /// groups' tiles cover in each of their tile rows, into `vert` (6 rows of `4 tw + 4`
+    /// padded columns per tile row). The horizontal half takes each group's six columns per
+    /// row by two 4x4 transposes of the tiles' vectors, since tile `tx`'s column `j` lies at
+    /// `4 tx + j`: no scalar gathers.
+    ///
+    /// Each group's transformed values go to `store(group, position, values of its 4 tiles)`.
+    pub(crate) fn input_f4_band(
+        &self,
+        plane: &[f32],
+        groups: std::ops::Range<usize>,
+        vert: &mut Vec<f32>,
+        mut store: impl FnMut(usize, usize, &Lanes),
+    ) {
+        const A: usize = 6;
+        debug_assert_eq!(self.m, 4);
+        let p = self;
+        let s = p.conv.spec;
+        let (h, w) = (p.conv.in_hw[0] as isize, p.conv.in_hw[1] as isize);
+        let (pt, pl) = (s.pad[0] as isize, s.pad[1] as isize);
+        let [th, tw] = p.tiles_hw;
+        let tiles = th * tw;
+        let pw = 4 * tw + 4;
+        let t0 = groups.start * LANES;
+        let t1 = (groups.end * LANES).min(tiles);
+        if t0 >= t1 {
+            return;
+        }
+        let (r0, r1) = (t0 / tw, (t1 - 1) / tw);
+        vert.resize((r1 - r0 + 1) * A * pw, 0.0);
+        for ty in r0..=r1 {
+            // The band's tile columns in this row, and the padded columns they read.
+            let xa = if ty == r0 { t0 % tw } else { 0 };
+            let xb = if ty == r1 { (t1 - 1) % tw } else { tw - 1 };
+            let rows: [Option<&[f32]>; A] = std::array::from_fn(|i| {
+                let iy = (ty * 4 + i) as isize - pt;
+                (0..h)
+                    .contains(&iy)
+                    .then(|| &plane[(iy * w) as usize..((iy + 1) * w) as usize])
+            });
+            let out = &mut vert[(ty - r0) * A * pw..(ty - r0 + 1) * A * pw];
+            for x0 in (4 * xa..4 * xb + 8).step_by(LANES) {
+                let mut d = [[0.0f32; LANES]; A];
+                for (di, row) in d.iter_mut().zip(&rows) {
+                    if let Some(row) = row {
+                        *di = load4_padded(row, x0 as isize - pl);
+                    }
+                }
+                for (i, r) in in_1d_f4(&d).iter().enumerate() {
+                    out[i * pw + x0..i * pw + x0 + LANES].copy_from_slice(r);
+                }
+            }
+        }
+        for group in groups {
+            // Each lane's tile: its row in `vert` and its first column (lanes past the last
+            // tile read row 0 and are never stored by the output transform).
+            let at: [usize; LANES] = std::array::from_fn(|l| {
+                let t = (group * LANES + l).min(t1 - 1);
+                (t / tw - r0) * A * pw + 4 * (t % tw)
+            });
+            for i in 0..A {
+                let lo = transpose4([
+                    load4(vert, at[0] + i * pw),
+                    load4(vert, at[1] + i * pw),
+                    load4(vert, at[2] + i * pw),
+                    load4(vert, at[3] + i * pw),
+                ]);
+                let hi = transpose4([
+                    load4(vert, at[0] + i * pw + 4),
+                    load4(vert, at[1] + i * pw + 4),
+                    load4(vert, at[2] + i * pw + 4),
+                    load4(vert, at[3] + i * pw + 4),
+                ]);
+                let cols: [Lanes; A] = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
+                for (j, val) in in_1d_f4(&cols).iter().enumerate() {
+                    store(group, i * A + j, val);
+                }
+            }
+        }
+    }
+
     pub fn tiles(&self) -> impl Iterator<Item = &TileSpec> {
         [&self.main, &self.rem].into_iter().flatten()
     }
@@ -590,7 +672,13 @@ impl JitWinograd {
                 let g1 = (g0 + band).min(groups);
                 for c in chans.clone() {
                     let plane = &x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
-                    self.input_f4_band(plane, g0..g1, &mut vert, v, c);
+                    p.input_f4_band(plane, g0..g1, &mut vert, |group, pos, val| {
+                        std::ptr::copy_nonoverlapping(
+                            val.as_ptr(),
+                            v.0.add(p.at(group, pos, ic, c)),
+                            LANES,
+                        );
+                    });
                 }
             }
             return;
@@ -624,93 +712,6 @@ impl JitWinograd {
                     std::ptr::copy_nonoverlapping(
                         val.as_ptr(),
                         v.0.add(p.at(t0 / LANES, pos, ic, c)),
-                        LANES,
-                    );
-                }
-            }
-        }
-    }
-
-    /// F(4x4)'s input transform of one channel's `plane` for the tile groups `groups`. The
-    /// vertical half of `B^T d B` runs on 4 contiguous pixels at a time, over the columns the
-    /// groups' tiles cover in each of their tile rows, into `vert` (6 rows of `4 tw + 4`
-    /// padded columns per tile row). The horizontal half takes each group's six columns per
-    /// row by two 4x4 transposes of the tiles' vectors, since tile `tx`'s column `j` lies at
-    /// `4 tx + j`: no scalar gathers.
-    ///
-    /// # Safety
-    /// As [`JitWinograd::input`].
-    unsafe fn input_f4_band(
-        &self,
-        plane: &[f32],
-        groups: std::ops::Range<usize>,
-        vert: &mut Vec<f32>,
-        v: SendPtr,
-        c: usize,
-    ) {
-        const A: usize = 6;
-        let p = &self.plan;
-        let s = p.conv.spec;
-        let (h, w) = (p.conv.in_hw[0] as isize, p.conv.in_hw[1] as isize);
-        let (pt, pl) = (s.pad[0] as isize, s.pad[1] as isize);
-        let [th, tw] = p.tiles_hw;
-        let (ic, tiles) = (s.in_channels, th * tw);
-        let pw = 4 * tw + 4;
-        let t0 = groups.start * LANES;
-        let t1 = (groups.end * LANES).min(tiles);
-        if t0 >= t1 {
-            return;
-        }
-        let (r0, r1) = (t0 / tw, (t1 - 1) / tw);
-        vert.resize((r1 - r0 + 1) * A * pw, 0.0);
-        for ty in r0..=r1 {
-            // The band's tile columns in this row, and the padded columns they read.
-            let xa = if ty == r0 { t0 % tw } else { 0 };
-            let xb = if ty == r1 { (t1 - 1) % tw } else { tw - 1 };
-            let rows: [Option<&[f32]>; A] = std::array::from_fn(|i| {
-                let iy = (ty * 4 + i) as isize - pt;
-                (0..h)
-                    .contains(&iy)
-                    .then(|| &plane[(iy * w) as usize..((iy + 1) * w) as usize])
-            });
-            let out = &mut vert[(ty - r0) * A * pw..(ty - r0 + 1) * A * pw];
-            for x0 in (4 * xa..4 * xb + 8).step_by(LANES) {
-                let mut d = [[0.0f32; LANES]; A];
-                for (di, row) in d.iter_mut().zip(&rows) {
-                    if let Some(row) = row {
-                        *di = load4_padded(row, x0 as isize - pl);
-                    }
-                }
-                for (i, r) in in_1d_f4(&d).iter().enumerate() {
-                    out[i * pw + x0..i * pw + x0 + LANES].copy_from_slice(r);
-                }
-            }
-        }
-        for group in groups {
-            // Each lane's tile: its row in `vert` and its first column (lanes past the last
-            // tile read row 0 and are never stored by the output transform).
-            let at: [usize; LANES] = std::array::from_fn(|l| {
-                let t = (group * LANES + l).min(t1 - 1);
-                (t / tw - r0) * A * pw + 4 * (t % tw)
-            });
-            for i in 0..A {
-                let lo = transpose4([
-                    load4(vert, at[0] + i * pw),
-                    load4(vert, at[1] + i * pw),
-                    load4(vert, at[2] + i * pw),
-                    load4(vert, at[3] + i * pw),
-                ]);
-                let hi = transpose4([
-                    load4(vert, at[0] + i * pw + 4),
-                    load4(vert, at[1] + i * pw + 4),
-                    load4(vert, at[2] + i * pw + 4),
-                    load4(vert, at[3] + i * pw + 4),
-                ]);
-                let cols: [Lanes; A] = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
-                for (j, val) in in_1d_f4(&cols).iter().enumerate() {
-                    std::ptr::copy_nonoverlapping(
-                        val.as_ptr(),
-                        v.0.add(p.at(group, i * A + j, ic, c)),
                         LANES,
                     );
                 }
