@@ -601,8 +601,7 @@ proptest! {
         };
         let options = JitOptions {
             winograd_min_channels: 1,
-            winograd_small_maps: true,
-            ..JitOptions::FASTEST
+            ..JitOptions::ALL
         };
         grad_weight_case(options, spec, [h, w], n, seed)?;
     }
