@@ -306,6 +306,9 @@ impl ConvPlan {
     /// copies the exported values into `rest`), as the reference executor runs them; the
     /// training pattern `[bn_train, (add,) relu]` in two passes instead of six
     /// ([`Self::batch_norm_train_tail`]).
+    ///
+    /// `sums`, when the conv kernel accumulated them while writing its output, are each
+    /// channel's sum and sum of squares over the batch, for a training BN tail.
     pub fn run_epilogue_tail(
         &self,
         ctx: &KernelCtx<'_>,
@@ -313,8 +316,9 @@ impl ConvPlan {
         inouts: &mut [Vec<f32>],
         first: &mut [f32],
         rest: &mut [Vec<f32>],
+        sums: Option<&[(f64, f64)]>,
     ) {
-        if self.batch_norm_train_tail(ctx, ins, inouts, first, rest) {
+        if self.batch_norm_train_tail(ctx, ins, inouts, first, rest, sums) {
             return;
         }
         let yd = Dims4::new(
@@ -337,6 +341,21 @@ impl ConvPlan {
         );
     }
 
+    /// The training BN that [`Self::batch_norm_train_tail`] runs, and the adds and ReLUs after
+    /// it, when the unfused steps are exactly such a tail with at most the pre-BN value
+    /// exported. Conv kernels accumulate its batch sums while they write (`sums`) then.
+    pub fn bn_train_tail(&self) -> Option<(&resnetc_runtime::spec::BnSpec, &[EpilogueStep])> {
+        let tail = &self.epilogue[self.fused..];
+        let Some((EpilogueStep::BatchNormTrain(bn), after)) = tail.split_first() else {
+            return None;
+        };
+        (after
+            .iter()
+            .all(|s| matches!(s, EpilogueStep::Add | EpilogueStep::Relu))
+            && self.exports.iter().all(|&e| e == self.fused))
+        .then_some((bn, after))
+    }
+
     /// Training BN as the first unfused step, followed only by residual adds and ReLUs, with
     /// at most the pre-BN value exported (every training conv of the zoo): per-channel
     /// statistics in f64 as the reference computes them (mean, then squared deviations),
@@ -349,17 +368,12 @@ impl ConvPlan {
         inouts: &mut [Vec<f32>],
         first: &mut [f32],
         rest: &mut [Vec<f32>],
+        sums: Option<&[(f64, f64)]>,
     ) -> bool {
-        let tail = &self.epilogue[self.fused..];
-        let Some((EpilogueStep::BatchNormTrain(bn), after)) = tail.split_first() else {
+        let Some((bn, after)) = self.bn_train_tail() else {
             return false;
         };
-        if !after
-            .iter()
-            .all(|s| matches!(s, EpilogueStep::Add | EpilogueStep::Relu))
-            || self.exports.iter().any(|&e| e != self.fused)
-            || rest.len() != self.exports.len()
-        {
+        if rest.len() != self.exports.len() {
             return false;
         }
         let c = self.spec.out_channels;
@@ -384,27 +398,27 @@ impl ConvPlan {
         let y: &[f32] = first;
         let planes_of =
             |ci: usize| (0..n).map(move |i| &y[(i * c + ci) * hw..(i * c + ci + 1) * hw]);
+        // Each channel's sum and sum of squares over this process's batch: from the conv
+        // kernel, or one pass over the output (f32 squares are exact in f64, and
+        // `E[x^2] - mean^2` in f64 loses nothing that f32 can hold unless the mean is ~10^4
+        // standard deviations; the reference's mean-then-deviations reads the output twice,
+        // and these layers are memory-bound).
+        let local: Vec<(f64, f64)> = match sums {
+            Some(s) => s.to_vec(),
+            None => (0..c)
+                .into_par_iter()
+                .map(|ci| {
+                    planes_of(ci)
+                        .map(lane_sums)
+                        .fold((0.0, 0.0), |(a, b), (s, q)| (a + s, b + q))
+                })
+                .collect(),
+        };
         let stats: Vec<(f64, f64)> = match ctx.batch_stats {
             // Synchronized BN: the sums and sums of squares of every rank's batch.
             Some(sync) => {
-                let mut sums: Vec<f64> = (0..c)
-                    .into_par_iter()
-                    .map(|ci| {
-                        planes_of(ci)
-                            .map(|p| lane_sum(p, |v| v as f64))
-                            .sum::<f64>()
-                    })
-                    .collect();
-                sums.extend(
-                    (0..c)
-                        .into_par_iter()
-                        .map(|ci| {
-                            planes_of(ci)
-                                .map(|p| lane_sum(p, |v| v as f64 * v as f64))
-                                .sum::<f64>()
-                        })
-                        .collect::<Vec<f64>>(),
-                );
+                let mut sums: Vec<f64> = local.iter().map(|s| s.0).collect();
+                sums.extend(local.iter().map(|s| s.1));
                 sums.push(count as f64);
                 sync.sum_f64(&mut sums);
                 let total = sums[2 * c];
@@ -416,16 +430,9 @@ impl ConvPlan {
                     })
                     .collect()
             }
-            // One pass over the output for the sums and the sums of squares (f32 squares are
-            // exact in f64, and `E[x^2] - mean^2` in f64 loses nothing that f32 can hold unless
-            // the mean is ~10^4 standard deviations): the reference's mean-then-deviations
-            // reads the whole output twice, and these layers are memory-bound.
-            None => (0..c)
-                .into_par_iter()
-                .map(|ci| {
-                    let (sum, sq) = planes_of(ci)
-                        .map(lane_sums)
-                        .fold((0.0, 0.0), |(a, b), (s, q)| (a + s, b + q));
+            None => local
+                .iter()
+                .map(|&(sum, sq)| {
                     let mean = sum / count as f64;
                     (mean, (sq / count as f64 - mean * mean).max(0.0))
                 })
@@ -628,18 +635,6 @@ fn lane_sums(xs: &[f32]) -> (f64, f64) {
         s.iter().sum::<f64>() + tail.clone().sum::<f64>(),
         q.iter().sum::<f64>() + tail.map(|v| v * v).sum::<f64>(),
     )
-}
-
-fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f64) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let chunks = xs.chunks_exact(8);
-    let rem = chunks.remainder();
-    for ch in chunks {
-        for (a, &v) in acc.iter_mut().zip(ch) {
-            *a += f(v);
-        }
-    }
-    acc.iter().sum::<f64>() + rem.iter().map(|&v| f(v)).sum::<f64>()
 }
 
 /// `shift+relu`: the fused ops, for `describe`.
@@ -987,7 +982,8 @@ impl StepKernel for JitConv {
                 });
             }
         }
-        self.plan.run_epilogue_tail(ctx, ins, inouts, first, rest);
+        self.plan
+            .run_epilogue_tail(ctx, ins, inouts, first, rest, None);
     }
 
     fn engine(&self) -> &'static str {
@@ -1059,7 +1055,7 @@ impl StepKernel for GemmConv {
                     apply_plane_ops(ops, &channel_ops, &planes, ci, yp);
                 });
         });
-        plan.run_epilogue_tail(ctx, ins, inouts, first, rest);
+        plan.run_epilogue_tail(ctx, ins, inouts, first, rest, None);
     }
 
     fn engine(&self) -> &'static str {

@@ -771,6 +771,7 @@ impl JitWinograd {
         residuals: &[&[f32]],
         chans: std::ops::Range<usize>,
         groups: std::ops::Range<usize>,
+        sums: Option<SendSums>,
     ) {
         let p = &self.plan;
         let [oh, ow] = p.conv.out_hw;
@@ -806,11 +807,26 @@ impl JitWinograd {
                         *v = std::ptr::read_unaligned(src.add(pos * oc * LANES) as *const Lanes);
                     }
                     let out = transform_output_lanes(fo, &mt);
+                    // The written values' sum and sum of squares, lane by lane, in f64 as the
+                    // reference sums them (f32 partials moved Adam's first steps measurably).
+                    let (mut sum, mut sq) = ([0.0f64; LANES], [0.0f64; LANES]);
                     for (i, row) in out.iter().enumerate() {
                         let mut px = transpose4([row[0], row[1], row[2], row[3]]);
                         let at: [usize; LANES] =
                             std::array::from_fn(|l| c * oh * ow + origin[l] + i * ow);
                         apply_lanes_ops(ops, channel_ops, residuals, c, &at, &inside, i, &mut px);
+                        if sums.is_some() {
+                            for (l, v) in px.iter().enumerate() {
+                                let (rows, cols) = inside[l];
+                                if i < rows {
+                                    for (j, &x) in v.iter().enumerate().take(cols) {
+                                        let x = x as f64;
+                                        sum[j] += x;
+                                        sq[j] += x * x;
+                                    }
+                                }
+                            }
+                        }
                         for l in 0..LANES {
                             let (rows, cols) = inside[l];
                             let dst = y.0.add(at[l]);
@@ -820,6 +836,11 @@ impl JitWinograd {
                                 std::ptr::copy_nonoverlapping(px[l].as_ptr(), dst, cols);
                             }
                         }
+                    }
+                    if let Some(sums) = sums {
+                        let at = &mut *sums.0.add(c);
+                        at.0 += sum.iter().sum::<f64>();
+                        at.1 += sq.iter().sum::<f64>();
                     }
                 }
             }
@@ -870,7 +891,7 @@ impl JitWinograd {
         ctx: &KernelCtx,
         ins: &[&[f32]],
         outs: &mut [Vec<f32>],
-    ) {
+    ) -> Option<Vec<(f64, f64)>> {
         if self.packed_version != Some(ctx.params_version) {
             self.pack(ins[1], g);
             self.packed_version = Some(ctx.params_version);
@@ -884,6 +905,13 @@ impl JitWinograd {
         let out_chw = s.out_channels * conv.p;
         let x = ins[0];
         let y = SendPtr(outs[0].as_mut_ptr());
+        let oc = s.out_channels;
+        // A training BN after the conv gets its batch sums from the output transform, per
+        // image and channel (summed in image order below, whatever the threads).
+        let mut image_sums = (self.plan.m == 4 && conv.bn_train_tail().is_some())
+            .then(|| vec![(0.0f64, 0.0f64); n * oc]);
+        let sums_at = image_sums.as_mut().map(|v| SendSums(v.as_mut_ptr()));
+        let sums_of = |i: usize| sums_at.map(|p| SendSums(p.0.wrapping_add(i * oc)));
         let this = &*self;
         let residuals_of = |i: usize| -> Vec<&[f32]> {
             res_idx
@@ -929,6 +957,7 @@ impl JitWinograd {
                                     &residuals,
                                     0..s.out_channels,
                                     g,
+                                    sums_of(i),
                                 );
                             }
                         }
@@ -965,12 +994,30 @@ impl JitWinograd {
                         &residuals,
                         split(s.out_channels, t),
                         0..this.plan.cols / LANES,
+                        sums_of(i),
                     );
                 });
             }
         }
+        image_sums.map(|v| {
+            let mut total = vec![(0.0f64, 0.0f64); oc];
+            for image in v.chunks(oc) {
+                for (t, s) in total.iter_mut().zip(image) {
+                    t.0 += s.0;
+                    t.1 += s.1;
+                }
+            }
+            total
+        })
     }
 }
+
+/// Per-channel `(sum, sum of squares)` of one image's output, written by the threads that own
+/// the channels.
+#[derive(Clone, Copy)]
+struct SendSums(*mut (f64, f64));
+unsafe impl Send for SendSums {}
+unsafe impl Sync for SendSums {}
 
 impl StepKernel for JitWinograd {
     fn run(
@@ -980,14 +1027,14 @@ impl StepKernel for JitWinograd {
         inouts: &mut [Vec<f32>],
         outs: &mut [Vec<f32>],
     ) {
-        match self.plan.m {
+        let sums = match self.plan.m {
             2 => self.run_m(in_1d_f2, &G2, out_1d_f2, ctx, ins, outs),
             _ => self.run_m(in_1d_f4, &G4, out_1d_f4, ctx, ins, outs),
-        }
+        };
         let (first, rest) = outs.split_first_mut().expect("conv has an output");
         self.plan
             .conv
-            .run_epilogue_tail(ctx, ins, inouts, first, rest);
+            .run_epilogue_tail(ctx, ins, inouts, first, rest, sums.as_deref());
     }
 
     fn engine(&self) -> &'static str {
