@@ -98,9 +98,35 @@ impl StepKernel for JitConvGradInput {
     }
 }
 
+/// `db[o]`: the sum of output channel `o`'s gradients over the batch (`n` images of `oc`
+/// planes of `hw` pixels), in f64 as the reference sums them.
+pub(crate) fn bias_grad(dy: &[f32], n: usize, oc: usize, hw: usize, db: &mut [f32]) {
+    for (o, d) in db.iter_mut().enumerate() {
+        let sum: f64 = (0..n)
+            .flat_map(|i| &dy[(i * oc + o) * hw..(i * oc + o + 1) * hw])
+            .map(|&v| v as f64)
+            .sum();
+        *d = sum as f32;
+    }
+}
+
+/// `partial(images)` for each of the fixed chunks of a batch of `n` images, in parallel and
+/// returned in chunk order (for the caller to sum in that order).
+pub(crate) fn chunk_partials(
+    n: usize,
+    partial: impl Fn(std::ops::Range<usize>) -> Vec<f32> + Sync,
+) -> Vec<Vec<f32>> {
+    use rayon::prelude::*;
+    let chunks = n.clamp(1, DW_CHUNKS);
+    (0..chunks)
+        .into_par_iter()
+        .map(|c| partial(c * n / chunks..(c + 1) * n / chunks))
+        .collect()
+}
+
 /// Images per partial weight gradient are split into this many fixed chunks (as the reference
 /// does), so the sum is the same on any number of threads.
-const DW_CHUNKS: usize = 8;
+pub(crate) const DW_CHUNKS: usize = 8;
 
 /// The plan of a JIT weight gradient `dW[co][k] = sum_{n,p} dy[n][co][p] * col[n][k][p]`:
 /// rows are output channels (broadcast from `dy`, packed per image as `[p][MR]` panels),
@@ -276,7 +302,6 @@ impl StepKernel for JitConvGradWeight {
         _inouts: &mut [Vec<f32>],
         outs: &mut [Vec<f32>],
     ) {
-        use rayon::prelude::*;
         let conv = &self.plan.conv;
         let s = conv.spec;
         let (n, p, k, kp, oc) = (ctx.n, conv.p, conv.k, self.plan.kp, s.out_channels);
@@ -285,41 +310,31 @@ impl StepKernel for JitConvGradWeight {
         let (x, dy) = (ins[0], ins[1]);
         let (dw, rest) = outs.split_first_mut().expect("weight gradient output");
         if let Some(db) = rest.first_mut() {
-            for (o, d) in db.iter_mut().enumerate() {
-                let sum: f64 = (0..n)
-                    .flat_map(|i| &dy[i * out_chw + o * p..i * out_chw + (o + 1) * p])
-                    .map(|&v| v as f64)
-                    .sum();
-                *d = sum as f32;
-            }
+            bias_grad(dy, n, oc, p, db);
         }
-        let chunks = n.clamp(1, DW_CHUNKS);
         let this = &*self;
-        let partials: Vec<Vec<f32>> = (0..chunks)
-            .into_par_iter()
-            .map(|c| {
-                let mut acc = vec![0.0f32; oc * kp];
-                let g = this.plan.group;
-                let mut bufs = (
-                    vec![0.0f32; conv.planes_len()],
-                    vec![0.0f32; kp * g * p],
-                    vec![0.0f32; oc * g * p],
-                );
-                let images: Vec<usize> = (c * n / chunks..(c + 1) * n / chunks).collect();
-                for ids in images.chunks(g) {
-                    let xs: Vec<&[f32]> = ids
-                        .iter()
-                        .map(|&i| &x[i * in_chw..(i + 1) * in_chw])
-                        .collect();
-                    let dys: Vec<&[f32]> = ids
-                        .iter()
-                        .map(|&i| &dy[i * out_chw..(i + 1) * out_chw])
-                        .collect();
-                    this.group(&xs, &dys, &mut bufs, &mut acc);
-                }
-                acc
-            })
-            .collect();
+        let partials = chunk_partials(n, |images| {
+            let mut acc = vec![0.0f32; oc * kp];
+            let g = this.plan.group;
+            let mut bufs = (
+                vec![0.0f32; conv.planes_len()],
+                vec![0.0f32; kp * g * p],
+                vec![0.0f32; oc * g * p],
+            );
+            let images: Vec<usize> = images.collect();
+            for ids in images.chunks(g) {
+                let xs: Vec<&[f32]> = ids
+                    .iter()
+                    .map(|&i| &x[i * in_chw..(i + 1) * in_chw])
+                    .collect();
+                let dys: Vec<&[f32]> = ids
+                    .iter()
+                    .map(|&i| &dy[i * out_chw..(i + 1) * out_chw])
+                    .collect();
+                this.group(&xs, &dys, &mut bufs, &mut acc);
+            }
+            acc
+        });
         dw.fill(0.0);
         for part in &partials {
             for o in 0..oc {

@@ -46,7 +46,7 @@ const BT4: [[f32; 6]; 6] = [
     [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
     [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
 ];
-const G4: [[f32; 3]; 6] = [
+pub(crate) const G4: [[f32; 3]; 6] = [
     [0.25, 0.0, 0.0],
     [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
     [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
@@ -175,17 +175,17 @@ pub(crate) fn transpose4(a: [Lanes; 4]) -> [Lanes; 4] {
 }
 
 #[inline(always)]
-fn add(a: Lanes, b: Lanes) -> Lanes {
+pub(crate) fn add(a: Lanes, b: Lanes) -> Lanes {
     [a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]]
 }
 
 #[inline(always)]
-fn sub(a: Lanes, b: Lanes) -> Lanes {
+pub(crate) fn sub(a: Lanes, b: Lanes) -> Lanes {
     [a[0] - b[0], a[1] - b[1], a[2] - b[2], a[3] - b[3]]
 }
 
 #[inline(always)]
-fn scale(k: f32, a: Lanes) -> Lanes {
+pub(crate) fn scale(k: f32, a: Lanes) -> Lanes {
     [k * a[0], k * a[1], k * a[2], k * a[3]]
 }
 

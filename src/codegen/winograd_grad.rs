@@ -8,14 +8,15 @@
 //!    gradient tiles the transform `Wy = A dY A^T`, both stored channels-last per position;
 //! 2. per position, one GEMM on a JIT tile sums over tiles and images,
 //!    `dU[pos][o][c] += Σ_t Wy[pos][t][o] V[pos][t][c]`;
-//! 3. once per step, `dW[o][c] = G^T dU[o][c] G`.
+//! 3. once per step, `dW[o][c] = G^T dU[o][c] G` (the forward's `G`, mapping 6x6 sums
+//!    to 3x3 taps).
 //!
 //! That is 36 multiplications per tile and channel pair instead of the direct 144.
 
+use super::backward::{bias_grad, chunk_partials};
 use super::jit::{CompiledTiles, JitCode};
 use super::microkernel::{TileFn, TileSpec};
-use super::winograd::{transpose4, Lanes, WinogradPlan, LANES};
-use rayon::prelude::*;
+use super::winograd::{add, scale, sub, transpose4, Lanes, WinogradPlan, G4 as G, LANES};
 use resnetc_runtime::engine::{KernelCtx, StepKernel};
 use resnetc_runtime::program::Kernel;
 use std::sync::Arc;
@@ -23,32 +24,15 @@ use std::sync::Arc;
 /// Positions of a 6x6 transformed tile.
 const POS: usize = 36;
 
-/// Images are split into this many fixed chunks with a partial sum each, as the reference
-/// does, so the result does not depend on the thread count.
-const CHUNKS: usize = 8;
-
 /// Most channels (in or out) for which the weight gradient runs Winograd. Each partial sum
 /// holds `36 oc ic` floats that every GEMM call adds into; from 128 channels on that no
 /// longer fits in L2 (`bench models/resnet50.resnet --batch 16 --train --layers`: 88 ms
 /// against the reference's 29 at 256 channels, even at 128, 30 against 37 ms at 64).
 const MAX_CHANNELS: usize = 64;
 
-/// `G` of F(4x4,3x3) (the rows of `G4` in the forward): here it maps 6x6 sums to 3x3 taps.
-const G: [[f32; 3]; 6] = [
-    [0.25, 0.0, 0.0],
-    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-    [0.0, 0.0, 1.0],
-];
-
 /// One dimension of `A g` for a 4-vector `g` (the columns of the forward's `A^T`): 6 values.
 #[inline(always)]
 fn grad_1d(g: &[Lanes; 4]) -> [Lanes; 6] {
-    let add = |a: Lanes, b: Lanes| -> Lanes { std::array::from_fn(|l| a[l] + b[l]) };
-    let sub = |a: Lanes, b: Lanes| -> Lanes { std::array::from_fn(|l| a[l] - b[l]) };
-    let scale = |k: f32, a: Lanes| -> Lanes { std::array::from_fn(|l| k * a[l]) };
     let (even, odd) = (add(g[0], g[2]), add(g[1], g[3]));
     let even4 = add(g[0], scale(4.0, g[2]));
     let odd8 = add(scale(2.0, g[1]), scale(8.0, g[3]));
@@ -305,20 +289,10 @@ impl StepKernel for JitWinogradGradWeight {
         let (x, dy) = (ins[0], ins[1]);
         let (dw, rest) = outs.split_first_mut().expect("weight gradient output");
         if let Some(db) = rest.first_mut() {
-            for (o, d) in db.iter_mut().enumerate() {
-                let sum: f64 = (0..n)
-                    .flat_map(|i| &dy[(i * oc + o) * hw..(i * oc + o + 1) * hw])
-                    .map(|&v| v as f64)
-                    .sum();
-                *d = sum as f32;
-            }
+            bias_grad(dy, n, oc, hw, db);
         }
-        let chunks = n.clamp(1, CHUNKS);
         let this = &*self;
-        let partials: Vec<Vec<f32>> = (0..chunks)
-            .into_par_iter()
-            .map(|c| this.partial(x, dy, c * n / chunks..(c + 1) * n / chunks))
-            .collect();
+        let partials = chunk_partials(n, |images| this.partial(x, dy, images));
         let mut du = vec![0.0f32; POS * ocp * icp];
         for part in &partials {
             for (d, v) in du.iter_mut().zip(part) {
