@@ -430,10 +430,54 @@ impl WinogradPlan {
     /// `4 tx + j`: no scalar gathers.
     ///
     /// Each group's transformed values go to `store(group, position, values of its 4 tiles)`.
+    /// Where the tiles of the groups `groups` lie, for [`Self::input_f4_band`] (the same for
+    /// every channel, so computed once per band).
+    pub(crate) fn band(&self, groups: std::ops::Range<usize>) -> Band {
+        let [th, tw] = self.tiles_hw;
+        let tiles = th * tw;
+        let pw = 4 * tw + 4;
+        let t0 = groups.start * LANES;
+        let t1 = (groups.end * LANES).min(tiles);
+        if t0 >= t1 {
+            return Band {
+                groups: groups.start..groups.start,
+                first_row: 0,
+                rows: vec![],
+                lane_at: vec![],
+            };
+        }
+        let (r0, r1) = (t0 / tw, (t1 - 1) / tw);
+        // Each tile row's padded columns the band's tiles read.
+        let rows = (r0..=r1)
+            .map(|ty| {
+                let xa = if ty == r0 { t0 % tw } else { 0 };
+                let xb = if ty == r1 { (t1 - 1) % tw } else { tw - 1 };
+                (ty, 4 * xa, 4 * xb + 8)
+            })
+            .collect();
+        // Each group's lanes: the tile's row in `vert` and its first column (lanes past
+        // the last tile read the last tile, and are never stored by the output transform).
+        let lane_at = groups
+            .clone()
+            .map(|group| {
+                std::array::from_fn(|l| {
+                    let t = (group * LANES + l).min(t1 - 1);
+                    (t / tw - r0) * 6 * pw + 4 * (t % tw)
+                })
+            })
+            .collect();
+        Band {
+            groups,
+            first_row: r0,
+            rows,
+            lane_at,
+        }
+    }
+
     pub(crate) fn input_f4_band(
         &self,
         plane: &[f32],
-        groups: std::ops::Range<usize>,
+        band: &Band,
         vert: &mut Vec<f32>,
         mut store: impl FnMut(usize, usize, &Lanes),
     ) {
@@ -443,20 +487,10 @@ impl WinogradPlan {
         let s = p.conv.spec;
         let (h, w) = (p.conv.in_hw[0] as isize, p.conv.in_hw[1] as isize);
         let (pt, pl) = (s.pad[0] as isize, s.pad[1] as isize);
-        let [th, tw] = p.tiles_hw;
-        let tiles = th * tw;
-        let pw = 4 * tw + 4;
-        let t0 = groups.start * LANES;
-        let t1 = (groups.end * LANES).min(tiles);
-        if t0 >= t1 {
-            return;
-        }
-        let (r0, r1) = (t0 / tw, (t1 - 1) / tw);
-        vert.resize((r1 - r0 + 1) * A * pw, 0.0);
-        for ty in r0..=r1 {
-            // The band's tile columns in this row, and the padded columns they read.
-            let xa = if ty == r0 { t0 % tw } else { 0 };
-            let xb = if ty == r1 { (t1 - 1) % tw } else { tw - 1 };
+        let pw = 4 * p.tiles_hw[1] + 4;
+        let r0 = band.first_row;
+        vert.resize(band.rows.len() * A * pw, 0.0);
+        for &(ty, x_from, x_to) in &band.rows {
             let rows: [Option<&[f32]>; A] = std::array::from_fn(|i| {
                 let iy = (ty * 4 + i) as isize - pt;
                 (0..h)
@@ -464,7 +498,7 @@ impl WinogradPlan {
                     .then(|| &plane[(iy * w) as usize..((iy + 1) * w) as usize])
             });
             let out = &mut vert[(ty - r0) * A * pw..(ty - r0 + 1) * A * pw];
-            for x0 in (4 * xa..4 * xb + 8).step_by(LANES) {
+            for x0 in (x_from..x_to).step_by(LANES) {
                 let mut d = [[0.0f32; LANES]; A];
                 for (di, row) in d.iter_mut().zip(&rows) {
                     if let Some(row) = row {
@@ -476,13 +510,7 @@ impl WinogradPlan {
                 }
             }
         }
-        for group in groups {
-            // Each lane's tile: its row in `vert` and its first column (lanes past the last
-            // tile read row 0 and are never stored by the output transform).
-            let at: [usize; LANES] = std::array::from_fn(|l| {
-                let t = (group * LANES + l).min(t1 - 1);
-                (t / tw - r0) * A * pw + 4 * (t % tw)
-            });
+        for (group, at) in band.groups.clone().zip(&band.lane_at) {
             for i in 0..A {
                 let lo = transpose4([
                     load4(vert, at[0] + i * pw),
@@ -549,6 +577,16 @@ impl WinogradPlan {
         let group_bytes = self.positions() * self.conv.spec.out_channels * LANES * 4;
         ((20 << 10) / group_bytes.max(1)).max(1)
     }
+}
+
+/// The tiles of a band of tile groups ([`WinogradPlan::band`]).
+pub(crate) struct Band {
+    groups: std::ops::Range<usize>,
+    first_row: usize,
+    /// `(tile row, first and past-the-last padded column read)`.
+    rows: Vec<(usize, usize, usize)>,
+    /// Per group, each lane's offset in `vert`.
+    lane_at: Vec<[usize; LANES]>,
 }
 
 /// Fewest input channels for which the engines pick Winograd: CIFAR ResNets' 16.
@@ -670,9 +708,10 @@ impl JitWinograd {
             let mut vert = vec![0.0f32; 0];
             for g0 in (0..groups).step_by(band) {
                 let g1 = (g0 + band).min(groups);
+                let band = p.band(g0..g1);
                 for c in chans.clone() {
                     let plane = &x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
-                    p.input_f4_band(plane, g0..g1, &mut vert, |group, pos, val| {
+                    p.input_f4_band(plane, &band, &mut vert, |group, pos, val| {
                         std::ptr::copy_nonoverlapping(
                             val.as_ptr(),
                             v.0.add(p.at(group, pos, ic, c)),

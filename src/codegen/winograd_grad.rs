@@ -220,12 +220,13 @@ impl JitWinogradGradWeight {
                 // Four channels at a time, so that a 4x4 transpose turns their values (lanes
                 // over 4 tiles) into one vector of 4 channels per tile, stored whole.
                 for group in 0..cols / LANES {
+                    let band = f.band(group..group + 1);
                     for c0 in (0..ic).step_by(LANES) {
                         let mut stage = [[[0.0f32; LANES]; POS]; LANES];
                         for (q, st) in stage.iter_mut().enumerate().take(ic - c0) {
                             let c = c0 + q;
                             let plane = &xi[c * h * w..(c + 1) * h * w];
-                            f.input_f4_band(plane, group..group + 1, &mut vert, |_, pos, val| {
+                            f.input_f4_band(plane, &band, &mut vert, |_, pos, val| {
                                 st[pos] = *val;
                             });
                         }
