@@ -68,6 +68,48 @@ const AT4: [[f32; 6]; 4] = [
 pub(crate) const LANES: usize = 4;
 pub(crate) type Lanes = [f32; LANES];
 
+/// [`apply_plane_ops`] on 16 consecutive pixels of channel `c`, at `at` in the image's
+/// output (and residual) planes, in the same order of operations (whole-row groups).
+#[inline(always)]
+fn apply_row_ops(
+    ops: &[super::microkernel::TileOp],
+    channel_ops: &[Vec<f32>],
+    residuals: &[&[f32]],
+    c: usize,
+    at: usize,
+    px: &mut [Lanes; 4],
+) {
+    use super::microkernel::TileOp;
+    let mut res = residuals.iter();
+    let mut chan = channel_ops.iter();
+    let each = |px: &mut [Lanes; 4], f: &dyn Fn(f32, usize) -> f32| {
+        for (l, v) in px.iter_mut().enumerate() {
+            for (j, x) in v.iter_mut().enumerate() {
+                *x = f(*x, l * LANES + j);
+            }
+        }
+    };
+    for op in ops {
+        match op {
+            TileOp::Shift => {
+                let b = chan.next().expect("op")[c];
+                each(px, &|x, _| x + b);
+            }
+            TileOp::ScaleShift => {
+                let a = chan.next().expect("op")[c];
+                let b = chan.next().expect("op")[c];
+                each(px, &|x, _| x * a + b);
+            }
+            TileOp::Add => {
+                chan.next();
+                let r = &res.next().expect("residual")[at..at + 4 * LANES];
+                each(px, &|x, k| x + r[k]);
+            }
+            TileOp::Relu => each(px, &|x, _| if x > 0.0 { x } else { 0.0 }),
+        }
+    }
+}
+
 /// [`apply_plane_ops`] on one output row of 4 tiles of channel `c`, in the same order of
 /// operations: lane `l`'s 4 pixels start at `at[l]` in the image's output (and residual)
 /// planes, and only its first `inside[l].1` pixels of rows below `inside[l].0` exist.
@@ -561,6 +603,17 @@ impl WinogradPlan {
     fn at(&self, group: usize, pos: usize, channels: usize, c: usize) -> usize {
         ((group * self.positions() + pos) * channels + c) * LANES
     }
+    /// Whether groups of `LANES` tiles lie in one tile row of an F(4x4) plan, so the input
+    /// transform can take whole rows of pixels ([`JitWinograd::input_tile_row`]).
+    fn row_groups(&self) -> bool {
+        self.m == 4 && self.tiles_hw[1].is_multiple_of(LANES)
+    }
+    /// Row groups of whole tiles: each output row of a group is 16 contiguous pixels, stored
+    /// after its epilogue by one 4x4 transpose.
+    fn whole_rows(&self) -> bool {
+        let [oh, ow] = self.conv.out_hw;
+        self.row_groups() && oh.is_multiple_of(self.m) && ow.is_multiple_of(self.m)
+    }
     /// Tile groups whose input transform runs together, channel by channel: about one
     /// tile row's worth, so the band's transformed input stays in L1 while its 36 positions
     /// are written.
@@ -701,6 +754,26 @@ impl JitWinograd {
         let [th, tw] = p.tiles_hw;
         let ic = s.in_channels;
         let tiles = th * tw;
+        if p.row_groups() {
+            // Tile row by tile row, so the row's groups of `v` (all channels) stay in L1.
+            let pw = 4 * tw + 4;
+            let mut rows = vec![0.0f32; A * pw];
+            let mut vert = vec![0.0f32; A * pw];
+            for ty in 0..th {
+                for c in chans.clone() {
+                    let plane = &x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
+                    for i in 0..A {
+                        let iy = (ty * p.m + i) as isize - pt;
+                        let src = (0..h)
+                            .contains(&iy)
+                            .then(|| &plane[(iy * w) as usize..((iy + 1) * w) as usize]);
+                        pad_row(src, pl as usize, &mut rows[i * pw..(i + 1) * pw]);
+                    }
+                    self.input_tile_row(&rows, pw, &mut vert, ty, v, c);
+                }
+            }
+            return;
+        }
         if p.m == 4 {
             // Band by band of tile groups, so a band's part of `v` (all channels) stays in L1.
             let groups = p.cols / LANES;
@@ -751,6 +824,64 @@ impl JitWinograd {
                     std::ptr::copy_nonoverlapping(
                         val.as_ptr(),
                         v.0.add(p.at(t0 / LANES, pos, ic, c)),
+                        LANES,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The input transform of one tile row `ty` of one channel from its six zero-padded
+    /// input rows (`pw` floats each), F(4x4) with whole groups of 4 tiles in the row (the
+    /// widths of the zoo's maps from 16 on): the band path without its per-lane offsets and
+    /// edge checks, measurably faster there. The vertical half runs on contiguous pixels;
+    /// the horizontal half takes each group's six columns by two 4x4 transposes of
+    /// consecutive vectors.
+    ///
+    /// # Safety
+    /// As [`JitWinograd::input`].
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn input_tile_row(
+        &self,
+        rows: &[f32],
+        pw: usize,
+        vert: &mut [f32],
+        ty: usize,
+        v: SendPtr,
+        c: usize,
+    ) {
+        const A: usize = 6;
+        let p = &self.plan;
+        let (tw, ic) = (p.tiles_hw[1], p.conv.spec.in_channels);
+        for x0 in (0..pw).step_by(LANES) {
+            let d: [Lanes; A] = std::array::from_fn(|i| load4(rows, i * pw + x0));
+            for (i, r) in in_1d_f4(&d).iter().enumerate() {
+                vert[i * pw + x0..i * pw + x0 + LANES].copy_from_slice(r);
+            }
+        }
+        for g in 0..tw / LANES {
+            let group = (ty * tw) / LANES + g;
+            let x0 = 4 * LANES * g;
+            for i in 0..A {
+                let r = i * pw + x0;
+                let lo = transpose4([
+                    load4(vert, r),
+                    load4(vert, r + 4),
+                    load4(vert, r + 8),
+                    load4(vert, r + 12),
+                ]);
+                let hi = transpose4([
+                    load4(vert, r + 4),
+                    load4(vert, r + 8),
+                    load4(vert, r + 12),
+                    load4(vert, r + 16),
+                ]);
+                let cols: [Lanes; A] = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
+                for (j, val) in in_1d_f4(&cols).iter().enumerate() {
+                    std::ptr::copy_nonoverlapping(
+                        val.as_ptr(),
+                        v.0.add(p.at(group, i * A + j, ic, c)),
                         LANES,
                     );
                 }
@@ -818,6 +949,48 @@ impl JitWinograd {
         let oc = p.conv.spec.out_channels;
         let ops = &p.conv.tile_ops;
         let tiles = th * tw;
+        if p.whole_rows() {
+            let g0 = groups.start;
+            // Group by group, so the group's transformed values (all channels) stay in L1;
+            // the epilogue runs on each row of 16 pixels before it is stored.
+            for group in groups {
+                let t0 = group * LANES;
+                let (ty, tx0) = (t0 / tw, t0 % tw);
+                for c in chans.clone() {
+                    // The group's positions of channel `c`, `oc * LANES` floats apart.
+                    let first = p.at(group - g0, 0, oc, c);
+                    assert!(first + (A * A - 1) * oc * LANES + LANES <= mbuf.len());
+                    let src = mbuf.as_ptr().add(first);
+                    let mut mt = [[[0.0f32; LANES]; A]; A];
+                    for (pos, v) in mt.iter_mut().flatten().enumerate() {
+                        *v = std::ptr::read_unaligned(src.add(pos * oc * LANES) as *const Lanes);
+                    }
+                    let out = transform_output_lanes(fo, &mt);
+                    let (mut sum, mut sq) = (0.0f64, 0.0f64);
+                    for (i, row) in out.iter().enumerate() {
+                        let mut px = transpose4([row[0], row[1], row[2], row[3]]);
+                        let at = c * oh * ow + (ty * M + i) * ow + tx0 * M;
+                        apply_row_ops(ops, channel_ops, residuals, c, at, &mut px);
+                        if sums.is_some() {
+                            for &x in px.iter().flatten() {
+                                sum += x as f64;
+                                sq += x as f64 * x as f64;
+                            }
+                        }
+                        let dst = y.0.add(at);
+                        for (l, v) in px.iter().enumerate() {
+                            std::ptr::copy_nonoverlapping(v.as_ptr(), dst.add(l * LANES), LANES);
+                        }
+                    }
+                    if let Some(sums) = sums {
+                        let at = &mut *sums.0.add(c);
+                        at.0 += sum;
+                        at.1 += sq;
+                    }
+                }
+            }
+            return;
+        }
         if p.m == 4 {
             // Group by group, so the group's transformed values (all channels) stay in L1.
             // A 4x4 transpose turns each output row of the group's tiles into one vector per
