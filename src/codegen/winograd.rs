@@ -617,8 +617,17 @@ impl WinogradPlan {
     /// Tile groups whose input transform runs together, channel by channel: about one
     /// tile row's worth, so the band's transformed input stays in L1 while its 36 positions
     /// are written.
+    ///
+    /// When groups straddle tile rows, a band is `tw` groups, 4 whole tile rows, so that no
+    /// band starts inside a row: bands of one group ran the vertical half of the 4 columns
+    /// two neighbouring groups share twice, and rebuilt the band's offsets every 4 tiles.
     fn band_groups(&self) -> usize {
-        (self.tiles_hw[1] / LANES).max(1)
+        let tw = self.tiles_hw[1];
+        if tw.is_multiple_of(LANES) {
+            tw / LANES
+        } else {
+            tw
+        }
     }
     /// Tile groups whose GEMMs and output transform run back to back, so their transformed
     /// output (all channels) stays in L1: about 20 KiB of it, at least one group. F(2x2)
