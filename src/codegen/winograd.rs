@@ -614,6 +614,27 @@ impl WinogradPlan {
         let [oh, ow] = self.conv.out_hw;
         self.row_groups() && oh.is_multiple_of(self.m) && ow.is_multiple_of(self.m)
     }
+    /// The transformed output of group `group` (counted in `mbuf`'s block) and channel `c`:
+    /// its positions, `oc * LANES` floats apart, as an `A x A` tile of lanes.
+    #[inline(always)]
+    fn group_values<const A: usize>(
+        &self,
+        mbuf: &[f32],
+        group: usize,
+        c: usize,
+    ) -> [[Lanes; A]; A] {
+        let oc = self.conv.spec.out_channels;
+        let first = self.at(group, 0, oc, c);
+        assert!(first + (A * A - 1) * oc * LANES + LANES <= mbuf.len());
+        let mut mt = [[[0.0f32; LANES]; A]; A];
+        for (pos, v) in mt.iter_mut().flatten().enumerate() {
+            // SAFETY: inside `mbuf`, checked above.
+            *v = unsafe {
+                std::ptr::read_unaligned(mbuf.as_ptr().add(first + pos * oc * LANES) as *const Lanes)
+            };
+        }
+        mt
+    }
     /// Tile groups whose input transform runs together, channel by channel: about one
     /// tile row's worth, so the band's transformed input stays in L1 while its 36 positions
     /// are written.
@@ -955,7 +976,6 @@ impl JitWinograd {
         let p = &self.plan;
         let [oh, ow] = p.conv.out_hw;
         let [th, tw] = p.tiles_hw;
-        let oc = p.conv.spec.out_channels;
         let ops = &p.conv.tile_ops;
         let tiles = th * tw;
         if p.whole_rows() {
@@ -966,15 +986,7 @@ impl JitWinograd {
                 let t0 = group * LANES;
                 let (ty, tx0) = (t0 / tw, t0 % tw);
                 for c in chans.clone() {
-                    // The group's positions of channel `c`, `oc * LANES` floats apart.
-                    let first = p.at(group - g0, 0, oc, c);
-                    assert!(first + (A * A - 1) * oc * LANES + LANES <= mbuf.len());
-                    let src = mbuf.as_ptr().add(first);
-                    let mut mt = [[[0.0f32; LANES]; A]; A];
-                    for (pos, v) in mt.iter_mut().flatten().enumerate() {
-                        *v = std::ptr::read_unaligned(src.add(pos * oc * LANES) as *const Lanes);
-                    }
-                    let out = transform_output_lanes(fo, &mt);
+                    let out = transform_output_lanes(fo, &p.group_values(mbuf, group - g0, c));
                     let (mut sum, mut sq) = (0.0f64, 0.0f64);
                     for (i, row) in out.iter().enumerate() {
                         let mut px = transpose4([row[0], row[1], row[2], row[3]]);
@@ -1019,15 +1031,7 @@ impl JitWinograd {
                     }
                 }
                 for c in chans.clone() {
-                    // The group's positions of channel `c`, `oc * LANES` floats apart.
-                    let first = p.at(group - g0, 0, oc, c);
-                    assert!(first + (A * A - 1) * oc * LANES + LANES <= mbuf.len());
-                    let src = mbuf.as_ptr().add(first);
-                    let mut mt = [[[0.0f32; LANES]; A]; A];
-                    for (pos, v) in mt.iter_mut().flatten().enumerate() {
-                        *v = std::ptr::read_unaligned(src.add(pos * oc * LANES) as *const Lanes);
-                    }
-                    let out = transform_output_lanes(fo, &mt);
+                    let out = transform_output_lanes(fo, &p.group_values(mbuf, group - g0, c));
                     // The written values' sum and sum of squares, lane by lane, in f64 as the
                     // reference sums them (f32 partials moved Adam's first steps measurably).
                     let (mut sum, mut sq) = ([0.0f64; LANES], [0.0f64; LANES]);
@@ -1072,10 +1076,7 @@ impl JitWinograd {
         for c in chans {
             for t0 in (0..tiles).step_by(LANES) {
                 let group = t0 / LANES;
-                let mt: [[Lanes; A]; A] = std::array::from_fn(|i| {
-                    std::array::from_fn(|j| load4(mbuf, p.at(group, i * A + j, oc, c)))
-                });
-                let out = transform_output_lanes(fo, &mt);
+                let out = transform_output_lanes(fo, &p.group_values(mbuf, group, c));
                 for l in 0..LANES.min(tiles - t0) {
                     let (ty, tx) = ((t0 + l) / tw, (t0 + l) % tw);
                     for (i, row) in out.iter().enumerate() {
