@@ -278,3 +278,52 @@ fn conv_grad_batch_larger_than_chunks() {
         10,
     );
 }
+
+/// Shapes whose images are multiplied side by side as panels (maps of under 512 pixels with
+/// weights at least as large as the copies a panel makes): several panels per worker, a
+/// shorter last panel, pointwise and im2col panels. The forward is checked against the naive
+/// twin, and both gradients by the adjoint identities of the (bilinear) conv, in f64:
+/// `<conv(x, w), r> = <x, dx(r)> = <w, dw(x, r)>`. Finite differences would need a forward
+/// per input element, too slow at these sizes.
+#[test]
+fn conv_panels_match_naive_and_adjoints() {
+    let cases = [
+        // 3x3 pad 1 on 20x20: 2 images per panel, 9 images.
+        (
+            Dims4::new(9, 45, 20, 20),
+            spec(45, 2, [3, 3], [1, 1], [1; 4], 1, true),
+        ),
+        // Pointwise (the input copied into the panel), 7 images.
+        (
+            Dims4::new(7, 40, 3, 3),
+            spec(40, 48, [1, 1], [1, 1], [0; 4], 1, false),
+        ),
+        // 1x1 stride 2 (im2col), 4 images.
+        (
+            Dims4::new(4, 30, 5, 5),
+            spec(30, 40, [1, 1], [2, 2], [0; 4], 1, true),
+        ),
+    ];
+    for (i, (xd, s)) in cases.iter().enumerate() {
+        fwd_vs_naive(*xd, s, 300 + i as u64).unwrap();
+        let mut rng = Rng::new(400 + i as u64);
+        let x = rng.vec(xd.len(), -1.0, 1.0);
+        let w = rng.vec(wlen(s), -1.0, 1.0);
+        let yd = out_dims(*xd, s);
+        let r = rng.vec(yd.len(), -1.0, 1.0);
+        let mut y = vec![0.0; yd.len()];
+        conv2d_naive(&x, *xd, &w, None, s, &mut y);
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+        let forward = dot(&y, &r);
+        let mut dx = vec![f64::NAN; xd.len()];
+        conv2d_backward_data(&r, yd, &w, s, &mut dx, *xd);
+        let mut dw = vec![f64::NAN; w.len()];
+        conv2d_backward_weight(&x, *xd, &r, yd, s, &mut dw, None);
+        for (what, adjoint) in [("dx", dot(&x, &dx)), ("dw", dot(&w, &dw))] {
+            assert!(
+                (adjoint - forward).abs() <= 1e-10 * forward.abs().max(1.0),
+                "{what} adjoint {adjoint} != {forward} for {xd:?} {s:?}"
+            );
+        }
+    }
+}

@@ -97,7 +97,31 @@ impl Geom {
             self.kdim * self.p
         }
     }
+    /// Whether the images of a batch pay to be multiplied as panels (see [`PANEL_COLS`]).
+    ///
+    /// Per image, a panel saves packing the `oc x kdim` weights (forward and backward-data)
+    /// or re-reading the `oc x kdim` gradient accumulator (backward-weight), and costs a copy
+    /// of the `oc x p` output side, plus of the `kdim x p` input side for a pointwise conv
+    /// (which otherwise reads its input in place); im2col writes straight into the panel.
+    fn panels_pay(&self) -> bool {
+        let copies = self.p * (self.oc + if self.pointwise { self.kdim } else { 0 });
+        self.groups == 1 && 2 * self.p <= PANEL_COLS && self.oc * self.kdim >= copies
+    }
+    /// Images per panel when `images` images are split over `parts` workers: as many as fit
+    /// in [`PANEL_COLS`] columns, spread evenly so the panels of a worker are the same size.
+    fn panel_images(&self, images: usize, parts: usize) -> usize {
+        let per_part = images.div_ceil(parts.max(1)).max(1);
+        let fit = (PANEL_COLS / self.p.max(1)).max(1);
+        per_part.div_ceil(per_part.div_ceil(fit))
+    }
 }
+
+/// Columns of one panel GEMM: matrixmultiply's `NC` for f32, the width of the block of `B`
+/// it packs at a time (`archparam::S_NC`). On maps of under 512 pixels (ResNet-50's 14x14
+/// and 7x7 stages, CIFAR's 8x8) the images of a batch are multiplied side by side as one
+/// `kdim x images*p` panel, so the weights are packed once per panel instead of once per
+/// image: at 7x7, one image's 512x2048 weights are ten times its input.
+const PANEL_COLS: usize = 1024;
 
 /// Output columns `ox` in `[lo, hi)` read an in-bounds input column for kernel column `kj`;
 /// the rest read padding.
@@ -118,15 +142,16 @@ fn valid_cols(kj: usize, pad: usize, stride: usize, w: usize, ow: usize) -> (usi
     (lo.min(hi), hi)
 }
 
-/// Unfold one group of one image (`xg: [cin_g, h, w]`) into `col: [kdim, p]`.
-fn im2col<T: Real>(xg: &[T], g: &Geom, col: &mut [T]) {
+/// Unfold one group of one image (`xg: [cin_g, h, w]`) into `col: [kdim, p]`, whose rows
+/// start `ld` elements apart (`ld > p` when `col` is one image's columns of a panel).
+fn im2col<T: Real>(xg: &[T], g: &Geom, col: &mut [T], ld: usize) {
     let (h, w, ow, p) = (g.h, g.w, g.ow, g.p);
     let zero = T::zero();
     for c in 0..g.cin_g {
         let plane = &xg[c * h * w..(c + 1) * h * w];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let row = ((c * g.kh + ki) * g.kw + kj) * p;
+                let row = ((c * g.kh + ki) * g.kw + kj) * ld;
                 let dst = &mut col[row..row + p];
                 let (lo, hi) = valid_cols(kj, g.pl, g.sw, w, ow);
                 for oy in 0..g.oh {
@@ -157,14 +182,25 @@ fn im2col<T: Real>(xg: &[T], g: &Geom, col: &mut [T]) {
     }
 }
 
-/// Fold `col: [kdim, p]` back, accumulating into one group of one image `dxg: [cin_g, h, w]`.
-fn col2im<T: Real>(col: &[T], g: &Geom, dxg: &mut [T]) {
+/// Copies consecutive images `src` (`[images, rows, p]`) side by side into the panel
+/// `dst: [rows, ld]`: image `j` fills columns `j*p..(j+1)*p`.
+fn gather_panel<T: Real>(src: &[T], rows: usize, p: usize, dst: &mut [T], ld: usize) {
+    for (j, image) in src.chunks_exact(rows * p).enumerate() {
+        for (r, row) in image.chunks_exact(p).enumerate() {
+            dst[r * ld + j * p..][..p].copy_from_slice(row);
+        }
+    }
+}
+
+/// Fold `col: [kdim, p]` (rows `ld` apart) back, accumulating into one group of one image
+/// `dxg: [cin_g, h, w]`.
+fn col2im<T: Real>(col: &[T], g: &Geom, dxg: &mut [T], ld: usize) {
     let (h, w, ow, p) = (g.h, g.w, g.ow, g.p);
     for c in 0..g.cin_g {
         let plane = &mut dxg[c * h * w..(c + 1) * h * w];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let row = ((c * g.kh + ki) * g.kw + kj) * p;
+                let row = ((c * g.kh + ki) * g.kw + kj) * ld;
                 let srcrow = &col[row..row + p];
                 let (lo, hi) = valid_cols(kj, g.pl, g.sw, w, ow);
                 if lo >= hi {
@@ -240,6 +276,50 @@ pub fn conv2d_then<T: Real>(
             conv_image(xi, w, bias, &g, &mut col, yi, true);
             after(i, yi);
         }
+    } else if g.panels_pay() {
+        let per = g.panel_images(xd.n, rayon::current_num_threads());
+        y.par_chunks_mut(per * out_chw)
+            .zip(x.par_chunks((per * in_chw).max(1)))
+            .enumerate()
+            .for_each_init(
+                || {
+                    (
+                        vec![T::zero(); g.kdim * per * g.p],
+                        vec![T::zero(); out_chw * per],
+                    )
+                },
+                |(col, out), (pi, (ys, xs))| {
+                    let images = ys.len() / out_chw;
+                    let ld = images * g.p;
+                    fill_panel(xs, in_chw, &g, col, ld);
+                    gemm(
+                        g.oc,
+                        g.kdim,
+                        ld,
+                        T::one(),
+                        (w, g.kdim, 1),
+                        (col, ld, 1),
+                        T::zero(),
+                        out,
+                        ld,
+                        1,
+                    );
+                    for (j, yi) in ys.chunks_mut(out_chw).enumerate() {
+                        for (o, plane) in yi.chunks_exact_mut(g.p).enumerate() {
+                            let src = &out[o * ld + j * g.p..][..g.p];
+                            match bias {
+                                Some(b) => {
+                                    for (v, &s) in plane.iter_mut().zip(src) {
+                                        *v = s + b[o];
+                                    }
+                                }
+                                None => plane.copy_from_slice(src),
+                            }
+                        }
+                        after(pi * per + j, yi);
+                    }
+                },
+            );
     } else {
         y.par_chunks_mut(out_chw)
             .zip(x.par_chunks(in_chw.max(1)))
@@ -251,6 +331,21 @@ pub fn conv2d_then<T: Real>(
                     after(i, yi);
                 },
             );
+    }
+}
+
+/// The column panel of consecutive images `xs` (`[images, c, h, w]`, groups 1): image `j`'s
+/// columns are columns `j*p..(j+1)*p` of `col: [kdim, ld]`.
+fn fill_panel<T: Real>(xs: &[T], in_chw: usize, g: &Geom, col: &mut [T], ld: usize) {
+    for (j, xi) in xs.chunks(in_chw.max(1)).enumerate() {
+        let dst = &mut col[j * g.p..];
+        if g.pointwise {
+            for (r, src) in xi.chunks_exact(g.p).enumerate() {
+                dst[r * ld..r * ld + g.p].copy_from_slice(src);
+            }
+        } else {
+            im2col(xi, g, dst, ld);
+        }
     }
 }
 
@@ -283,7 +378,7 @@ fn conv_image<T: Real>(
         let b: &[T] = if g.pointwise {
             xg
         } else {
-            im2col(xg, g, col);
+            im2col(xg, g, col, g.p);
             col
         };
         let block = |(yr, wr): (&mut [T], &[T])| {
@@ -391,6 +486,48 @@ pub fn conv2d_backward_data<T: Real>(
         return;
     }
     let (in_chw, out_chw) = (g.in_chw(), g.out_chw());
+    if g.panels_pay() && g.n > 1 {
+        let per = g.panel_images(g.n, rayon::current_num_threads());
+        dx.par_chunks_mut(per * in_chw)
+            .zip(dy.par_chunks(per * out_chw))
+            .for_each_init(
+                || {
+                    (
+                        vec![T::zero(); out_chw * per],
+                        vec![T::zero(); g.kdim * per * g.p],
+                    )
+                },
+                |(dys, cols), (dxs, dyp)| {
+                    let ld = (dyp.len() / out_chw) * g.p;
+                    gather_panel(dyp, g.oc, g.p, dys, ld);
+                    // cols [kdim, ld] = W^T dy, as per image below.
+                    gemm(
+                        g.kdim,
+                        g.oc,
+                        ld,
+                        T::one(),
+                        (w, 1, g.kdim),
+                        (dys, ld, 1),
+                        T::zero(),
+                        cols,
+                        ld,
+                        1,
+                    );
+                    for (j, dxi) in dxs.chunks_mut(in_chw).enumerate() {
+                        let src = &cols[j * g.p..];
+                        if g.pointwise {
+                            for (r, row) in dxi.chunks_exact_mut(g.p).enumerate() {
+                                row.copy_from_slice(&src[r * ld..r * ld + g.p]);
+                            }
+                        } else {
+                            dxi.fill(T::zero());
+                            col2im(src, &g, dxi, ld);
+                        }
+                    }
+                },
+            );
+        return;
+    }
     let gin = g.cin_g * g.h * g.w;
     dx.par_chunks_mut(in_chw)
         .zip(dy.par_chunks(out_chw))
@@ -422,7 +559,7 @@ pub fn conv2d_backward_data<T: Real>(
                     } else {
                         cols_into(col);
                         dxg.fill(T::zero());
-                        col2im(col, &g, dxg);
+                        col2im(col, &g, dxg, g.p);
                     }
                 }
             },
@@ -479,6 +616,37 @@ pub fn conv2d_backward_weight<T: Real>(
         .map(|ci| {
             let (start, end) = (ci * g.n / chunks, (ci + 1) * g.n / chunks);
             let mut acc = vec![T::zero(); dw.len()];
+            if g.panels_pay() {
+                // The chunk's images in panels: dW += dy_panel [oc, ld] * col_panel^T.
+                let per = g.panel_images(end - start, 1);
+                let mut dys = vec![T::zero(); out_chw * per];
+                let mut cols = vec![T::zero(); g.kdim * per * g.p];
+                for first in (start..end).step_by(per) {
+                    let last = (first + per).min(end);
+                    let ld = (last - first) * g.p;
+                    gather_panel(
+                        &dy[first * out_chw..last * out_chw],
+                        g.oc,
+                        g.p,
+                        &mut dys,
+                        ld,
+                    );
+                    fill_panel(&x[first * in_chw..last * in_chw], in_chw, &g, &mut cols, ld);
+                    gemm(
+                        g.oc,
+                        ld,
+                        g.kdim,
+                        T::one(),
+                        (&dys, ld, 1),
+                        (&cols, 1, ld),
+                        T::one(),
+                        &mut acc,
+                        g.kdim,
+                        1,
+                    );
+                }
+                return acc;
+            }
             let mut col = vec![T::zero(); g.col_len()];
             for n in start..end {
                 let xi = &x[n * in_chw..(n + 1) * in_chw];
@@ -489,7 +657,7 @@ pub fn conv2d_backward_weight<T: Real>(
                     let b: &[T] = if g.pointwise {
                         xg
                     } else {
-                        im2col(xg, &g, &mut col);
+                        im2col(xg, &g, &mut col, g.p);
                         &col
                     };
                     let accg = &mut acc[gi * g.cout_g * g.kdim..(gi + 1) * g.cout_g * g.kdim];
