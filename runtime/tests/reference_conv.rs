@@ -279,29 +279,29 @@ fn conv_grad_batch_larger_than_chunks() {
     );
 }
 
-/// Shapes whose images are multiplied side by side as panels (maps of under 512 pixels with
-/// weights at least as large as the copies a panel makes): several panels per worker, a
-/// shorter last panel, pointwise and im2col panels. The forward is checked against the naive
-/// twin, and both gradients by the adjoint identities of the (bilinear) conv, in f64:
-/// `<conv(x, w), r> = <x, dx(r)> = <w, dw(x, r)>`. Finite differences would need a forward
-/// per input element, too slow at these sizes.
+/// Shapes whose images are multiplied side by side as panels (small maps under weights
+/// larger than a panel's copies: `1/p >= 1/out + 1/kdim`): two panels of different sizes
+/// (11 images over 2 workers), pointwise and im2col panels, and weight-gradient chunks of
+/// 1 and 2 images. The forward is checked against the naive twin, and both gradients by the
+/// adjoint identities of the (bilinear) conv, in f64:
+/// `<conv(x, w), r> = <x, dx(r)> = <w, dw(x, r)>`.
 #[test]
 fn conv_panels_match_naive_and_adjoints() {
     let cases = [
-        // 3x3 pad 1 on 20x20: 2 images per panel, 9 images.
+        // 3x3 pad 1 on a 2x2 map, 11 images.
         (
-            Dims4::new(9, 45, 20, 20),
-            spec(45, 2, [3, 3], [1, 1], [1; 4], 1, true),
+            Dims4::new(11, 4, 2, 2),
+            spec(4, 8, [3, 3], [1, 1], [1; 4], 1, true),
         ),
         // Pointwise (the input copied into the panel), 7 images.
         (
-            Dims4::new(7, 40, 3, 3),
-            spec(40, 48, [1, 1], [1, 1], [0; 4], 1, false),
+            Dims4::new(7, 12, 2, 3),
+            spec(12, 16, [1, 1], [1, 1], [0; 4], 1, false),
         ),
         // 1x1 stride 2 (im2col), 4 images.
         (
-            Dims4::new(4, 30, 5, 5),
-            spec(30, 40, [1, 1], [2, 2], [0; 4], 1, true),
+            Dims4::new(4, 20, 5, 5),
+            spec(20, 24, [1, 1], [2, 2], [0; 4], 1, true),
         ),
     ];
     for (i, (xd, s)) in cases.iter().enumerate() {

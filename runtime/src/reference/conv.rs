@@ -100,12 +100,16 @@ impl Geom {
     /// Whether the images of a batch pay to be multiplied as panels (see [`PANEL_COLS`]).
     ///
     /// Per image, a panel saves packing the `oc x kdim` weights (forward and backward-data)
-    /// or re-reading the `oc x kdim` gradient accumulator (backward-weight), and costs a copy
-    /// of the `oc x p` output side, plus of the `kdim x p` input side for a pointwise conv
-    /// (which otherwise reads its input in place); im2col writes straight into the panel.
+    /// or re-reading the `oc x kdim` gradient accumulator (backward-weight). It costs a copy
+    /// of the `oc x p` output side, and its `kdim x p` columns per image (copied for a
+    /// pointwise conv, else written by im2col) outgrow L2 over a whole panel and are read
+    /// back from L3. So panels need weights larger than both: they paid on ResNet-50's 14x14
+    /// and 7x7 stages (weights of 0.26M to 2.4M floats), and made ResNet-20's 8x8 stage
+    /// slower (37K-float weights against 41K floats of copies and columns per image).
     fn panels_pay(&self) -> bool {
-        let copies = self.p * (self.oc + if self.pointwise { self.kdim } else { 0 });
-        self.groups == 1 && 2 * self.p <= PANEL_COLS && self.oc * self.kdim >= copies
+        self.groups == 1
+            && 2 * self.p <= PANEL_COLS
+            && self.oc * self.kdim >= self.p * (self.oc + self.kdim)
     }
     /// Images per panel when `images` images are split over `parts` workers: as many as fit
     /// in [`PANEL_COLS`] columns, spread evenly so the panels of a worker are the same size.
