@@ -2,7 +2,7 @@
 //! numbered buffers, a once-per-load weight-preparation schedule, the parameter table and a
 //! buffer plan that reuses activation memory by liveness.
 
-use crate::ir::{EpilogueStep, Graph, IrError, IrErrorKind, Mode, Op, Shape, Value};
+use crate::ir::{Graph, IrError, IrErrorKind, Mode, Op, Shape, Value};
 use petgraph::stable_graph::NodeIndex;
 use resnetc_runtime::program::{
     BufId, BufferDesc, Kernel, ParamRole, ParamSlot, Preprocessing, Program, Step,
@@ -32,241 +32,166 @@ fn stream_of(name: &str) -> u64 {
     })
 }
 
-/// The kernel for an op, and which input slots it updates in place.
-fn kernel_for(g: &Graph, n: NodeIndex) -> Result<(Kernel, Vec<usize>), IrError> {
+/// The kernel for an op. Which of its inputs are in-outs is the op's signature's to say.
+fn kernel_for(g: &Graph, n: NodeIndex) -> Result<Kernel, IrError> {
     let ins = g.inputs(n);
     let in_shape = |i: usize| g.shape(ins[i]);
     let chw = |i: usize| in_shape(i).chw().unwrap_or((in_shape(i).numel(), 1, 1));
     let op = &g.dag[n].op;
     Ok(match op {
-        Op::Conv(spec) => (
-            Kernel::Conv {
-                spec: *spec,
-                in_hw: hw(in_shape(0)),
-                epilogue: vec![],
-                exports: vec![],
-            },
-            vec![],
-        ),
-        Op::FusedConv { conv, epilogue } => {
-            let mut inout = vec![];
-            let mut at = 2 + conv.bias as usize;
-            for step in &epilogue.steps {
-                if let EpilogueStep::BatchNormTrain(_) = step {
-                    inout.extend([at + 2, at + 3]);
-                }
-                at += step.operands();
-            }
-            let kernel = Kernel::Conv {
-                spec: *conv,
-                in_hw: hw(in_shape(0)),
-                epilogue: epilogue.steps.clone(),
-                exports: epilogue.exports.clone(),
-            };
-            (kernel, inout)
-        }
+        Op::Conv(spec) => Kernel::Conv {
+            spec: *spec,
+            in_hw: hw(in_shape(0)),
+            epilogue: vec![],
+            exports: vec![],
+        },
+        Op::FusedConv { conv, epilogue } => Kernel::Conv {
+            spec: *conv,
+            in_hw: hw(in_shape(0)),
+            epilogue: epilogue.steps.clone(),
+            exports: epilogue.exports.clone(),
+        },
         Op::BatchNorm { spec, training } => {
             let (c, h, w) = chw(0);
-            (
-                Kernel::BatchNorm {
-                    spec: *spec,
-                    training: *training,
-                    c,
-                    hw: h * w,
-                },
-                vec![3, 4],
-            )
+            Kernel::BatchNorm {
+                spec: *spec,
+                training: *training,
+                c,
+                hw: h * w,
+            }
         }
-        Op::Relu => (Kernel::Relu, vec![]),
-        Op::Add => (Kernel::Add, vec![]),
-        Op::MaxPool(spec) => (
-            Kernel::MaxPool {
-                spec: *spec,
-                c: chw(0).0,
-                in_hw: hw(in_shape(0)),
-            },
-            vec![],
-        ),
-        Op::AvgPool(spec) => (
-            Kernel::AvgPool {
-                spec: *spec,
-                c: chw(0).0,
-                in_hw: hw(in_shape(0)),
-            },
-            vec![],
-        ),
+        Op::Relu => Kernel::Relu,
+        Op::Add => Kernel::Add,
+        Op::MaxPool(spec) => Kernel::MaxPool {
+            spec: *spec,
+            c: chw(0).0,
+            in_hw: hw(in_shape(0)),
+        },
+        Op::AvgPool(spec) => Kernel::AvgPool {
+            spec: *spec,
+            c: chw(0).0,
+            in_hw: hw(in_shape(0)),
+        },
         Op::GlobalAvgPool => {
             let (c, h, w) = chw(0);
-            (Kernel::GlobalAvgPool { c, hw: h * w }, vec![])
+            Kernel::GlobalAvgPool { c, hw: h * w }
         }
-        Op::ShortcutA(spec) => (
-            Kernel::ShortcutA {
-                spec: *spec,
-                in_hw: hw(in_shape(0)),
-            },
-            vec![],
-        ),
-        Op::Linear { out_features, bias } => (
-            Kernel::Linear {
-                in_features: in_shape(0).numel(),
-                out_features: *out_features,
-                bias: *bias,
-            },
-            vec![],
-        ),
-        Op::Softmax => (
-            Kernel::Softmax {
-                classes: in_shape(0).numel(),
-            },
-            vec![],
-        ),
-        Op::FoldBnWeight(spec) => (
-            Kernel::FoldBnWeight {
-                spec: *spec,
-                out_channels: in_shape(0).dims[0],
-            },
-            vec![],
-        ),
-        Op::FoldBnBias { spec, conv_bias } => (
-            Kernel::FoldBnBias {
-                spec: *spec,
-                conv_bias: *conv_bias,
-            },
-            vec![],
-        ),
-        Op::SoftmaxCrossEntropy => (
-            Kernel::SoftmaxCrossEntropy {
-                classes: in_shape(0).numel(),
-            },
-            vec![],
-        ),
-        Op::SoftmaxCrossEntropyGrad => (
-            Kernel::SoftmaxCrossEntropyGrad {
-                classes: in_shape(0).numel(),
-            },
-            vec![],
-        ),
-        Op::ConvGradInput { conv, in_hw } => (
-            Kernel::ConvGradInput {
-                spec: *conv,
-                in_hw: *in_hw,
-            },
-            vec![],
-        ),
-        Op::ConvGradWeight(conv) => (
-            Kernel::ConvGradWeight {
-                spec: *conv,
-                in_hw: hw(in_shape(0)),
-            },
-            vec![],
-        ),
+        Op::ShortcutA(spec) => Kernel::ShortcutA {
+            spec: *spec,
+            in_hw: hw(in_shape(0)),
+        },
+        Op::Linear { out_features, bias } => Kernel::Linear {
+            in_features: in_shape(0).numel(),
+            out_features: *out_features,
+            bias: *bias,
+        },
+        Op::Softmax => Kernel::Softmax {
+            classes: in_shape(0).numel(),
+        },
+        Op::FoldBnWeight(spec) => Kernel::FoldBnWeight {
+            spec: *spec,
+            out_channels: in_shape(0).dims[0],
+        },
+        Op::FoldBnBias { spec, conv_bias } => Kernel::FoldBnBias {
+            spec: *spec,
+            conv_bias: *conv_bias,
+        },
+        Op::SoftmaxCrossEntropy => Kernel::SoftmaxCrossEntropy {
+            classes: in_shape(0).numel(),
+        },
+        Op::SoftmaxCrossEntropyGrad => Kernel::SoftmaxCrossEntropyGrad {
+            classes: in_shape(0).numel(),
+        },
+        Op::ConvGradInput { conv, in_hw } => Kernel::ConvGradInput {
+            spec: *conv,
+            in_hw: *in_hw,
+        },
+        Op::ConvGradWeight(conv) => Kernel::ConvGradWeight {
+            spec: *conv,
+            in_hw: hw(in_shape(0)),
+        },
         Op::BatchNormGrad(spec) => {
             let (c, h, w) = chw(0);
-            (
-                Kernel::BatchNormGrad {
-                    spec: *spec,
-                    c,
-                    hw: h * w,
-                },
-                vec![],
-            )
+            Kernel::BatchNormGrad {
+                spec: *spec,
+                c,
+                hw: h * w,
+            }
         }
         Op::BatchNormEvalGrad(spec) => {
             let (c, h, w) = chw(2);
-            (
-                Kernel::BatchNormEvalGrad {
-                    spec: *spec,
-                    c,
-                    hw: h * w,
-                },
-                vec![],
-            )
+            Kernel::BatchNormEvalGrad {
+                spec: *spec,
+                c,
+                hw: h * w,
+            }
         }
-        Op::ReluGrad => (Kernel::ReluGrad, vec![]),
-        Op::MaxPoolGrad(spec) => (
-            Kernel::MaxPoolGrad {
-                spec: *spec,
-                c: chw(0).0,
-                in_hw: hw(in_shape(0)),
-            },
-            vec![],
-        ),
-        Op::AvgPoolGrad { pool, in_hw } => (
-            Kernel::AvgPoolGrad {
-                spec: *pool,
-                c: chw(0).0,
-                in_hw: *in_hw,
-            },
-            vec![],
-        ),
-        Op::GlobalAvgPoolGrad { in_hw } => (
-            Kernel::GlobalAvgPoolGrad {
-                c: in_shape(0).numel(),
-                hw: in_hw[0] * in_hw[1],
-            },
-            vec![],
-        ),
-        Op::ShortcutAGrad { spec, in_hw } => (
-            Kernel::ShortcutAGrad {
-                spec: *spec,
-                in_hw: *in_hw,
-            },
-            vec![],
-        ),
-        Op::LinearGrad { bias } => (
-            Kernel::LinearGrad {
-                in_features: in_shape(0).numel(),
-                out_features: in_shape(1).dims[0],
-                bias: *bias,
-            },
-            vec![],
-        ),
-        Op::SgdUpdate(spec) => (Kernel::SgdUpdate { spec: *spec }, vec![0, 2]),
-        Op::AdamUpdate(spec) => (Kernel::AdamUpdate { spec: *spec }, vec![0, 2, 3]),
-        Op::Flatten => (Kernel::Flatten, vec![]),
-        Op::FlattenGrad { .. } => (Kernel::FlattenGrad, vec![]),
-        Op::Dropout { p } => (
-            Kernel::Dropout {
-                p: *p,
-                stream: stream_of(&g.dag[n].name),
-            },
-            vec![],
-        ),
-        Op::DropoutGrad => (Kernel::DropoutGrad, vec![]),
-        Op::SoftmaxGrad => (
-            Kernel::SoftmaxGrad {
-                classes: in_shape(0).numel(),
-            },
-            vec![],
-        ),
+        Op::ReluGrad => Kernel::ReluGrad,
+        Op::MaxPoolGrad(spec) => Kernel::MaxPoolGrad {
+            spec: *spec,
+            c: chw(0).0,
+            in_hw: hw(in_shape(0)),
+        },
+        Op::AvgPoolGrad { pool, in_hw } => Kernel::AvgPoolGrad {
+            spec: *pool,
+            c: chw(0).0,
+            in_hw: *in_hw,
+        },
+        Op::GlobalAvgPoolGrad { in_hw } => Kernel::GlobalAvgPoolGrad {
+            c: in_shape(0).numel(),
+            hw: in_hw[0] * in_hw[1],
+        },
+        Op::ShortcutAGrad { spec, in_hw } => Kernel::ShortcutAGrad {
+            spec: *spec,
+            in_hw: *in_hw,
+        },
+        Op::LinearGrad { bias } => Kernel::LinearGrad {
+            in_features: in_shape(0).numel(),
+            out_features: in_shape(1).dims[0],
+            bias: *bias,
+        },
+        Op::SgdUpdate(spec) => Kernel::SgdUpdate { spec: *spec },
+        Op::AdamUpdate(spec) => Kernel::AdamUpdate { spec: *spec },
+        Op::Flatten => Kernel::Flatten,
+        Op::FlattenGrad { .. } => Kernel::FlattenGrad,
+        Op::Dropout { p } => Kernel::Dropout {
+            p: *p,
+            stream: stream_of(&g.dag[n].name),
+        },
+        Op::DropoutGrad => Kernel::DropoutGrad,
+        Op::SoftmaxGrad => Kernel::SoftmaxGrad {
+            classes: in_shape(0).numel(),
+        },
         Op::Input | Op::Labels | Op::Param(_) => {
             return Err(err(g, n, format!("{} is not a kernel", op.mnemonic())));
         }
     })
 }
 
-/// The weight parameter of the layer a bias parameter belongs to: the conv or fc that adds the
-/// bias (directly, or through the BN folding of its bias) reads the weight at slot 1 (directly,
-/// or through the BN folding of its weight).
+/// The weight parameter of the layer a bias parameter belongs to: the conv or fc that reads
+/// the bias in its `bias` slot (directly, or through the BN folding of its bias as
+/// `conv_bias`) reads that weight in its `weight` slot (directly, or through the BN folding
+/// of its weight).
 fn weight_of_bias(g: &Graph, bias: NodeIndex) -> Option<NodeIndex> {
-    g.users(bias.into())
-        .into_iter()
-        .find_map(|(u, slot)| match (&g.dag[u].op, slot) {
-            (Op::Conv(_) | Op::FusedConv { .. } | Op::Linear { .. }, 2) => {
-                let w = g.inputs(u)[1].node;
+    g.users(bias.into()).into_iter().find_map(|(u, slot)| {
+        let op = &g.dag[u].op;
+        let signature = op.signature();
+        match op {
+            Op::Conv(_) | Op::FusedConv { .. } | Op::Linear { .. }
+                if signature.slot("bias") == Some(slot) =>
+            {
+                let w = g.input(u, "weight").node;
                 match g.dag[w].op {
-                    Op::FoldBnWeight(_) => Some(g.inputs(w)[0].node),
+                    Op::FoldBnWeight(_) => Some(g.input(w, "weight").node),
                     _ => Some(w),
                 }
             }
-            (
-                Op::FoldBnBias {
-                    conv_bias: true, ..
-                },
-                4,
-            ) => weight_of_bias(g, u),
+            Op::FoldBnBias { .. } if signature.slot("conv_bias") == Some(slot) => {
+                weight_of_bias(g, u)
+            }
             _ => None,
-        })
+        }
+    })
 }
 
 fn desc(s: &Shape) -> BufferDesc {
@@ -415,7 +340,8 @@ pub fn compile(g: &Graph) -> Result<Program, IrError> {
 }
 
 fn make_step(g: &Graph, n: NodeIndex, buf_of: &HashMap<Value, BufId>) -> Result<Step, IrError> {
-    let (kernel, inout_slots) = kernel_for(g, n)?;
+    let kernel = kernel_for(g, n)?;
+    let signature = g.dag[n].op.signature();
     let ins = g.inputs(n);
     let mut step = Step {
         name: g.dag[n].name.clone(),
@@ -426,7 +352,7 @@ fn make_step(g: &Graph, n: NodeIndex, buf_of: &HashMap<Value, BufId>) -> Result<
     };
     for (slot, v) in ins.iter().enumerate() {
         let b = buf_of[v];
-        if inout_slots.contains(&slot) {
+        if signature.is_update(slot) {
             step.inouts.push(b);
         } else {
             step.ins.push(b);

@@ -704,10 +704,7 @@ pub fn apply_epilogue(
             rest[export].copy_from_slice(first);
             export += 1;
         }
-        let (n_in, n_inout) = match step {
-            EpilogueStep::BatchNormTrain(_) => (2, 2),
-            other => (other.operands(), 0),
-        };
+        let (n_in, n_inout) = (step.reads(), step.updates());
         apply_epilogue_step(
             step,
             yd,
@@ -837,16 +834,8 @@ fn exec(
                     spec.momentum,
                 );
             } else {
-                k::batch_norm_eval(
-                    x,
-                    d,
-                    gamma,
-                    beta,
-                    &inouts[0],
-                    &inouts[1],
-                    spec.eps,
-                    &mut outs[0],
-                );
+                // Inference BN reads its running statistics (training BN's in-outs).
+                k::batch_norm_eval(x, d, gamma, beta, ins[3], ins[4], spec.eps, &mut outs[0]);
             }
         }
         Kernel::Relu => k::relu(ins[0], &mut outs[0]),

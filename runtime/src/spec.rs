@@ -235,14 +235,79 @@ pub enum EpilogueStep {
     Relu,
 }
 
+/// How a kernel uses one of its operands. A compiled step passes the operands it reads as its
+/// `ins` and those it updates in place as its `inouts`, each group in slot order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Access {
+    Read,
+    /// Read and written in place (running statistics, parameters and optimizer moments).
+    Update,
+}
+
+/// A named operand slot of an op or an epilogue step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Operand {
+    pub name: &'static str,
+    pub access: Access,
+}
+
+impl Operand {
+    pub const fn read(name: &'static str) -> Operand {
+        Operand {
+            name,
+            access: Access::Read,
+        }
+    }
+    pub const fn update(name: &'static str) -> Operand {
+        Operand {
+            name,
+            access: Access::Update,
+        }
+    }
+}
+
 impl EpilogueStep {
+    /// The step's extra operands, in slot order: the one place that says which a step
+    /// takes and which it updates (the IR's signature of a fused conv, the compiler's split
+    /// of a step's buffers and the kernels that walk them all read it).
+    pub fn operand_slots(&self) -> &'static [Operand] {
+        const BN_EVAL: [Operand; 4] = [
+            Operand::read("gamma"),
+            Operand::read("beta"),
+            Operand::read("running_mean"),
+            Operand::read("running_var"),
+        ];
+        const BN_TRAIN: [Operand; 4] = [
+            Operand::read("gamma"),
+            Operand::read("beta"),
+            Operand::update("running_mean"),
+            Operand::update("running_var"),
+        ];
+        const ADD: [Operand; 1] = [Operand::read("residual")];
+        match self {
+            EpilogueStep::BatchNormEval(_) => &BN_EVAL,
+            EpilogueStep::BatchNormTrain(_) => &BN_TRAIN,
+            EpilogueStep::Add => &ADD,
+            EpilogueStep::Relu => &[],
+        }
+    }
     /// Extra operands the step consumes.
     pub fn operands(&self) -> usize {
-        match self {
-            EpilogueStep::Add => 1,
-            EpilogueStep::BatchNormEval(_) | EpilogueStep::BatchNormTrain(_) => 4,
-            EpilogueStep::Relu => 0,
-        }
+        self.operand_slots().len()
+    }
+    /// Of [`Self::operands`], those the kernel reads: the step's share of a step's `ins`.
+    pub fn reads(&self) -> usize {
+        self.count(Access::Read)
+    }
+    /// Of [`Self::operands`], those updated in place: the step's share of `inouts`.
+    pub fn updates(&self) -> usize {
+        self.count(Access::Update)
+    }
+    fn count(&self, access: Access) -> usize {
+        self.operand_slots()
+            .iter()
+            .filter(|o| o.access == access)
+            .count()
     }
     pub fn keyword(&self) -> &'static str {
         match self {

@@ -25,25 +25,26 @@ pub fn backward(
         //   dw[o,i,r,s] = sum_{n,p,q} dy[n,o,p,q] * x[n,i,p*stride+r-pad,q*stride+s-pad],
         //   db[o] = sum_{n,p,q} dy[n,o,p,q].
         Op::Conv(conv) => {
-            if wants(&ins[0]) {
-                let hw = in_hw(g, ins[0]);
+            let (x, w) = (g.input(n, "x"), g.input(n, "weight"));
+            if wants(&x) {
+                let hw = in_hw(g, x);
                 let dx = g.add(
                     Op::ConvGradInput { conv, in_hw: hw },
                     format!("{name}.grad_input"),
-                    &[dy, ins[1]],
+                    &[dy, w],
                     span,
                 )?;
-                out.push((ins[0], dx));
+                out.push((x, dx));
             }
             let gw = g.add_op(
                 Op::ConvGradWeight(conv),
                 format!("{name}.grad_weight"),
-                &[ins[0], dy],
+                &[x, dy],
                 span,
             )?;
-            out.push((ins[1], Value { node: gw, port: 0 }));
+            out.push((w, g.output(gw, "dweight")));
             if conv.bias {
-                out.push((ins[2], Value { node: gw, port: 1 }));
+                out.push((g.input(n, "bias"), g.output(gw, "dbias")));
             }
         }
         // Training mode, per channel over M = N*H*W values: x^ = (x - mean) / sqrt(var + eps)
@@ -55,17 +56,18 @@ pub fn backward(
             spec,
             training: true,
         } => {
+            let (x, gamma) = (g.input(n, "x"), g.input(n, "gamma"));
             let b = g.add_op(
                 Op::BatchNormGrad(spec),
                 format!("{name}.grad"),
-                &[ins[0], ins[1], dy],
+                &[x, gamma, dy],
                 span,
             )?;
-            if wants(&ins[0]) {
-                out.push((ins[0], Value { node: b, port: 0 }));
+            if wants(&x) {
+                out.push((x, g.output(b, "dx")));
             }
-            out.push((ins[1], Value { node: b, port: 1 }));
-            out.push((ins[2], Value { node: b, port: 2 }));
+            out.push((gamma, g.output(b, "dgamma")));
+            out.push((g.input(n, "beta"), g.output(b, "dbeta")));
         }
         // Inference mode (a frozen BN): y = x * gamma / sqrt(running_var + eps) + shift with
         // constant statistics, so dx = dy * gamma / sqrt(running_var + eps). Its parameters
@@ -77,7 +79,7 @@ pub fn backward(
             let dx = g.add(
                 Op::BatchNormEvalGrad(spec),
                 format!("{name}.grad"),
-                &[ins[1], ins[4], dy],
+                &[g.input(n, "gamma"), g.input(n, "running_var"), dy],
                 span,
             )?;
             out.push((ins[0], dx));
@@ -139,18 +141,19 @@ pub fn backward(
         }
         // y = x w^T + b: dx = dy w, dw = dy^T x, db = sum_n dy.
         Op::Linear { bias, .. } => {
+            let (x, w) = (g.input(n, "x"), g.input(n, "weight"));
             let l = g.add_op(
                 Op::LinearGrad { bias },
                 format!("{name}.grad"),
-                &[ins[0], ins[1], dy],
+                &[x, w, dy],
                 span,
             )?;
-            if wants(&ins[0]) {
-                out.push((ins[0], Value { node: l, port: 0 }));
+            if wants(&x) {
+                out.push((x, g.output(l, "dx")));
             }
-            out.push((ins[1], Value { node: l, port: 1 }));
+            out.push((w, g.output(l, "dweight")));
             if bias {
-                out.push((ins[2], Value { node: l, port: 2 }));
+                out.push((g.input(n, "bias"), g.output(l, "dbias")));
             }
         }
         // y = softmax(x) per row: dx = y * (dy - sum_j dy_j * y_j). (A final softmax never gets
@@ -187,7 +190,7 @@ pub fn backward(
         // y = x * mask (mask 0 or 1/(1-p), output 1 of the forward): dx = dy * mask, the
         // same mask.
         Op::Dropout { .. } => {
-            let mask = Value { node: n, port: 1 };
+            let mask = g.output(n, "mask");
             let dx = g.add(Op::DropoutGrad, format!("{name}.grad"), &[mask, dy], span)?;
             out.push((ins[0], dx));
         }

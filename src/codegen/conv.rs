@@ -275,7 +275,7 @@ impl ConvPlan {
                 EpilogueStep::Relu => {}
                 EpilogueStep::BatchNormTrain(_) => unreachable!("not fused"),
             }
-            at += step.operands();
+            at += step.reads();
         }
         ops
     }
@@ -288,7 +288,7 @@ impl ConvPlan {
             if matches!(step, EpilogueStep::Add) {
                 v.push(at);
             }
-            at += step.operands();
+            at += step.reads();
         }
         v
     }
@@ -298,7 +298,7 @@ impl ConvPlan {
         2 + self.spec.bias as usize
             + self.epilogue[..self.fused]
                 .iter()
-                .map(|s| s.operands())
+                .map(|s| s.reads())
                 .sum::<usize>()
     }
 
@@ -387,9 +387,9 @@ impl ConvPlan {
         let (gamma, beta) = (ins[at], ins[at + 1]);
         let residuals: Vec<&[f32]> = after
             .iter()
-            .scan(at + 2, |next, s| {
+            .scan(at + self.epilogue[self.fused].reads(), |next, s| {
                 let i = *next;
-                *next += s.operands();
+                *next += s.reads();
                 Some((s, i))
             })
             .filter(|(s, _)| matches!(s, EpilogueStep::Add))

@@ -260,6 +260,25 @@ impl Graph {
         self.add_op(op, name, inputs, span).map(Value::from)
     }
 
+    /// The node's output named `port` in its op's signature.
+    pub fn output(&self, n: NodeIndex, port: &str) -> Value {
+        Value {
+            node: n,
+            port: self.dag[n].op.signature().port(port),
+        }
+    }
+
+    /// The node's input in the slot named `slot` in its op's signature. Panics when the op
+    /// has no such slot (a compiler bug).
+    pub fn input(&self, n: NodeIndex, slot: &str) -> Value {
+        let op = &self.dag[n].op;
+        let at = op
+            .signature()
+            .slot(slot)
+            .unwrap_or_else(|| panic!("{} has no input `{slot}`", op.mnemonic()));
+        self.inputs(n)[at]
+    }
+
     /// The node's inputs in slot order.
     pub fn inputs(&self, n: NodeIndex) -> Vec<Value> {
         let mut v: Vec<(usize, Value)> = self

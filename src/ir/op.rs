@@ -236,51 +236,10 @@ impl Op {
         }
     }
 
-    /// Whether the op writes state in place (so dead-code elimination must keep it).
+    /// Whether the op writes state in place (so dead-code elimination must keep it): whether
+    /// its signature updates an operand.
     pub fn has_effect(&self) -> bool {
-        match self {
-            Op::SgdUpdate(_) | Op::AdamUpdate(_) | Op::BatchNorm { training: true, .. } => true,
-            Op::FusedConv { epilogue, .. } => epilogue
-                .steps
-                .iter()
-                .any(|s| matches!(s, EpilogueStep::BatchNormTrain(_))),
-            // Exhaustive on purpose: a new op that writes in place must be listed above, or
-            // dead-code elimination deletes it.
-            Op::BatchNorm {
-                training: false, ..
-            }
-            | Op::Input
-            | Op::Labels
-            | Op::Param(_)
-            | Op::Conv(_)
-            | Op::Relu
-            | Op::Add
-            | Op::MaxPool(_)
-            | Op::AvgPool(_)
-            | Op::GlobalAvgPool
-            | Op::ShortcutA(_)
-            | Op::Linear { .. }
-            | Op::Softmax
-            | Op::FoldBnWeight(_)
-            | Op::FoldBnBias { .. }
-            | Op::SoftmaxCrossEntropy
-            | Op::SoftmaxCrossEntropyGrad
-            | Op::ConvGradInput { .. }
-            | Op::ConvGradWeight(_)
-            | Op::BatchNormGrad(_)
-            | Op::BatchNormEvalGrad(_)
-            | Op::ReluGrad
-            | Op::MaxPoolGrad(_)
-            | Op::AvgPoolGrad { .. }
-            | Op::GlobalAvgPoolGrad { .. }
-            | Op::ShortcutAGrad { .. }
-            | Op::LinearGrad { .. }
-            | Op::Flatten
-            | Op::Dropout { .. }
-            | Op::SoftmaxGrad
-            | Op::FlattenGrad { .. }
-            | Op::DropoutGrad => false,
-        }
+        self.signature().updates_any()
     }
 
     /// Whether the op is a graph source (input, labels, a parameter): its shape is given when
@@ -297,13 +256,30 @@ impl Op {
     /// The output shapes for the given input shapes, or why they do not fit.
     /// Source ops (input, labels, params) have their shapes set when created.
     pub fn infer(&self, inputs: &[&Shape]) -> Result<Vec<Shape>, ShapeError> {
-        let n = inputs.len();
+        if self.is_source() {
+            return Err(ShapeError::NoRule {
+                op: self.mnemonic(),
+            });
+        }
+        let arity = self.signature().inputs.len();
+        want_arity(self, inputs.len(), arity, arity)?;
+        let outputs = self.infer_checked(inputs)?;
+        debug_assert_eq!(
+            outputs.len(),
+            self.signature().outputs.len(),
+            "{}: shape rule and signature disagree on the outputs",
+            self.mnemonic()
+        );
+        Ok(outputs)
+    }
+
+    /// [`Op::infer`] once the arity is checked against the signature.
+    fn infer_checked(&self, inputs: &[&Shape]) -> Result<Vec<Shape>, ShapeError> {
         match self {
             Op::Input | Op::Labels | Op::Param(_) => Err(ShapeError::NoRule {
                 op: self.mnemonic(),
             }),
             Op::Conv(conv) => {
-                want_arity(self, n, 2 + conv.bias as usize, 2 + conv.bias as usize)?;
                 let out = conv_out(conv, inputs[0], inputs[1])?;
                 if conv.bias {
                     per_channel(inputs[2], conv.out_channels, "conv bias")?;
@@ -311,7 +287,6 @@ impl Op {
                 Ok(vec![out])
             }
             Op::BatchNorm { .. } => {
-                want_arity(self, n, 5, 5)?;
                 let (c, _, _) = feature_map(inputs[0], "batch norm")?;
                 for (s, what) in
                     inputs[1..]
@@ -322,17 +297,12 @@ impl Op {
                 }
                 Ok(vec![inputs[0].clone()])
             }
-            Op::Relu | Op::Softmax => {
-                want_arity(self, n, 1, 1)?;
-                Ok(vec![inputs[0].clone()])
-            }
+            Op::Relu | Op::Softmax => Ok(vec![inputs[0].clone()]),
             Op::Add => {
-                want_arity(self, n, 2, 2)?;
                 same(inputs[0], inputs[1], "add")?;
                 Ok(vec![inputs[0].clone()])
             }
             Op::MaxPool(p) | Op::AvgPool(p) => {
-                want_arity(self, n, 1, 1)?;
                 let (c, h, w) = feature_map(inputs[0], self.mnemonic())?;
                 let (oh, ow) = p.out_hw(h, w).ok_or(ShapeError::MapTooSmall {
                     what: "pool",
@@ -344,12 +314,10 @@ impl Op {
                 Ok(vec![Shape::batched(&[c, oh, ow])])
             }
             Op::GlobalAvgPool => {
-                want_arity(self, n, 1, 1)?;
                 let (c, _, _) = feature_map(inputs[0], "global average pool")?;
                 Ok(vec![Shape::batched(&[c])])
             }
             Op::ShortcutA(s) => {
-                want_arity(self, n, 1, 1)?;
                 let (c, h, w) = feature_map(inputs[0], "shortcut A")?;
                 if c != s.in_channels || s.pad_before + c > s.out_channels || s.stride == 0 {
                     return Err(ShapeError::ShortcutAPad {
@@ -365,7 +333,6 @@ impl Op {
                 ])])
             }
             Op::Linear { out_features, bias } => {
-                want_arity(self, n, 2 + *bias as usize, 2 + *bias as usize)?;
                 let k = match (inputs[0].batched, inputs[0].dims.as_slice()) {
                     (true, [k]) => *k,
                     _ => {
@@ -390,14 +357,12 @@ impl Op {
                 Ok(vec![Shape::batched(&[*out_features])])
             }
             Op::FoldBnWeight(_) => {
-                want_arity(self, n, 3, 3)?;
                 let o = leading(inputs[0], "fold_bn_weight", "a conv weight")?;
                 per_channel(inputs[1], o, "gamma")?;
                 per_channel(inputs[2], o, "running var")?;
                 Ok(vec![inputs[0].clone()])
             }
-            Op::FoldBnBias { conv_bias, .. } => {
-                want_arity(self, n, 4 + *conv_bias as usize, 4 + *conv_bias as usize)?;
+            Op::FoldBnBias { .. } => {
                 let c = leading(inputs[0], "fold_bn_bias", "gamma")?;
                 for s in &inputs[1..] {
                     per_channel(s, c, "batch norm statistics")?;
@@ -405,9 +370,6 @@ impl Op {
                 Ok(vec![Shape::fixed(&[c])])
             }
             Op::FusedConv { conv, epilogue } => {
-                let operands: usize = epilogue.steps.iter().map(|s| s.operands()).sum();
-                let base = 2 + conv.bias as usize;
-                want_arity(self, n, base + operands, base + operands)?;
                 let raw = conv_out(conv, inputs[0], inputs[1])?;
                 let mut k = 2;
                 if conv.bias {
@@ -436,7 +398,6 @@ impl Op {
                 Ok(vec![raw; 1 + epilogue.exports.len()])
             }
             Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad => {
-                want_arity(self, n, 2, 2)?;
                 if !inputs[0].batched || inputs[0].rank() != 1 {
                     return Err(ShapeError::Layout {
                         what: "cross-entropy",
@@ -456,14 +417,12 @@ impl Op {
                 }])
             }
             Op::ConvGradInput { conv, in_hw } => {
-                want_arity(self, n, 2, 2)?;
                 let x = Shape::batched(&[conv.in_channels, in_hw[0], in_hw[1]]);
                 let y = conv_out(conv, &x, inputs[1])?;
                 same(&y, inputs[0], "conv gradient")?;
                 Ok(vec![x])
             }
             Op::ConvGradWeight(conv) => {
-                want_arity(self, n, 2, 2)?;
                 let y = conv_out(conv, inputs[0], &Shape::fixed(&conv.weight_shape()))?;
                 same(&y, inputs[1], "conv weight gradient")?;
                 let mut outs = vec![Shape::fixed(&conv.weight_shape())];
@@ -473,7 +432,6 @@ impl Op {
                 Ok(outs)
             }
             Op::BatchNormGrad(_) => {
-                want_arity(self, n, 3, 3)?;
                 let (c, _, _) = feature_map(inputs[0], "batch norm gradient")?;
                 per_channel(inputs[1], c, "gamma")?;
                 same(inputs[0], inputs[2], "batch norm gradient")?;
@@ -484,25 +442,21 @@ impl Op {
                 ])
             }
             Op::BatchNormEvalGrad(_) => {
-                want_arity(self, n, 3, 3)?;
                 let (c, _, _) = feature_map(inputs[2], "batch norm gradient")?;
                 per_channel(inputs[0], c, "gamma")?;
                 per_channel(inputs[1], c, "running variance")?;
                 Ok(vec![inputs[2].clone()])
             }
             Op::ReluGrad => {
-                want_arity(self, n, 2, 2)?;
                 same(inputs[0], inputs[1], "relu gradient")?;
                 Ok(vec![inputs[0].clone()])
             }
             Op::MaxPoolGrad(p) => {
-                want_arity(self, n, 2, 2)?;
                 let y = Op::MaxPool(*p).infer(&inputs[..1])?;
                 same(&y[0], inputs[1], "max pool gradient")?;
                 Ok(vec![inputs[0].clone()])
             }
             Op::AvgPoolGrad { pool, in_hw } => {
-                want_arity(self, n, 1, 1)?;
                 let (c, _, _) = feature_map(inputs[0], "avg pool gradient")?;
                 let x = Shape::batched(&[c, in_hw[0], in_hw[1]]);
                 let y = Op::AvgPool(*pool).infer(&[&x])?;
@@ -510,7 +464,6 @@ impl Op {
                 Ok(vec![x])
             }
             Op::GlobalAvgPoolGrad { in_hw } => {
-                want_arity(self, n, 1, 1)?;
                 match (inputs[0].batched, inputs[0].dims.as_slice()) {
                     (true, [c]) => Ok(vec![Shape::batched(&[*c, in_hw[0], in_hw[1]])]),
                     _ => Err(ShapeError::Layout {
@@ -521,14 +474,12 @@ impl Op {
                 }
             }
             Op::ShortcutAGrad { spec, in_hw } => {
-                want_arity(self, n, 1, 1)?;
                 let x = Shape::batched(&[spec.in_channels, in_hw[0], in_hw[1]]);
                 let y = Op::ShortcutA(*spec).infer(&[&x])?;
                 same(&y[0], inputs[0], "shortcut A gradient")?;
                 Ok(vec![x])
             }
             Op::LinearGrad { bias } => {
-                want_arity(self, n, 3, 3)?;
                 let m = leading(inputs[1], "fc gradient", "a weight")?;
                 let y = Op::Linear {
                     out_features: m,
@@ -543,12 +494,10 @@ impl Op {
                 Ok(outs)
             }
             Op::Flatten => {
-                want_arity(self, n, 1, 1)?;
                 let (c, h, w) = feature_map(inputs[0], "flatten")?;
                 Ok(vec![Shape::batched(&[c * h * w])])
             }
             Op::Dropout { p } => {
-                want_arity(self, n, 1, 1)?;
                 if !(0.0..1.0).contains(p) {
                     return Err(ShapeError::DropoutProbability { p: *p });
                 }
@@ -562,25 +511,21 @@ impl Op {
                 Ok(vec![inputs[0].clone(), inputs[0].clone()])
             }
             Op::SoftmaxGrad | Op::DropoutGrad => {
-                want_arity(self, n, 2, 2)?;
                 same(inputs[0], inputs[1], self.mnemonic())?;
                 Ok(vec![inputs[0].clone()])
             }
             Op::FlattenGrad { chw } => {
-                want_arity(self, n, 1, 1)?;
                 let x = Shape::batched(chw);
                 let y = Op::Flatten.infer(&[&x])?;
                 same(&y[0], inputs[0], "flatten gradient")?;
                 Ok(vec![x])
             }
             Op::SgdUpdate(_) => {
-                want_arity(self, n, 3, 3)?;
                 same(inputs[0], inputs[1], "sgd gradient")?;
                 same(inputs[0], inputs[2], "sgd momentum")?;
                 Ok(vec![])
             }
             Op::AdamUpdate(_) => {
-                want_arity(self, n, 4, 4)?;
                 same(inputs[0], inputs[1], "adam gradient")?;
                 same(inputs[0], inputs[2], "adam exp_avg")?;
                 same(inputs[0], inputs[3], "adam exp_avg_sq")?;

@@ -20,25 +20,24 @@ pub fn fold_batch_norm(g: &mut Graph) -> Result<bool, IrError> {
             } => spec,
             _ => continue,
         };
-        let ins = g.inputs(bn);
-        let x = ins[0];
+        let x = g.input(bn, "x");
         let conv = match &g.dag[x.node].op {
             Op::Conv(c) if g.use_count(x) == 1 => *c,
             _ => continue,
         };
-        let conv_ins = g.inputs(x.node);
-        let (gamma, beta, mean, var) = (ins[1], ins[2], ins[3], ins[4]);
+        let [gamma, beta, mean, var] =
+            ["gamma", "beta", "running_mean", "running_var"].map(|slot| g.input(bn, slot));
         let conv_name = g.dag[x.node].name.clone();
         let span = g.dag[x.node].span;
         let w = g.add(
             Op::FoldBnWeight(spec),
             format!("{conv_name}.folded_weight"),
-            &[conv_ins[1], gamma, var],
+            &[g.input(x.node, "weight"), gamma, var],
             span,
         )?;
         let mut bias_ins = vec![gamma, beta, mean, var];
         if conv.bias {
-            bias_ins.push(conv_ins[2]);
+            bias_ins.push(g.input(x.node, "bias"));
         }
         let b = g.add(
             Op::FoldBnBias {
@@ -52,7 +51,8 @@ pub fn fold_batch_norm(g: &mut Graph) -> Result<bool, IrError> {
         let folded = Op::Conv(ConvSpec { bias: true, ..conv });
         // The folded conv takes the conv's name: it is the same layer with prepared weights.
         g.dag[x.node].name = format!("{conv_name}.unfolded");
-        let new_conv = g.add(folded, conv_name, &[conv_ins[0], w, b], span)?;
+        let input = g.input(x.node, "x");
+        let new_conv = g.add(folded, conv_name, &[input, w, b], span)?;
         g.replace_uses(Value::from(bn), new_conv);
         g.remove(bn);
         g.remove(x.node);
