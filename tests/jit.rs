@@ -15,6 +15,11 @@ use resnetc_runtime::rng::Rng;
 use resnetc_runtime::spec::{AdamSpec, BnSpec, ConvSpec, EpilogueStep, SgdSpec};
 use std::path::PathBuf;
 
+/// Mutable views of test-owned buffers, as an executor passes a kernel its outputs.
+fn views(buffers: &mut [Vec<f32>]) -> Vec<&mut [f32]> {
+    buffers.iter_mut().map(|b| b.as_mut_slice()).collect()
+}
+
 fn random(seed: u64, n: usize) -> Vec<f32> {
     let mut rng = Rng::new(seed);
     (0..n).map(|_| rng.normal_f32()).collect()
@@ -184,7 +189,7 @@ fn conv_case_on(
     let mut want = vec![vec![0.0f32; out_len]];
     ReferenceEngine
         .kernel(&step)
-        .run(&ctx, &ins_ref, &mut [], &mut want);
+        .run(&ctx, &ins_ref, &mut [], &mut views(&mut want));
     let jit = JitEngine::for_kernels_with([&kernel], false, options).unwrap();
     let mut got = vec![vec![f32::NAN; out_len]];
     let mut k = jit.kernel(&step);
@@ -195,7 +200,7 @@ fn conv_case_on(
     {
         prop_assert!(k.describe().contains("winograd"), "{}", k.describe());
     }
-    k.run(&ctx, &ins_ref, &mut [], &mut got);
+    k.run(&ctx, &ins_ref, &mut [], &mut views(&mut got));
     assert_close(
         &format!("{spec:?} n={n} in={in_hw:?} {epilogue:?}"),
         &got[0],
@@ -536,14 +541,14 @@ proptest! {
         let ctx = KernelCtx { n, lr: 0.0, optimizer_steps: 0, params_version: 1, seed: 0, batch_stats: None, first_image: 0 };
         let len = n * cin * h * w;
         let mut want = vec![vec![0.0f32; len]];
-        ReferenceEngine.kernel(&step).run(&ctx, &ins, &mut [], &mut want);
+        ReferenceEngine.kernel(&step).run(&ctx, &ins, &mut [], &mut views(&mut want));
         for winograd in [false, true] {
             let options = JitOptions { winograd, ..JitOptions::ALL };
             let jit = JitEngine::for_kernels_with([&kernel_of], false, options).unwrap();
             let mut k = jit.kernel(&step);
             prop_assert_eq!(k.engine(), "jit");
             let mut got = vec![vec![f32::NAN; len]];
-            k.run(&ctx, &ins, &mut [], &mut got);
+            k.run(&ctx, &ins, &mut [], &mut views(&mut got));
             assert_close(&format!("dx {spec:?} n={n} in={h}x{w}: {}", k.describe()), &got[0], &want[0], 1e-5, 1e-5);
         }
     }
@@ -653,12 +658,12 @@ fn grad_weight_case(
     let mut want = outs(0.0);
     ReferenceEngine
         .kernel(&step)
-        .run(&ctx, &ins, &mut [], &mut want);
+        .run(&ctx, &ins, &mut [], &mut views(&mut want));
     let jit = JitEngine::for_kernels_with([&kernel_of], false, options).unwrap();
     let mut k = jit.kernel(&step);
     prop_assert_eq!(k.engine(), "jit");
     let mut got = outs(f32::NAN);
-    k.run(&ctx, &ins, &mut [], &mut got);
+    k.run(&ctx, &ins, &mut [], &mut views(&mut got));
     assert_close(
         &format!("dW {spec:?} n={n} in={h}x{w}: {}", k.describe()),
         &got[0],
@@ -758,8 +763,8 @@ proptest! {
         for t in 0..3u64 {
             let grad = random(seed + 100 + t, len);
             let ctx = KernelCtx { n: 1, lr: 0.05, optimizer_steps: t, params_version: 1, seed: 0, batch_stats: None, first_image: 0 };
-            rk.run(&ctx, &[&grad], &mut want, &mut []);
-            jk.run(&ctx, &[&grad], &mut got, &mut []);
+            rk.run(&ctx, &[&grad], &mut views(&mut want), &mut []);
+            jk.run(&ctx, &[&grad], &mut views(&mut got), &mut []);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_close(&format!("{kernel:?} len {len} step {t} buffer {i}"), g, w, 1e-6, 1e-7);
             }
@@ -809,7 +814,7 @@ fn winograd_weight_gradient_error_is_bounded() {
         assert!(k.describe().contains("F(3x3,4x4)"), "{}", k.describe());
         let wlen: usize = spec.weight_shape().iter().product();
         let mut got = vec![vec![f32::NAN; wlen]];
-        k.run(&ctx, &ins, &mut [], &mut got);
+        k.run(&ctx, &ins, &mut [], &mut views(&mut got));
         let mut exact = vec![0.0f64; wlen];
         for i in 0..n {
             for o in 0..oc {

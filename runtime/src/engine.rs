@@ -43,8 +43,8 @@ pub trait StepKernel: Send {
         &mut self,
         ctx: &KernelCtx<'_>,
         ins: &[&[f32]],
-        inouts: &mut [Vec<f32>],
-        outs: &mut [Vec<f32>],
+        inouts: &mut [&mut [f32]],
+        outs: &mut [&mut [f32]],
     );
     /// `"jit"` or `"reference"`, for profiles and tests.
     fn engine(&self) -> &'static str;

@@ -1,6 +1,7 @@
 //! The reference executor: runs a [`Program`] step by step with the plain-Rust kernels of
 //! [`crate::reference`], parallel inside each kernel with rayon.
 
+use crate::arena::Arena;
 use crate::collective::Collective;
 use crate::engine::{Engine, KernelCtx, ReferenceEngine, StepKernel};
 use crate::error::{Result, RuntimeError};
@@ -35,7 +36,8 @@ pub struct Executor {
     engine: &'static str,
     /// Bumped whenever parameters may change; see [`KernelCtx::params_version`].
     params_version: u64,
-    bufs: Vec<Vec<f32>>,
+    /// Every buffer of the program, at its planned offset.
+    bufs: Arena,
     batch: usize,
     /// Learning rate used by optimizer steps.
     pub lr: f32,
@@ -100,11 +102,7 @@ impl Executor {
 
     /// Like [`Executor::new`], with the kernels of `engine`.
     pub fn with_engine(program: Program, batch: usize, engine: &dyn Engine) -> Self {
-        let bufs = program
-            .buffers
-            .iter()
-            .map(|b| vec![0.0; b.len(batch)])
-            .collect();
+        let bufs = Arena::new(&program.buffers, batch);
         let kernels = program.steps.iter().map(|s| engine.kernel(s)).collect();
         let prep_kernels = program.prep.iter().map(|s| engine.kernel(s)).collect();
         Executor {
@@ -197,7 +195,7 @@ impl Executor {
                 .params
                 .iter()
                 .filter(|p| !(own_stats && is_running_stat(p.role)))
-                .map(|p| self.bufs[p.buffer].as_slice())
+                .map(|p| &self.bufs[p.buffer])
                 .chain([&steps[..]]),
         )
     }
@@ -284,12 +282,7 @@ impl Executor {
         if batch == self.batch {
             return;
         }
-        for (buf, desc) in self.bufs.iter_mut().zip(&self.program.buffers) {
-            if desc.batched {
-                buf.clear();
-                buf.resize(desc.len(batch), 0.0);
-            }
-        }
+        self.bufs = self.bufs.resized(&self.program.buffers, batch);
         self.batch = batch;
     }
 
@@ -383,7 +376,7 @@ impl Executor {
                     p.name.clone(),
                     Tensor {
                         shape: p.shape.clone(),
-                        data: self.bufs[p.buffer].clone(),
+                        data: self.bufs[p.buffer].to_vec(),
                     },
                 )
             })
@@ -407,7 +400,7 @@ impl Executor {
         self.program
             .outputs
             .iter()
-            .map(|&b| self.bufs[b].as_slice())
+            .map(|&b| &self.bufs[b])
             .collect()
     }
 
@@ -592,44 +585,26 @@ impl Executor {
     }
 
     fn run_step(&mut self, step: &Step, kernel: &mut dyn StepKernel) {
-        let mut outs: Vec<Vec<f32>> = step
-            .outs
-            .iter()
-            .map(|&b| std::mem::take(&mut self.bufs[b]))
-            .collect();
-        let mut inouts: Vec<Vec<f32>> = step
-            .inouts
-            .iter()
-            .map(|&b| std::mem::take(&mut self.bufs[b]))
-            .collect();
-        {
-            let ins: Vec<&[f32]> = step.ins.iter().map(|&b| self.bufs[b].as_slice()).collect();
-            let ctx = KernelCtx {
-                n: self.batch,
-                lr: self.lr,
-                optimizer_steps: self.optimizer_steps,
-                params_version: self.params_version,
-                seed: self.seed,
-                batch_stats: self
-                    .data_parallel
-                    .as_ref()
-                    .filter(|dp| dp.sync_batch_norm)
-                    .map(|dp| dp.collective.as_ref()),
-                first_image: self.data_parallel.as_ref().map_or(0, |dp| dp.first_image),
-            };
-            let start = self.profile.is_some().then(std::time::Instant::now);
-            kernel.run(&ctx, &ins, &mut inouts, &mut outs);
-            if let (Some(p), Some(t)) = (self.profile.as_mut(), start) {
-                let e = p.entry(step.kernel.kind()).or_default();
-                e.0 += 1;
-                e.1 += t.elapsed();
-            }
-        }
-        for (&b, v) in step.outs.iter().zip(outs) {
-            self.bufs[b] = v;
-        }
-        for (&b, v) in step.inouts.iter().zip(inouts) {
-            self.bufs[b] = v;
+        let ctx = KernelCtx {
+            n: self.batch,
+            lr: self.lr,
+            optimizer_steps: self.optimizer_steps,
+            params_version: self.params_version,
+            seed: self.seed,
+            batch_stats: self
+                .data_parallel
+                .as_ref()
+                .filter(|dp| dp.sync_batch_norm)
+                .map(|dp| dp.collective.as_ref()),
+            first_image: self.data_parallel.as_ref().map_or(0, |dp| dp.first_image),
+        };
+        let (ins, mut inouts, mut outs) = self.bufs.step_views(&step.ins, &step.inouts, &step.outs);
+        let start = self.profile.is_some().then(std::time::Instant::now);
+        kernel.run(&ctx, &ins, &mut inouts, &mut outs);
+        if let (Some(p), Some(t)) = (self.profile.as_mut(), start) {
+            let e = p.entry(step.kernel.kind()).or_default();
+            e.0 += 1;
+            e.1 += t.elapsed();
         }
     }
 
@@ -660,8 +635,8 @@ impl StepKernel for ReferenceKernel {
         &mut self,
         ctx: &KernelCtx<'_>,
         ins: &[&[f32]],
-        inouts: &mut [Vec<f32>],
-        outs: &mut [Vec<f32>],
+        inouts: &mut [&mut [f32]],
+        outs: &mut [&mut [f32]],
     ) {
         exec(&self.kernel, ctx, ins, inouts, outs);
     }
@@ -689,9 +664,9 @@ pub fn apply_epilogue(
     from: usize,
     yd: Dims4,
     ins: &[&[f32]],
-    inouts: &mut [Vec<f32>],
+    inouts: &mut [&mut [f32]],
     first: &mut [f32],
-    rest: &mut [Vec<f32>],
+    rest: &mut [&mut [f32]],
     batch_stats: Option<&dyn Collective>,
 ) {
     let (mut at, mut at_inout) = (0, 0);
@@ -726,7 +701,7 @@ pub fn apply_epilogue_step(
     d: Dims4,
     y: &mut [f32],
     ins: &[&[f32]],
-    inouts: &mut [Vec<f32>],
+    inouts: &mut [&mut [f32]],
     batch_stats: Option<&dyn Collective>,
 ) {
     match step {
@@ -759,7 +734,7 @@ pub fn apply_epilogue_step(
                 batch_stats,
             );
             let (rm, rv) = inouts.split_at_mut(1);
-            k::batch_norm_update_running(&mut rm[0], &mut rv[0], &mean, &var, count, spec.momentum);
+            k::batch_norm_update_running(rm[0], rv[0], &mean, &var, count, spec.momentum);
         }
         EpilogueStep::Add => k::add_inplace(y, ins[0]),
         EpilogueStep::Relu => k::relu_inplace(y),
@@ -770,8 +745,8 @@ fn exec(
     kernel: &Kernel,
     ctx: &KernelCtx<'_>,
     ins: &[&[f32]],
-    inouts: &mut [Vec<f32>],
-    outs: &mut [Vec<f32>],
+    inouts: &mut [&mut [f32]],
+    outs: &mut [&mut [f32]],
 ) {
     let n = ctx.n;
     match kernel {
@@ -819,47 +794,34 @@ fn exec(
                     gamma,
                     beta,
                     spec.eps,
-                    &mut outs[0],
+                    outs[0],
                     &mut mean,
                     &mut var,
                     ctx.batch_stats,
                 );
                 let (rm, rv) = inouts.split_at_mut(1);
-                k::batch_norm_update_running(
-                    &mut rm[0],
-                    &mut rv[0],
-                    &mean,
-                    &var,
-                    count,
-                    spec.momentum,
-                );
+                k::batch_norm_update_running(rm[0], rv[0], &mean, &var, count, spec.momentum);
             } else {
                 // Inference BN reads its running statistics (training BN's in-outs).
-                k::batch_norm_eval(x, d, gamma, beta, ins[3], ins[4], spec.eps, &mut outs[0]);
+                k::batch_norm_eval(x, d, gamma, beta, ins[3], ins[4], spec.eps, outs[0]);
             }
         }
-        Kernel::Relu => k::relu(ins[0], &mut outs[0]),
-        Kernel::Add => k::add(ins[0], ins[1], &mut outs[0]),
-        Kernel::MaxPool { spec, c, in_hw } => k::max_pool2d(
-            ins[0],
-            Dims4::new(n, *c, in_hw[0], in_hw[1]),
-            spec,
-            &mut outs[0],
-        ),
-        Kernel::AvgPool { spec, c, in_hw } => k::avg_pool2d(
-            ins[0],
-            Dims4::new(n, *c, in_hw[0], in_hw[1]),
-            spec,
-            &mut outs[0],
-        ),
+        Kernel::Relu => k::relu(ins[0], outs[0]),
+        Kernel::Add => k::add(ins[0], ins[1], outs[0]),
+        Kernel::MaxPool { spec, c, in_hw } => {
+            k::max_pool2d(ins[0], Dims4::new(n, *c, in_hw[0], in_hw[1]), spec, outs[0])
+        }
+        Kernel::AvgPool { spec, c, in_hw } => {
+            k::avg_pool2d(ins[0], Dims4::new(n, *c, in_hw[0], in_hw[1]), spec, outs[0])
+        }
         Kernel::GlobalAvgPool { c, hw } => {
-            k::global_avg_pool(ins[0], Dims4::new(n, *c, 1, *hw), &mut outs[0])
+            k::global_avg_pool(ins[0], Dims4::new(n, *c, 1, *hw), outs[0])
         }
         Kernel::ShortcutA { spec, in_hw } => k::shortcut_a(
             ins[0],
             Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]),
             spec,
-            &mut outs[0],
+            outs[0],
         ),
         Kernel::Linear {
             in_features,
@@ -872,9 +834,9 @@ fn exec(
             ins[1],
             bias.then(|| ins[2]),
             *out_features,
-            &mut outs[0],
+            outs[0],
         ),
-        Kernel::Softmax { classes } => k::softmax_rows(ins[0], n, *classes, &mut outs[0]),
+        Kernel::Softmax { classes } => k::softmax_rows(ins[0], n, *classes, outs[0]),
         Kernel::FoldBnWeight { spec, out_channels } => {
             let (w, gamma, var) = (ins[0], ins[1], ins[2]);
             let per = w.len() / out_channels;
@@ -894,7 +856,7 @@ fn exec(
             outs[0][0] = k::softmax_cross_entropy(ins[0], n, *classes, &labels_of(ins[1]));
         }
         Kernel::SoftmaxCrossEntropyGrad { classes } => {
-            k::softmax_cross_entropy_backward(ins[0], n, *classes, &labels_of(ins[1]), &mut outs[0])
+            k::softmax_cross_entropy_backward(ins[0], n, *classes, &labels_of(ins[1]), outs[0])
         }
         Kernel::ConvGradInput { spec, in_hw } => {
             let (oh, ow) = spec
@@ -902,7 +864,7 @@ fn exec(
                 .expect("checked by the compiler");
             let yd = Dims4::new(n, spec.out_channels, oh, ow);
             let xd = Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]);
-            k::conv2d_backward_data(ins[0], yd, ins[1], spec, &mut outs[0], xd);
+            k::conv2d_backward_data(ins[0], yd, ins[1], spec, outs[0], xd);
         }
         Kernel::ConvGradWeight { spec, in_hw } => {
             let (oh, ow) = spec
@@ -918,7 +880,7 @@ fn exec(
                 yd,
                 spec,
                 dw,
-                db.first_mut().map(|v| v.as_mut_slice()),
+                db.first_mut().map(|v| &mut **v),
             );
         }
         Kernel::BatchNormGrad { spec, c, hw } => {
@@ -944,30 +906,27 @@ fn exec(
             ins[0],
             ins[1],
             spec.eps,
-            &mut outs[0],
+            outs[0],
         ),
-        Kernel::ReluGrad => k::relu_backward(ins[0], ins[1], &mut outs[0]),
+        Kernel::ReluGrad => k::relu_backward(ins[0], ins[1], outs[0]),
         Kernel::MaxPoolGrad { spec, c, in_hw } => k::max_pool2d_backward(
             ins[0],
             Dims4::new(n, *c, in_hw[0], in_hw[1]),
             ins[1],
             spec,
-            &mut outs[0],
+            outs[0],
         ),
-        Kernel::AvgPoolGrad { spec, c, in_hw } => k::avg_pool2d_backward(
-            ins[0],
-            Dims4::new(n, *c, in_hw[0], in_hw[1]),
-            spec,
-            &mut outs[0],
-        ),
+        Kernel::AvgPoolGrad { spec, c, in_hw } => {
+            k::avg_pool2d_backward(ins[0], Dims4::new(n, *c, in_hw[0], in_hw[1]), spec, outs[0])
+        }
         Kernel::GlobalAvgPoolGrad { c, hw } => {
-            k::global_avg_pool_backward(ins[0], Dims4::new(n, *c, 1, *hw), &mut outs[0])
+            k::global_avg_pool_backward(ins[0], Dims4::new(n, *c, 1, *hw), outs[0])
         }
         Kernel::ShortcutAGrad { spec, in_hw } => k::shortcut_a_backward(
             ins[0],
             Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]),
             spec,
-            &mut outs[0],
+            outs[0],
         ),
         Kernel::LinearGrad {
             in_features,
@@ -977,7 +936,7 @@ fn exec(
             let (dx, rest) = outs.split_first_mut().expect("linear grad outputs");
             let (dw, rest) = rest.split_first_mut().expect("linear grad outputs");
             let db = if *bias {
-                rest.first_mut().map(|v| v.as_mut_slice())
+                rest.first_mut().map(|v| &mut **v)
             } else {
                 None
             };
@@ -993,7 +952,7 @@ fn exec(
                 db,
             );
         }
-        Kernel::Flatten | Kernel::FlattenGrad => k::flatten(ins[0], &mut outs[0]),
+        Kernel::Flatten | Kernel::FlattenGrad => k::flatten(ins[0], outs[0]),
         Kernel::Dropout { p, stream } => {
             let (y, mask) = outs.split_at_mut(1);
             k::dropout_mask_from(
@@ -1003,33 +962,26 @@ fn exec(
                 *stream,
                 ctx.first_image,
                 n,
-                &mut mask[0],
+                mask[0],
             );
-            k::mul(ins[0], &mask[0], &mut y[0]);
+            k::mul(ins[0], mask[0], y[0]);
         }
-        Kernel::DropoutGrad => k::mul(ins[1], ins[0], &mut outs[0]),
+        Kernel::DropoutGrad => k::mul(ins[1], ins[0], outs[0]),
         Kernel::SoftmaxGrad { classes } => {
-            k::softmax_rows_backward(ins[0], ins[1], n, *classes, &mut outs[0])
+            k::softmax_rows_backward(ins[0], ins[1], n, *classes, outs[0])
         }
         Kernel::SgdUpdate { spec } => {
             let (p, v) = inouts.split_at_mut(1);
-            k::sgd_step(
-                &mut p[0],
-                ins[0],
-                &mut v[0],
-                ctx.lr,
-                spec,
-                ctx.optimizer_steps == 0,
-            );
+            k::sgd_step(p[0], ins[0], v[0], ctx.lr, spec, ctx.optimizer_steps == 0);
         }
         Kernel::AdamUpdate { spec } => {
             let (p, state) = inouts.split_at_mut(1);
             let (m, v) = state.split_at_mut(1);
             k::adam_step(
-                &mut p[0],
+                p[0],
                 ins[0],
-                &mut m[0],
-                &mut v[0],
+                m[0],
+                v[0],
                 ctx.lr,
                 spec,
                 ctx.optimizer_steps + 1,

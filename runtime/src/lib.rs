@@ -3,6 +3,7 @@
 //! It knows kernels, buffers and files, never the `.resnet` grammar: the compiler hands it a
 //! program (steps over buffers, a parameter table and a buffer plan).
 
+pub mod arena;
 pub mod atomic;
 pub mod checkpoint;
 pub mod collective;

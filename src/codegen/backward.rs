@@ -80,8 +80,8 @@ impl StepKernel for JitConvGradInput {
         &mut self,
         ctx: &KernelCtx,
         ins: &[&[f32]],
-        _inouts: &mut [Vec<f32>],
-        outs: &mut [Vec<f32>],
+        _inouts: &mut [&mut [f32]],
+        outs: &mut [&mut [f32]],
     ) {
         if self.flipped_version != Some(ctx.params_version) {
             flip_weights(&self.spec, ins[1], &mut self.flipped);
@@ -299,8 +299,8 @@ impl StepKernel for JitConvGradWeight {
         &mut self,
         ctx: &KernelCtx,
         ins: &[&[f32]],
-        _inouts: &mut [Vec<f32>],
-        outs: &mut [Vec<f32>],
+        _inouts: &mut [&mut [f32]],
+        outs: &mut [&mut [f32]],
     ) {
         let conv = &self.plan.conv;
         let s = conv.spec;

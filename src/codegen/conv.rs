@@ -313,9 +313,9 @@ impl ConvPlan {
         &self,
         ctx: &KernelCtx<'_>,
         ins: &[&[f32]],
-        inouts: &mut [Vec<f32>],
+        inouts: &mut [&mut [f32]],
         first: &mut [f32],
-        rest: &mut [Vec<f32>],
+        rest: &mut [&mut [f32]],
         sums: Option<&[(f64, f64)]>,
     ) {
         if self.batch_norm_train_tail(ctx, ins, inouts, first, rest, sums) {
@@ -365,9 +365,9 @@ impl ConvPlan {
         &self,
         ctx: &KernelCtx<'_>,
         ins: &[&[f32]],
-        inouts: &mut [Vec<f32>],
+        inouts: &mut [&mut [f32]],
         first: &mut [f32],
-        rest: &mut [Vec<f32>],
+        rest: &mut [&mut [f32]],
         sums: Option<&[(f64, f64)]>,
     ) -> bool {
         let Some((bn, after)) = self.bn_train_tail() else {
@@ -448,15 +448,15 @@ impl ConvPlan {
         {
             let (rm, rv) = inouts.split_at_mut(1);
             resnetc_runtime::reference::batch_norm_update_running(
-                &mut rm[0],
-                &mut rv[0],
+                rm[0],
+                rv[0],
                 &mean,
                 &var,
                 count,
                 bn.momentum,
             );
         }
-        let mut export = rest.first_mut().map(|v| v.as_mut_slice());
+        let mut export = rest.first_mut().map(|v| &mut **v);
         let body = |plane: usize, yp: &mut [f32], ep: Option<&mut [f32]>| {
             if let Some(ep) = ep {
                 ep.copy_from_slice(yp);
@@ -903,8 +903,8 @@ impl StepKernel for JitConv {
         &mut self,
         ctx: &KernelCtx,
         ins: &[&[f32]],
-        inouts: &mut [Vec<f32>],
-        outs: &mut [Vec<f32>],
+        inouts: &mut [&mut [f32]],
+        outs: &mut [&mut [f32]],
     ) {
         let plan = &self.plan;
         let s = plan.spec;
@@ -1023,8 +1023,8 @@ impl StepKernel for GemmConv {
         &mut self,
         ctx: &KernelCtx,
         ins: &[&[f32]],
-        inouts: &mut [Vec<f32>],
-        outs: &mut [Vec<f32>],
+        inouts: &mut [&mut [f32]],
+        outs: &mut [&mut [f32]],
     ) {
         let plan = &self.plan;
         let s = plan.spec;

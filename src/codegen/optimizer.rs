@@ -307,8 +307,8 @@ impl StepKernel for JitUpdate {
         &mut self,
         ctx: &KernelCtx,
         ins: &[&[f32]],
-        inouts: &mut [Vec<f32>],
-        _outs: &mut [Vec<f32>],
+        inouts: &mut [&mut [f32]],
+        _outs: &mut [&mut [f32]],
     ) {
         let grad = ins[0];
         let first = ctx.optimizer_steps == 0;

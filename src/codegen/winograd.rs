@@ -1112,7 +1112,7 @@ impl JitWinograd {
         fo: impl Fn(&[Lanes; A]) -> [Lanes; M] + Copy + Sync,
         ctx: &KernelCtx,
         ins: &[&[f32]],
-        outs: &mut [Vec<f32>],
+        outs: &mut [&mut [f32]],
     ) -> Option<Vec<(f64, f64)>> {
         if self.packed_version != Some(ctx.params_version) {
             self.pack(ins[1], g);
@@ -1246,8 +1246,8 @@ impl StepKernel for JitWinograd {
         &mut self,
         ctx: &KernelCtx,
         ins: &[&[f32]],
-        inouts: &mut [Vec<f32>],
-        outs: &mut [Vec<f32>],
+        inouts: &mut [&mut [f32]],
+        outs: &mut [&mut [f32]],
     ) {
         let sums = match self.plan.m {
             2 => self.run_m(in_1d_f2, &G2, out_1d_f2, ctx, ins, outs),

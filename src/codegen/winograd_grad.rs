@@ -279,8 +279,8 @@ impl StepKernel for JitWinogradGradWeight {
         &mut self,
         ctx: &KernelCtx,
         ins: &[&[f32]],
-        _inouts: &mut [Vec<f32>],
-        outs: &mut [Vec<f32>],
+        _inouts: &mut [&mut [f32]],
+        outs: &mut [&mut [f32]],
     ) {
         let p = &self.plan;
         let s = p.fwd.conv.spec;
