@@ -327,3 +327,28 @@ fn conv_panels_match_naive_and_adjoints() {
         }
     }
 }
+
+/// Maps whose pixel count is a multiple of 64 (8x8, 16x8): the column matrices get a skewed
+/// row stride there (`skewed_ld`), which forward, backward-data (col2im) and backward-weight
+/// must all read back the same way.
+#[test]
+fn conv_on_maps_of_whole_cache_lines() {
+    let cases = [
+        (
+            Dims4::new(2, 2, 8, 8),
+            spec(2, 3, [3, 3], [1, 1], [1; 4], 1, true),
+        ),
+        (
+            Dims4::new(3, 3, 16, 8),
+            spec(3, 2, [3, 3], [1, 1], [1; 4], 1, false),
+        ),
+        (
+            Dims4::new(2, 2, 16, 16),
+            spec(2, 2, [3, 3], [2, 2], [1; 4], 1, true),
+        ),
+    ];
+    for (i, (xd, s)) in cases.iter().enumerate() {
+        fwd_vs_naive(*xd, s, 500 + i as u64).unwrap();
+        conv_grad_check(*xd, s, 600 + i as u64);
+    }
+}
