@@ -20,8 +20,10 @@ const FLOATS_PER_LINE: usize = ALIGN / std::mem::size_of::<f32>();
 pub type StepViews<'a> = (Vec<&'a [f32]>, Vec<&'a mut [f32]>, Vec<&'a mut [f32]>);
 
 pub struct Arena {
+    /// The first line-aligned float of the allocation at `base`.
     ptr: NonNull<f32>,
-    /// Floats allocated (a multiple of [`FLOATS_PER_LINE`]).
+    base: NonNull<u8>,
+    /// Floats usable from `ptr` (a multiple of [`FLOATS_PER_LINE`]).
     cap: usize,
     /// Each buffer's offset (in floats) and length.
     spans: Vec<(usize, usize)>,
@@ -38,14 +40,30 @@ impl Arena {
         let spans = plan(descs, batch);
         let cap = spans.iter().map(|&(at, len)| at + len).max().unwrap_or(0);
         let cap = cap.next_multiple_of(FLOATS_PER_LINE);
-        let ptr = if cap == 0 {
-            NonNull::dangling()
-        } else {
-            // SAFETY: the layout has a non-zero size.
-            let raw = unsafe { alloc::alloc_zeroed(layout(cap)) } as *mut f32;
-            NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout(cap)))
-        };
-        Arena { ptr, cap, spans }
+        if cap == 0 {
+            return Arena {
+                ptr: NonNull::dangling(),
+                base: NonNull::dangling(),
+                cap,
+                spans,
+            };
+        }
+        // A zeroed allocation at the allocator's natural alignment comes from calloc, which
+        // hands out fresh (already zero) pages for large sizes; one aligned to 64 bytes would
+        // be written with zeros up front, touching every page of a 2 GB training arena. So
+        // allocate a line more and align inside it.
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc::alloc_zeroed(layout(cap)) };
+        let base = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout(cap)));
+        let skip = raw.align_offset(ALIGN);
+        // SAFETY: `skip < ALIGN`, and the allocation has `ALIGN` spare bytes.
+        let ptr = unsafe { NonNull::new_unchecked(raw.add(skip) as *mut f32) };
+        Arena {
+            ptr,
+            base,
+            cap,
+            spans,
+        }
     }
 
     /// The arena for `batch` images, keeping the contents of the buffers that do not depend on
@@ -120,15 +138,18 @@ fn plan(descs: &[BufferDesc], batch: usize) -> Vec<(usize, usize)> {
     spans
 }
 
+/// The allocation for `floats` line-aligned floats: one line more, at the alignment of the
+/// allocator's zeroing fast path (see [`Arena::new`]).
 fn layout(floats: usize) -> Layout {
-    Layout::from_size_align(floats * std::mem::size_of::<f32>(), ALIGN).expect("arena size fits")
+    Layout::from_size_align(floats * std::mem::size_of::<f32>() + ALIGN, 16)
+        .expect("arena size fits")
 }
 
 impl Drop for Arena {
     fn drop(&mut self) {
         if self.cap > 0 {
             // SAFETY: allocated in `new` with this layout.
-            unsafe { alloc::dealloc(self.ptr.as_ptr() as *mut u8, layout(self.cap)) }
+            unsafe { alloc::dealloc(self.base.as_ptr(), layout(self.cap)) }
         }
     }
 }
