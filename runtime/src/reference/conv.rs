@@ -125,10 +125,11 @@ impl Geom {
 }
 
 /// Columns of one panel GEMM: matrixmultiply's `NC` for f32, the width of the block of `B`
-/// it packs at a time (`archparam::S_NC`). On maps of under 512 pixels (ResNet-50's 14x14
-/// and 7x7 stages, CIFAR's 8x8) the images of a batch are multiplied side by side as one
-/// `kdim x images*p` panel, so the weights are packed once per panel instead of once per
-/// image: at 7x7, one image's 512x2048 weights are ten times its input.
+/// it packs at a time (`archparam::S_NC`). On maps of under 512 pixels under large weights
+/// ([`Geom::panels_pay`]: ResNet-50's 14x14 and 7x7 stages) the images of a batch are
+/// multiplied side by side as one `kdim x images*p` panel, so the weights are packed once per
+/// panel instead of once per image: at 7x7, one image's 512x2048 weights are ten times its
+/// input.
 const PANEL_COLS: usize = 1024;
 
 /// Output columns `ox` in `[lo, hi)` read an in-bounds input column for kernel column `kj`;
@@ -259,8 +260,9 @@ fn col2im<T: Real>(col: &[T], g: &Geom, dxg: &mut [T], ld: usize) {
 /// - `bias`: optional `[out]` (the argument governs; `s.bias` is not consulted);
 /// - `y`: output `[n, out, oh, ow]` with `(oh, ow) = s.out_hw(h, w)`, fully overwritten.
 ///
-/// im2col + GEMM per image and group, parallel over the batch; a 1x1 stride-1 unpadded conv
-/// multiplies the input directly without im2col.
+/// im2col + GEMM per image and group, parallel over the batch (or per panel of images, see
+/// `PANEL_COLS`); a 1x1 stride-1 unpadded conv multiplies the input directly without
+/// im2col.
 pub fn conv2d<T: Real>(x: &[T], xd: Dims4, w: &[T], bias: Option<&[T]>, s: &ConvSpec, y: &mut [T]) {
     conv2d_then(x, xd, w, bias, s, y, |_, _| {});
 }
