@@ -20,6 +20,30 @@ fn views(buffers: &mut [Vec<f32>]) -> Vec<&mut [f32]> {
     buffers.iter_mut().map(|b| b.as_mut_slice()).collect()
 }
 
+/// A step of `kernel` alone, as the engines plan it (its buffers are passed by hand).
+fn step_of(name: &str, kernel: &Kernel) -> Step {
+    Step {
+        name: name.into(),
+        kernel: kernel.clone(),
+        ins: vec![],
+        inouts: vec![],
+        outs: vec![],
+    }
+}
+
+/// The context of a forward or gradient kernel run on `n` images (no optimizer state).
+fn kernel_ctx(n: usize) -> KernelCtx<'static> {
+    KernelCtx {
+        n,
+        lr: 0.0,
+        optimizer_steps: 0,
+        params_version: 1,
+        seed: 0,
+        batch_stats: None,
+        first_image: 0,
+    }
+}
+
 fn random(seed: u64, n: usize) -> Vec<f32> {
     let mut rng = Rng::new(seed);
     (0..n).map(|_| rng.normal_f32()).collect()
@@ -143,13 +167,7 @@ fn conv_case_on(
         epilogue: epilogue.clone(),
         exports: vec![],
     };
-    let step = Step {
-        name: "conv".into(),
-        kernel: kernel.clone(),
-        ins: vec![],
-        inouts: vec![],
-        outs: vec![],
-    };
+    let step = step_of("conv", &kernel);
     let oc = spec.out_channels;
     let out_len = n * oc * oh * ow;
     let mut ins: Vec<Vec<f32>> = vec![
@@ -177,15 +195,7 @@ fn conv_case_on(
         }
     }
     let ins_ref: Vec<&[f32]> = ins.iter().map(|v| v.as_slice()).collect();
-    let ctx = KernelCtx {
-        n,
-        lr: 0.0,
-        optimizer_steps: 0,
-        params_version: 1,
-        seed: 0,
-        batch_stats: None,
-        first_image: 0,
-    };
+    let ctx = kernel_ctx(n);
     let mut want = vec![vec![0.0f32; out_len]];
     ReferenceEngine
         .kernel(&step)
@@ -534,11 +544,11 @@ proptest! {
         };
         let Some((oh, ow)) = spec.out_hw(h, w) else { return Ok(()); };
         let kernel_of = Kernel::ConvGradInput { spec, in_hw: [h, w] };
-        let step = Step { name: "dx".into(), kernel: kernel_of.clone(), ins: vec![], inouts: vec![], outs: vec![] };
+        let step = step_of("dx", &kernel_of);
         let dy = random(seed, n * oc * oh * ow);
         let wt = random(seed + 1, spec.weight_shape().iter().product());
         let ins: Vec<&[f32]> = vec![&dy, &wt];
-        let ctx = KernelCtx { n, lr: 0.0, optimizer_steps: 0, params_version: 1, seed: 0, batch_stats: None, first_image: 0 };
+        let ctx = kernel_ctx(n);
         let len = n * cin * h * w;
         let mut want = vec![vec![0.0f32; len]];
         ReferenceEngine.kernel(&step).run(&ctx, &ins, &mut [], &mut views(&mut want));
@@ -628,25 +638,11 @@ fn grad_weight_case(
         spec,
         in_hw: [h, w],
     };
-    let step = Step {
-        name: "dw".into(),
-        kernel: kernel_of.clone(),
-        ins: vec![],
-        inouts: vec![],
-        outs: vec![],
-    };
+    let step = step_of("dw", &kernel_of);
     let x = random(seed, n * cin * h * w);
     let dy = random(seed + 1, n * oc * oh * ow);
     let ins: Vec<&[f32]> = vec![&x, &dy];
-    let ctx = KernelCtx {
-        n,
-        lr: 0.0,
-        optimizer_steps: 0,
-        params_version: 1,
-        seed: 0,
-        batch_stats: None,
-        first_image: 0,
-    };
+    let ctx = kernel_ctx(n);
     let wlen: usize = spec.weight_shape().iter().product();
     let outs = |fill: f32| {
         let mut v = vec![vec![fill; wlen]];
@@ -752,7 +748,7 @@ proptest! {
         seed in 0u64..1000,
     ) {
         let states = if matches!(kernel, Kernel::AdamUpdate { .. }) { 2 } else { 1 };
-        let step = Step { name: "update".into(), kernel: kernel.clone(), ins: vec![], inouts: vec![], outs: vec![] };
+        let step = step_of("update", &kernel);
         let jit = JitEngine::for_kernels([&kernel], false).unwrap();
         let mut jk = jit.kernel(&step);
         prop_assert_eq!(jk.engine(), "jit");
@@ -790,25 +786,11 @@ fn winograd_weight_gradient_error_is_bounded() {
             spec,
             in_hw: [hw, hw],
         };
-        let step = Step {
-            name: "dw".into(),
-            kernel: kernel_of.clone(),
-            ins: vec![],
-            inouts: vec![],
-            outs: vec![],
-        };
+        let step = step_of("dw", &kernel_of);
         let x = random(1, n * cin * hw * hw);
         let dy = random(2, n * oc * hw * hw);
         let ins: Vec<&[f32]> = vec![&x, &dy];
-        let ctx = KernelCtx {
-            n,
-            lr: 0.0,
-            optimizer_steps: 0,
-            params_version: 1,
-            seed: 0,
-            batch_stats: None,
-            first_image: 0,
-        };
+        let ctx = kernel_ctx(n);
         let jit = JitEngine::for_kernels_with([&kernel_of], false, JitOptions::ALL).unwrap();
         let mut k = jit.kernel(&step);
         assert!(k.describe().contains("F(3x3,4x4)"), "{}", k.describe());

@@ -17,7 +17,8 @@ pub enum Kernel {
         epilogue: Vec<EpilogueStep>,
         exports: Vec<usize>,
     },
-    /// ins: x, gamma, beta; inouts: running_mean, running_var (updated when training).
+    /// Training: ins x, gamma, beta; inouts running_mean, running_var (updated).
+    /// Inference: ins x, gamma, beta, running_mean, running_var.
     BatchNorm {
         spec: BnSpec,
         training: bool,

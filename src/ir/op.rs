@@ -261,12 +261,13 @@ impl Op {
                 op: self.mnemonic(),
             });
         }
-        let arity = self.signature().inputs.len();
+        let signature = self.signature();
+        let arity = signature.inputs.len();
         want_arity(self, inputs.len(), arity, arity)?;
         let outputs = self.infer_checked(inputs)?;
         debug_assert_eq!(
             outputs.len(),
-            self.signature().outputs.len(),
+            signature.outputs.len(),
             "{}: shape rule and signature disagree on the outputs",
             self.mnemonic()
         );
@@ -276,9 +277,7 @@ impl Op {
     /// [`Op::infer`] once the arity is checked against the signature.
     fn infer_checked(&self, inputs: &[&Shape]) -> Result<Vec<Shape>, ShapeError> {
         match self {
-            Op::Input | Op::Labels | Op::Param(_) => Err(ShapeError::NoRule {
-                op: self.mnemonic(),
-            }),
+            Op::Input | Op::Labels | Op::Param(_) => unreachable!("`infer` answers for sources"),
             Op::Conv(conv) => {
                 let out = conv_out(conv, inputs[0], inputs[1])?;
                 if conv.bias {

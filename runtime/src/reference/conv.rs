@@ -362,15 +362,13 @@ pub fn conv2d_then<T: Real>(
 /// The column panel of consecutive images `xs` (`[images, c, h, w]`, groups 1): image `j`'s
 /// columns are columns `j*p..(j+1)*p` of `col: [kdim, ld]`.
 fn fill_panel<T: Real>(xs: &[T], in_chw: usize, g: &Geom, col: &mut [T], ld: usize) {
+    if g.pointwise {
+        // A pointwise conv's columns are its input: `[kdim, p]` per image.
+        gather_panel(xs, g.kdim, g.p, col, ld);
+        return;
+    }
     for (j, xi) in xs.chunks(in_chw.max(1)).enumerate() {
-        let dst = &mut col[j * g.p..];
-        if g.pointwise {
-            for (r, src) in xi.chunks_exact(g.p).enumerate() {
-                dst[r * ld..r * ld + g.p].copy_from_slice(src);
-            }
-        } else {
-            im2col(xi, g, dst, ld);
-        }
+        im2col(xi, g, &mut col[j * g.p..], ld);
     }
 }
 
