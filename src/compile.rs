@@ -5,7 +5,7 @@
 use crate::ir::{Graph, IrError, IrErrorKind, Mode, Op, Shape, Value};
 use petgraph::stable_graph::NodeIndex;
 use resnetc_runtime::program::{
-    BufId, BufferDesc, Kernel, ParamRole, ParamSlot, Preprocessing, Program, Step,
+    BufId, BufferDesc, Kernel, Layout, ParamRole, ParamSlot, Preprocessing, Program, Step,
 };
 use std::collections::HashMap;
 
@@ -44,12 +44,14 @@ fn kernel_for(g: &Graph, n: NodeIndex) -> Result<Kernel, IrError> {
             in_hw: hw(in_shape(0)),
             epilogue: vec![],
             exports: vec![],
+            packed: None,
         },
         Op::FusedConv { conv, epilogue } => Kernel::Conv {
             spec: *conv,
             in_hw: hw(in_shape(0)),
             epilogue: epilogue.steps.clone(),
             exports: epilogue.exports.clone(),
+            packed: None,
         },
         Op::BatchNorm { spec, training } => {
             let (c, h, w) = chw(0);
@@ -198,6 +200,7 @@ fn desc(s: &Shape) -> BufferDesc {
     BufferDesc {
         elems: s.numel().max(1),
         batched: s.batched,
+        layout: Layout::Nchw,
     }
 }
 

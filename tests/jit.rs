@@ -3,7 +3,7 @@
 //! on both engines, for inference and for one training step.
 
 use proptest::prelude::*;
-use resnetc::codegen::engine::JitOptions;
+use resnetc::codegen::engine::{weight_packing, JitOptions};
 use resnetc::codegen::jit::TileSet;
 use resnetc::codegen::microkernel::{tile_reference, TileOp, TileSpec};
 use resnetc::codegen::JitEngine;
@@ -166,6 +166,7 @@ fn conv_case_on(
         in_hw,
         epilogue: epilogue.clone(),
         exports: vec![],
+        packed: None,
     };
     let step = step_of("conv", &kernel);
     let oc = spec.out_channels;
@@ -210,7 +211,48 @@ fn conv_case_on(
     {
         prop_assert!(k.describe().contains("winograd"), "{}", k.describe());
     }
+    // The kernel packs the weights itself here (a step the layout pass has not seen)...
     k.run(&ctx, &ins_ref, &mut [], &mut views(&mut got));
+    // ...and reads them from its last input, packed by a `PackWeights` step, after it: the
+    // same arithmetic, so the same bits. The reference kernel ignores that input.
+    if let Some(packing) = weight_packing(&kernel, &options) {
+        let pack = step_of("pack", &Kernel::PackWeights { spec, packing });
+        let mut packed = vec![vec![f32::NAN; packing.packed_len(&spec)]];
+        ReferenceEngine
+            .kernel(&pack)
+            .run(&ctx, &ins_ref[1..2], &mut [], &mut views(&mut packed));
+        let packed_step = step_of(
+            "conv",
+            &Kernel::Conv {
+                spec,
+                in_hw,
+                epilogue: epilogue.clone(),
+                exports: vec![],
+                packed: Some(packing),
+            },
+        );
+        let mut with_packed = ins_ref.clone();
+        with_packed.push(&packed[0]);
+        for engine in [&jit as &dyn Engine, &ReferenceEngine] {
+            let mut again = vec![vec![f32::NAN; out_len]];
+            engine
+                .kernel(&packed_step)
+                .run(&ctx, &with_packed, &mut [], &mut views(&mut again));
+            let same = if engine.name() == "reference" {
+                &want
+            } else {
+                &got
+            };
+            prop_assert!(
+                again[0]
+                    .iter()
+                    .zip(&same[0])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} with packed weights differs",
+                engine.name()
+            );
+        }
+    }
     assert_close(
         &format!("{spec:?} n={n} in={in_hw:?} {epilogue:?}"),
         &got[0],

@@ -1,13 +1,15 @@
-//! Snapshots of compiled programs: every step with its buffers, the kernel it runs on and
+//! Snapshots of compiled programs after the layout pass: the packed buffers and their
+//! layouts, the weight-preparation steps, every step with its buffers, the kernel it runs on and
 //! that kernel's specialization (algorithm, tile, fused epilogue), for ResNet-20 and
 //! ResNet-50 inference and ResNet-20 training, on the JIT engine's default mix and on every
 //! JIT family. A snapshot diff is a review of what the compiler generates.
 
 use resnetc::codegen::engine::JitOptions;
+use resnetc::codegen::layout::assign_layouts;
 use resnetc::codegen::JitEngine;
 use resnetc::driver::{self, BuildOptions};
 use resnetc_runtime::executor::Executor;
-use resnetc_runtime::program::Program;
+use resnetc_runtime::program::{Layout, Program};
 use std::fmt::Write;
 use std::path::PathBuf;
 
@@ -20,6 +22,7 @@ fn model(name: &str) -> BuildOptions {
 fn render(program: &Program, options: JitOptions) -> String {
     let jit = JitEngine::with_options(program, options, false).unwrap();
     let tiles = jit.tile_count();
+    let program = &assign_layouts(program, &options);
     let exec = Executor::with_engine(program.clone(), 1, &jit);
     let mut out = String::new();
     let _ = writeln!(
@@ -29,6 +32,21 @@ fn render(program: &Program, options: JitOptions) -> String {
         program.buffers.len(),
         program.planned_bytes(1)
     );
+    for (id, b) in program.buffers.iter().enumerate() {
+        if let Layout::PackedWeights(p) = b.layout {
+            let _ = writeln!(out, "buffer {id}: {} floats, {}", b.elems, p.describe());
+        }
+    }
+    for step in &program.prep {
+        let _ = writeln!(
+            out,
+            "prep {:<29} {:<24} in {:?} out {:?}",
+            step.name,
+            step.kernel.kind(),
+            step.ins,
+            step.outs
+        );
+    }
     for (step, (_, engine, desc)) in program.steps.iter().zip(exec.kernel_table()) {
         let _ = writeln!(
             out,

@@ -176,7 +176,11 @@ mod tests {
     use super::*;
 
     fn desc(elems: usize, batched: bool) -> BufferDesc {
-        BufferDesc { elems, batched }
+        BufferDesc {
+            elems,
+            batched,
+            layout: Default::default(),
+        }
     }
 
     #[test]

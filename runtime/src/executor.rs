@@ -755,6 +755,7 @@ fn exec(
             in_hw,
             epilogue,
             exports,
+            ..
         } => {
             let xd = Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]);
             let (oh, ow) = spec
@@ -857,6 +858,9 @@ fn exec(
         }
         Kernel::SoftmaxCrossEntropyGrad { classes } => {
             k::softmax_cross_entropy_backward(ins[0], n, *classes, &labels_of(ins[1]), outs[0])
+        }
+        Kernel::PackWeights { spec, packing } => {
+            crate::reference::pack::pack_conv_weights(spec, packing, ins[0], outs[0]);
         }
         Kernel::ConvGradInput { spec, in_hw } => {
             let (oh, ow) = spec

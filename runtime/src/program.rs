@@ -1,7 +1,9 @@
 //! A compiled program: what the compiler hands the runtime. Steps over numbered buffers,
 //! a parameter table, a once-per-load weight-preparation schedule and the buffer plan.
 
-use crate::spec::{AdamSpec, BnSpec, ConvSpec, EpilogueStep, PoolSpec, SgdSpec, ShortcutASpec};
+use crate::spec::{
+    AdamSpec, BnSpec, ConvSpec, EpilogueStep, PoolSpec, SgdSpec, ShortcutASpec, WeightPacking,
+};
 use serde::{Deserialize, Serialize};
 
 pub type BufId = usize;
@@ -10,12 +12,22 @@ pub type BufId = usize;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Kernel {
     /// ins: x, weight, [bias], epilogue operands (running-stat operands of training BN are
-    /// in `inouts`); outs: final value, then exports.
+    /// in `inouts`), then the packed weights when `packed`; outs: final value, then exports.
     Conv {
         spec: ConvSpec,
         in_hw: [usize; 2],
         epilogue: Vec<EpilogueStep>,
         exports: Vec<usize>,
+        /// The weights also come packed so, as the last input (written by a
+        /// [`Kernel::PackWeights`] step that the JIT's layout pass inserts). Kernels that
+        /// read OIHW weights ignore that input.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        packed: Option<WeightPacking>,
+    },
+    /// ins: OIHW weights of `spec`; outs: the same weights packed as `packing` says.
+    PackWeights {
+        spec: ConvSpec,
+        packing: WeightPacking,
     },
     /// Training: ins x, gamma, beta; inouts running_mean, running_var (updated).
     /// Inference: ins x, gamma, beta, running_mean, running_var.
@@ -154,6 +166,7 @@ impl Kernel {
                 "conv+bn_train epilogue"
             }
             Kernel::Conv { .. } => "conv+epilogue",
+            Kernel::PackWeights { .. } => "pack_weights",
             Kernel::BatchNorm { training: true, .. } => "batch_norm_train",
             Kernel::BatchNorm { .. } => "batch_norm",
             Kernel::Relu => "relu",
@@ -206,6 +219,25 @@ pub struct BufferDesc {
     /// Elements per batch item when `batched`, else in total.
     pub elems: usize,
     pub batched: bool,
+    #[serde(default, skip_serializing_if = "Layout::is_nchw")]
+    pub layout: Layout,
+}
+
+/// How a buffer's floats are arranged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Layout {
+    /// Activations `N x C x H x W`, parameters in their PyTorch shapes (OIHW conv weights,
+    /// `[out, in]` linear weights): what the compiler emits and every kernel reads.
+    #[default]
+    Nchw,
+    /// A conv's weights packed for the JIT's tiles, written by a [`Kernel::PackWeights`] step.
+    PackedWeights(WeightPacking),
+}
+
+impl Layout {
+    pub fn is_nchw(&self) -> bool {
+        *self == Layout::Nchw
+    }
 }
 
 impl BufferDesc {

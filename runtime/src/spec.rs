@@ -67,6 +67,36 @@ impl ConvSpec {
     }
 }
 
+/// How a conv's OIHW weights are packed for the JIT's register tiles (see
+/// [`crate::reference::pack`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WeightPacking {
+    /// `Some(m)`: Winograd F(m x m, 3x3) transforms `U = G g G^T` of a 3x3 conv's filters,
+    /// one `oc x ic` matrix per position (`(m + 2)^2` of them), each packed in row panels.
+    /// `None`: the `oc x (ic * kh * kw)` weight matrix itself in row panels.
+    pub winograd: Option<usize>,
+    /// Output channels per row panel (the tile's rows; the last panel may be shorter).
+    pub panel_rows: usize,
+}
+
+impl WeightPacking {
+    /// Floats of the packed weights of a conv of `spec`.
+    pub fn packed_len(&self, spec: &ConvSpec) -> usize {
+        let [o, i, kh, kw] = spec.weight_shape();
+        match self.winograd {
+            Some(m) => (m + 2) * (m + 2) * o * i,
+            None => o * i * kh * kw,
+        }
+    }
+    /// A short name for program listings: `winograd4/r8` or `panels/r8`.
+    pub fn describe(&self) -> String {
+        match self.winograd {
+            Some(m) => format!("winograd{m}/r{}", self.panel_rows),
+            None => format!("panels/r{}", self.panel_rows),
+        }
+    }
+}
+
 /// Max or average pooling window. Max pooling pads with -inf; average pooling counts the
 /// padded zeros in the divisor (PyTorch's default `count_include_pad=True`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -34,6 +34,7 @@ pub fn grad_input_as_conv(kernel: &Kernel) -> Option<Kernel> {
         in_hw: [oh, ow],
         epilogue: vec![],
         exports: vec![],
+        packed: None,
     })
 }
 
@@ -156,6 +157,7 @@ impl GradWeightPlan {
             in_hw: *in_hw,
             epilogue: vec![],
             exports: vec![],
+            packed: None,
         };
         let conv = super::conv::ConvPlan::with_packing(&forward, usize::MAX)?;
         let kp = conv.k.next_multiple_of(4);

@@ -1,7 +1,8 @@
 //! The JIT's convolution: a fused conv step as a grid of JIT tiles over the input itself.
 //!
-//! - Weights are packed once per parameter version into row panels: `MR` output channels by
-//!   `K = in_channels * kh * kw`, `K`-major, so a tile streams them with unit stride.
+//! - The weights come packed in row panels (`MR` output channels by
+//!   `K = in_channels * kh * kw`, `K`-major, so a tile streams them with unit stride) as the
+//!   step's last input, written by the `PackWeights` step that [`super::layout`] inserts.
 //! - There is no im2col matrix. Each image's input is copied once into zero-padded planes,
 //!   split into `stride x stride` phases, so that the input pixels under every kernel tap of
 //!   four consecutive output pixels are four consecutive floats. The tile's reduction loop
@@ -23,7 +24,7 @@ use rayon::prelude::*;
 use resnetc_runtime::engine::{KernelCtx, StepKernel};
 use resnetc_runtime::executor::apply_epilogue;
 use resnetc_runtime::program::Kernel;
-use resnetc_runtime::spec::{ConvSpec, Dims4, EpilogueStep};
+use resnetc_runtime::spec::{ConvSpec, Dims4, EpilogueStep, WeightPacking};
 use std::sync::Arc;
 
 /// Most output channels per tile: 14 rows of one f32x4 each leave two of the sixteen vector
@@ -98,6 +99,7 @@ impl ConvPlan {
             in_hw,
             epilogue,
             exports,
+            ..
         } = kernel
         else {
             return None;
@@ -217,6 +219,14 @@ impl ConvPlan {
             .into_iter()
             .chain(self.block_tiles.iter().flat_map(|(m, r)| [m, r]))
             .flatten()
+    }
+
+    /// How the tiles read the weights: the `oc x k` matrix in panels of the tile's rows.
+    pub fn packing(&self) -> WeightPacking {
+        WeightPacking {
+            winograd: None,
+            panel_rows: self.mr,
+        }
     }
 
     /// Whether each image's columns are packed per tile before the tiles run.
@@ -504,30 +514,6 @@ impl ConvPlan {
     }
 }
 
-/// Packs OIHW weights (`[oc, k]`) into row panels of `rows`: panel `t` holds rows
-/// `t*rows..`, `K`-major.
-pub fn pack_weights(w: &[f32], oc: usize, k: usize, rows: usize, out: &mut Vec<f32>) {
-    out.clear();
-    out.resize(oc * k, 0.0);
-    pack_weights_into(w, oc, k, rows, out);
-}
-
-/// [`pack_weights`] into a slice of exactly `oc * k` floats.
-pub fn pack_weights_into(w: &[f32], oc: usize, k: usize, rows: usize, out: &mut [f32]) {
-    let mut at = 0;
-    let mut r0 = 0;
-    while r0 < oc {
-        let mr = rows.min(oc - r0);
-        for kk in 0..k {
-            for r in 0..mr {
-                out[at + kk * mr + r] = w[(r0 + r) * k + kk];
-            }
-        }
-        at += mr * k;
-        r0 += mr;
-    }
-}
-
 /// Copies one image `x: [c, h, w]` into zero-padded planes split by stride phase: phase
 /// `(py, px)` of channel `c` holds padded pixels `(i * sh + py, j * sw + px)`.
 pub fn pack_planes(plan: &ConvPlan, x: &[f32], out: &mut [f32]) {
@@ -706,8 +692,6 @@ pub struct JitConv {
     rem_edge: Option<TileFn>,
     /// Packed mode: main and remainder tile per reduction block.
     blocks: Vec<(Option<TileFn>, Option<TileFn>)>,
-    packed: Vec<f32>,
-    packed_version: Option<u64>,
     _code: Arc<JitCode>,
 }
 
@@ -725,8 +709,6 @@ impl JitConv {
                 .map(|(m, r)| (get(m), get(r)))
                 .collect(),
             plan,
-            packed: vec![],
-            packed_version: None,
             _code: tiles.code.clone(),
         }
     }
@@ -737,6 +719,7 @@ impl JitConv {
     /// `y` points at the image's output; the panels' rows are written by this call only.
     unsafe fn image_tiles(
         &self,
+        weights: &[f32],
         planes: &[f32],
         y: SendPtr,
         channel_ops: &[Vec<f32>],
@@ -766,7 +749,7 @@ impl JitConv {
             } else {
                 (self.rem, self.rem_edge)
             };
-            let a = self.packed.as_ptr().add(r0 * k);
+            let a = weights.as_ptr().add(r0 * k);
             let packed_cols = plan.packs_columns();
             // Direct mode reads the planes row; packed mode the row's packed tiles.
             let b_row = if packed_cols {
@@ -909,10 +892,13 @@ impl StepKernel for JitConv {
         let plan = &self.plan;
         let s = plan.spec;
         let n = ctx.n;
-        if self.packed_version != Some(ctx.params_version) {
-            pack_weights(ins[1], s.out_channels, plan.k, plan.mr, &mut self.packed);
-            self.packed_version = Some(ctx.params_version);
-        }
+        // The conv's last input: its weights packed as `plan.packing()` says.
+        let weights = *ins.last().expect("conv has inputs");
+        assert_eq!(
+            weights.len(),
+            plan.packing().packed_len(&s),
+            "packed conv weights"
+        );
         let channel_ops = self.plan.tile_operands(ins);
         let res_idx = self.plan.residual_inputs();
         let in_chw = s.in_channels * plan.in_hw[0] * plan.in_hw[1];
@@ -945,6 +931,7 @@ impl StepKernel for JitConv {
                     // SAFETY: image `i` owns output elements `i*out_chw..(i+1)*out_chw`.
                     unsafe {
                         this.image_tiles(
+                            weights,
                             cols,
                             y.at(i * out_chw),
                             &channel_ops,
@@ -978,7 +965,7 @@ impl StepKernel for JitConv {
                     let lo = t * panels / threads;
                     let hi = (t + 1) * panels / threads;
                     // SAFETY: thread `t` owns the rows of panels `lo..hi`.
-                    unsafe { this.image_tiles(cols, yi, channel_ops, residuals, lo..hi) };
+                    unsafe { this.image_tiles(weights, cols, yi, channel_ops, residuals, lo..hi) };
                 });
             }
         }

@@ -10,11 +10,13 @@
 use super::backward::{grad_input_as_conv, GradWeightPlan, JitConvGradInput, JitConvGradWeight};
 use super::conv::{ConvPlan, GemmConv, JitConv, PACK_FROM_K};
 use super::jit::{cpu_unsupported, CompiledTiles, TileSet};
+use super::layout::PacksOwnWeights;
 use super::optimizer::{update_specs, JitUpdate};
 use super::winograd::{JitWinograd, WinogradPlan, MIN_CHANNELS};
 use super::winograd_grad::{JitWinogradGradWeight, WinogradGradWeightPlan};
 use resnetc_runtime::engine::{Engine, ReferenceEngine, StepKernel};
 use resnetc_runtime::program::{Kernel, Program, Step};
+use resnetc_runtime::spec::WeightPacking;
 
 /// Which conv families the JIT generates code for; the rest run on the reference kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +104,15 @@ fn plan_conv(kernel: &Kernel, options: &JitOptions) -> Option<ConvKernelPlan> {
         return None;
     }
     ConvPlan::with_packing(kernel, options.pack_from_k).map(|p| ConvKernelPlan::Direct(Box::new(p)))
+}
+
+/// How the JIT kernel of a forward conv step reads its weights under `options`: `None` when
+/// it reads them as OIHW (the reference GEMM) or the step is not a forward conv.
+pub fn weight_packing(kernel: &Kernel, options: &JitOptions) -> Option<WeightPacking> {
+    match plan_conv(kernel, options)? {
+        ConvKernelPlan::Direct(p) => Some(p.packing()),
+        ConvKernelPlan::Winograd(p) => Some(p.packing()),
+    }
 }
 
 fn plan_winograd_grad_weight(
@@ -253,9 +264,32 @@ impl Engine for JitEngine {
                 return Box::new(JitConvGradInput::new(*spec, forward));
             }
         }
+        let given = match &step.kernel {
+            Kernel::Conv { packed, .. } => *packed,
+            _ => None,
+        };
+        // The tiles read the weights packed, from the step's last input when the layout pass
+        // put them there, else packed by the kernel itself.
+        let packed = |kernel: Box<dyn StepKernel>, spec, packing| -> Box<dyn StepKernel> {
+            if given == Some(packing) {
+                kernel
+            } else {
+                Box::new(PacksOwnWeights::new(kernel, spec, packing))
+            }
+        };
         match plan_conv(&step.kernel, &self.options) {
-            Some(ConvKernelPlan::Direct(plan)) => Box::new(JitConv::new(*plan, &self.tiles)),
-            Some(ConvKernelPlan::Winograd(plan)) => Box::new(JitWinograd::new(*plan, &self.tiles)),
+            Some(ConvKernelPlan::Direct(plan)) => {
+                let (spec, packing) = (plan.spec, plan.packing());
+                packed(Box::new(JitConv::new(*plan, &self.tiles)), spec, packing)
+            }
+            Some(ConvKernelPlan::Winograd(plan)) => {
+                let (spec, packing) = (plan.conv.spec, plan.packing());
+                packed(
+                    Box::new(JitWinograd::new(*plan, &self.tiles)),
+                    spec,
+                    packing,
+                )
+            }
             // Convs left to the reference GEMM still get their epilogue in one pass.
             None => match ConvPlan::new(&step.kernel) {
                 Some(plan) => Box::new(GemmConv::new(plan)),

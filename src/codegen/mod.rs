@@ -8,6 +8,7 @@ pub mod backward;
 pub mod conv;
 pub mod engine;
 pub mod jit;
+pub mod layout;
 pub mod microkernel;
 pub mod optimizer;
 pub mod tile_rate;

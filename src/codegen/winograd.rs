@@ -6,19 +6,23 @@
 //! Per image:
 //! 1. input transform `V = B^T d B` of every patch, stored `[position][in_channel][tile]`;
 //! 2. one GEMM per position, `M[pos] = U[pos] · V[pos]`, on the same JIT tile as the direct
-//!    conv (weights `U = G g G^T` transformed and packed once per parameter version);
+//!    conv (weights `U = G g G^T` transformed and packed by the `PackWeights` step that
+//!    [`super::layout`] inserts, and read from the step's last input);
 //! 3. output transform `Y = A^T M A` of every tile, with the conv's fused epilogue (bias, BN,
 //!    residual add, ReLU) applied to each output value as it is produced, so the output is
 //!    written once.
 //!
 //! F(4x4) rounds more than direct convolution in f32; the tests bound it on the zoo.
 
-use super::conv::{apply_plane_ops, pack_weights_into, tile_ops_text, ConvPlan, SendPtr};
+use super::conv::{apply_plane_ops, tile_ops_text, ConvPlan, SendPtr};
 use super::jit::{CompiledTiles, JitCode, TileSet};
 use super::microkernel::{TileFn, TileSpec};
 use rayon::prelude::*;
 use resnetc_runtime::engine::{KernelCtx, StepKernel};
 use resnetc_runtime::program::Kernel;
+#[cfg(test)]
+use resnetc_runtime::reference::pack::{transform_weight, G2, G4};
+use resnetc_runtime::spec::WeightPacking;
 use std::sync::Arc;
 
 #[cfg(test)]
@@ -27,12 +31,6 @@ const BT2: [[f32; 4]; 4] = [
     [0.0, 1.0, 1.0, 0.0],
     [0.0, -1.0, 1.0, 0.0],
     [0.0, 1.0, 0.0, -1.0],
-];
-const G2: [[f32; 3]; 4] = [
-    [1.0, 0.0, 0.0],
-    [0.5, 0.5, 0.5],
-    [0.5, -0.5, 0.5],
-    [0.0, 0.0, 1.0],
 ];
 #[cfg(test)]
 const AT2: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
@@ -45,14 +43,6 @@ const BT4: [[f32; 6]; 6] = [
     [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
     [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
     [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
-];
-pub(crate) const G4: [[f32; 3]; 6] = [
-    [0.25, 0.0, 0.0],
-    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-    [0.0, 0.0, 1.0],
 ];
 #[cfg(test)]
 const AT4: [[f32; 6]; 4] = [
@@ -368,23 +358,6 @@ fn transform_input<const A: usize>(bt: &[[f32; A]; A], d: &[[f32; A]; A]) -> [[f
     v
 }
 
-/// `G g G^T` for one 3x3 filter.
-fn transform_weight<const A: usize>(g: &[[f32; 3]; A], w: &[[f32; 3]; 3]) -> [[f32; A]; A] {
-    let mut tmp = [[0.0f32; 3]; A];
-    for i in 0..A {
-        for j in 0..3 {
-            tmp[i][j] = (0..3).map(|k| g[i][k] * w[k][j]).sum();
-        }
-    }
-    let mut u = [[0.0f32; A]; A];
-    for i in 0..A {
-        for j in 0..A {
-            u[i][j] = (0..3).map(|k| tmp[i][k] * g[j][k]).sum();
-        }
-    }
-    u
-}
-
 /// `A^T m A` for one tile of the transformed output (the scalar twin of
 /// [`transform_output_lanes`]).
 #[cfg(test)]
@@ -591,6 +564,15 @@ impl WinogradPlan {
         }
     }
 
+    /// How the kernel reads its weights: the transforms `U` per position, in panels of the
+    /// tile's rows.
+    pub fn packing(&self) -> WeightPacking {
+        WeightPacking {
+            winograd: Some(self.m),
+            panel_rows: self.mr,
+        }
+    }
+
     pub fn tiles(&self) -> impl Iterator<Item = &TileSpec> {
         [&self.main, &self.rem].into_iter().flatten()
     }
@@ -711,12 +693,6 @@ pub struct JitWinograd {
     plan: WinogradPlan,
     main: Option<TileFn>,
     rem: Option<TileFn>,
-    /// Transformed weights, per position packed in row panels like the direct conv's.
-    packed: Vec<f32>,
-    packed_version: Option<u64>,
-    /// Transformed weights before packing, kept between re-packs (training re-packs every
-    /// step; a fresh allocation each time cost page faults).
-    unpacked: Vec<f32>,
     /// Transform buffers `(V, M)` kept between runs, one per concurrent work item.
     scratch: std::sync::Mutex<Vec<(Vec<f32>, Vec<f32>)>>,
     _code: Arc<JitCode>,
@@ -728,40 +704,9 @@ impl JitWinograd {
             main: plan.main.as_ref().map(|t| tiles.get(t)),
             rem: plan.rem.as_ref().map(|t| tiles.get(t)),
             plan,
-            packed: vec![],
-            packed_version: None,
-            unpacked: vec![],
             scratch: std::sync::Mutex::new(vec![]),
             _code: tiles.code.clone(),
         }
-    }
-
-    fn pack<const A: usize>(&mut self, w: &[f32], g: &[[f32; 3]; A]) {
-        let s = self.plan.conv.spec;
-        let (oc, ic) = (s.out_channels, s.in_channels);
-        let mut u = std::mem::take(&mut self.unpacked);
-        u.resize(A * A * oc * ic, 0.0);
-        for o in 0..oc {
-            for c in 0..ic {
-                let f = &w[(o * ic + c) * 9..(o * ic + c + 1) * 9];
-                let filt = [[f[0], f[1], f[2]], [f[3], f[4], f[5]], [f[6], f[7], f[8]]];
-                let t = transform_weight(g, &filt);
-                for (pos, v) in t.iter().flatten().enumerate() {
-                    u[(pos * oc + o) * ic + c] = *v;
-                }
-            }
-        }
-        self.packed.resize(A * A * oc * ic, 0.0);
-        for pos in 0..A * A {
-            pack_weights_into(
-                &u[pos * oc * ic..(pos + 1) * oc * ic],
-                oc,
-                ic,
-                self.plan.mr,
-                &mut self.packed[pos * oc * ic..(pos + 1) * oc * ic],
-            );
-        }
-        self.unpacked = u;
     }
 
     /// Transform buffers for one work item, returned to the pool when dropped.
@@ -944,6 +889,7 @@ impl JitWinograd {
     /// positions' outputs are written by this call only.
     unsafe fn gemms(
         &self,
+        weights: &[f32],
         v: SendPtr,
         mbuf: SendPtr,
         positions: std::ops::Range<usize>,
@@ -953,7 +899,7 @@ impl JitWinograd {
         let p = &self.plan;
         let (ic, oc) = (p.conv.spec.in_channels, p.conv.spec.out_channels);
         for pos in positions {
-            let a_pos = self.packed.as_ptr().add(pos * oc * ic);
+            let a_pos = weights.as_ptr().add(pos * oc * ic);
             let mut r0 = 0;
             while r0 < oc {
                 let rows = p.mr.min(oc - r0);
@@ -1136,16 +1082,18 @@ impl JitWinograd {
     fn run_m<const A: usize, const M: usize>(
         &mut self,
         fi: impl Fn(&[Lanes; A]) -> [Lanes; A] + Copy + Sync,
-        g: &[[f32; 3]; A],
         fo: impl Fn(&[Lanes; A]) -> [Lanes; M] + Copy + Sync,
         ctx: &KernelCtx,
         ins: &[&[f32]],
         outs: &mut [&mut [f32]],
     ) -> Option<Vec<(f64, f64)>> {
-        if self.packed_version != Some(ctx.params_version) {
-            self.pack(ins[1], g);
-            self.packed_version = Some(ctx.params_version);
-        }
+        // The conv's last input: its weights packed as `plan.packing()` says.
+        let weights = *ins.last().expect("conv has inputs");
+        assert_eq!(
+            weights.len(),
+            self.plan.packing().packed_len(&self.plan.conv.spec),
+            "packed Winograd weights"
+        );
         let n = ctx.n;
         let conv = &self.plan.conv;
         let s = conv.spec;
@@ -1198,7 +1146,7 @@ impl JitWinograd {
                             let residuals = residuals_of(i);
                             for g0 in (0..groups).step_by(block) {
                                 let g = g0..(g0 + block).min(groups);
-                                this.gemms(vp, mp, 0..this.plan.positions(), g.clone());
+                                this.gemms(weights, vp, mp, 0..this.plan.positions(), g.clone());
                                 this.output(
                                     fo,
                                     mbuf,
@@ -1228,6 +1176,7 @@ impl JitWinograd {
                 });
                 (0..threads).into_par_iter().for_each(|t| unsafe {
                     this.gemms(
+                        weights,
                         vp,
                         mp,
                         split(this.plan.positions(), t),
@@ -1278,8 +1227,8 @@ impl StepKernel for JitWinograd {
         outs: &mut [&mut [f32]],
     ) {
         let sums = match self.plan.m {
-            2 => self.run_m(in_1d_f2, &G2, out_1d_f2, ctx, ins, outs),
-            _ => self.run_m(in_1d_f4, &G4, out_1d_f4, ctx, ins, outs),
+            2 => self.run_m(in_1d_f2, out_1d_f2, ctx, ins, outs),
+            _ => self.run_m(in_1d_f4, out_1d_f4, ctx, ins, outs),
         };
         let (first, rest) = outs.split_first_mut().expect("conv has an output");
         self.plan

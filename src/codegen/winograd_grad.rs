@@ -16,9 +16,10 @@
 use super::backward::{bias_grad, chunk_partials};
 use super::jit::{CompiledTiles, JitCode};
 use super::microkernel::{TileFn, TileSpec};
-use super::winograd::{add, scale, sub, transpose4, Lanes, WinogradPlan, G4 as G, LANES};
+use super::winograd::{add, scale, sub, transpose4, Lanes, WinogradPlan, LANES};
 use resnetc_runtime::engine::{KernelCtx, StepKernel};
 use resnetc_runtime::program::Kernel;
+use resnetc_runtime::reference::pack::G4 as G;
 use std::sync::Arc;
 
 /// Positions of a 6x6 transformed tile.
@@ -91,6 +92,7 @@ impl WinogradGradWeightPlan {
             in_hw: *in_hw,
             epilogue: vec![],
             exports: vec![],
+            packed: None,
         };
         let fwd = WinogradPlan::new(&forward, 4)?;
         let [oh, ow] = fwd.conv.out_hw;

@@ -138,6 +138,7 @@ pub fn executor(program: Program, batch: usize, engine: EngineKind) -> Result<Ex
             };
             let jit = crate::codegen::JitEngine::with_options(&program, options, false)
                 .map_err(|e| CliError::Internal(format!("JIT compilation failed: {e}")))?;
+            let program = crate::codegen::layout::assign_layouts(&program, &options);
             Ok(Executor::with_engine(program, batch, &jit))
         }
     }

@@ -17,6 +17,7 @@ mod conv;
 mod elementwise;
 mod head;
 mod linear;
+pub mod pack;
 mod pool;
 mod sgd;
 pub mod testing;
