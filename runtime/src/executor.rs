@@ -5,7 +5,7 @@ use crate::arena::Arena;
 use crate::collective::Collective;
 use crate::engine::{Engine, KernelCtx, ReferenceEngine, StepKernel};
 use crate::error::{Result, RuntimeError};
-use crate::program::{Kernel, ParamRole, ParamSlot, Program, Step};
+use crate::program::{BufId, Kernel, ParamRole, ParamSlot, Program, Step};
 use crate::reference as k;
 use crate::rng::Rng;
 use crate::spec::{Dims4, EpilogueStep};
@@ -51,6 +51,9 @@ pub struct Executor {
     pub clip_grad_norm: Option<f32>,
     last_grad_norm: Option<f32>,
     prepared: bool,
+    /// Whether `prep` reads a buffer that `steps` write (BN-folded or packed weights of
+    /// trained parameters), so a training step makes it stale.
+    prep_reads_steps: bool,
     /// Per-kernel-kind wall time, when profiling is on.
     profile: Option<std::collections::BTreeMap<&'static str, (u32, std::time::Duration)>>,
     /// Per-step wall time of the last run, when profiling is on.
@@ -105,6 +108,17 @@ impl Executor {
         let bufs = Arena::new(&program.buffers, batch);
         let kernels = program.steps.iter().map(|s| engine.kernel(s)).collect();
         let prep_kernels = program.prep.iter().map(|s| engine.kernel(s)).collect();
+        let written: std::collections::HashSet<BufId> = program
+            .steps
+            .iter()
+            .flat_map(|s| s.inouts.iter().chain(&s.outs))
+            .copied()
+            .collect();
+        let prep_reads_steps = program
+            .prep
+            .iter()
+            .flat_map(|s| s.ins.iter().chain(&s.inouts))
+            .any(|b| written.contains(b));
         Executor {
             program,
             kernels,
@@ -119,6 +133,7 @@ impl Executor {
             clip_grad_norm: None,
             last_grad_norm: None,
             prepared: false,
+            prep_reads_steps,
             profile: None,
             step_times: vec![],
             data_parallel: None,
@@ -535,8 +550,11 @@ impl Executor {
         if self.program.training {
             self.optimizer_steps += 1;
             self.params_version += 1;
-            // Parameters changed: folded weights (if any) are stale.
-            self.prepared = self.program.prep.is_empty();
+            // Parameters changed: folded or packed weights of trained parameters are stale
+            // (those of frozen ones are not).
+            if self.prep_reads_steps {
+                self.prepared = false;
+            }
         }
         Ok(first_bad)
     }
