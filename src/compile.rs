@@ -7,6 +7,7 @@ use petgraph::stable_graph::NodeIndex;
 use resnetc_runtime::program::{
     BufId, BufferDesc, Kernel, Layout, ParamRole, ParamSlot, Preprocessing, Program, Step,
 };
+use resnetc_runtime::spec::EpilogueStep;
 use std::collections::HashMap;
 
 fn hw(s: &Shape) -> [usize; 2] {
@@ -45,6 +46,7 @@ fn kernel_for(g: &Graph, n: NodeIndex) -> Result<Kernel, IrError> {
             epilogue: vec![],
             exports: vec![],
             packed: None,
+            batch_stats: None,
         },
         Op::FusedConv { conv, epilogue } => Kernel::Conv {
             spec: *conv,
@@ -52,6 +54,7 @@ fn kernel_for(g: &Graph, n: NodeIndex) -> Result<Kernel, IrError> {
             epilogue: epilogue.steps.clone(),
             exports: epilogue.exports.clone(),
             packed: None,
+            batch_stats: None,
         },
         Op::BatchNorm { spec, training } => {
             let (c, h, w) = chw(0);
@@ -302,7 +305,11 @@ pub fn compile(g: &Graph) -> Result<Program, IrError> {
                 None => dying[i].push(v),
             }
         }
-        steps.push(make_step(g, n, &buf_of)?);
+        let step = make_step(g, n, &buf_of)?;
+        match split_batch_norm_train(&step, &mut buffers) {
+            Some((stats, apply)) => steps.extend([stats, apply]),
+            None => steps.push(step),
+        }
         for v in std::mem::take(&mut dying[i]) {
             // Only activations are recycled; parameters and prepared weights stay put.
             if g.dag[v.node].op.is_source() || g.dag[v.node].op.is_weight_prep() {
@@ -340,6 +347,89 @@ pub fn compile(g: &Graph) -> Result<Program, IrError> {
         outputs: g.outputs.iter().map(|v| buf_of[v]).collect(),
         unplanned_elems_per_item: unplanned,
     })
+}
+
+/// Training BN in two explicit phases. A fused conv whose epilogue is `pre, bn_train, after`
+/// (with `after` only residual adds and ReLUs) and that exports its pre-BN value (which BN's
+/// gradient reads) becomes:
+/// 1. the conv with epilogue `pre` writing that value into the export's buffer, and BN's
+///    per-channel coefficients from its batch statistics (mean and `gamma / std`) into a new
+///    `2C` buffer (`batch_stats`: a reduction the kernels fuse into writing the output),
+///    updating the running statistics;
+/// 2. a `batch_norm_apply` step that normalizes the value with them, adds beta and applies
+///    `after`, into the fused conv's output buffer.
+///
+/// Other fused convs (none in the zoo) keep training BN inside their epilogue.
+fn split_batch_norm_train(step: &Step, buffers: &mut Vec<BufferDesc>) -> Option<(Step, Step)> {
+    let Kernel::Conv {
+        spec,
+        in_hw,
+        epilogue,
+        exports,
+        packed: None,
+        batch_stats: None,
+    } = &step.kernel
+    else {
+        return None;
+    };
+    let b = epilogue
+        .iter()
+        .position(|s| matches!(s, EpilogueStep::BatchNormTrain(_)))?;
+    let EpilogueStep::BatchNormTrain(bn) = epilogue[b] else {
+        unreachable!("found above")
+    };
+    let (pre, after) = (&epilogue[..b], &epilogue[b + 1..]);
+    if *exports != [b]
+        || pre.iter().any(|s| s.updates() > 0)
+        || !after
+            .iter()
+            .all(|s| matches!(s, EpilogueStep::Add | EpilogueStep::Relu))
+        || step.outs.len() != 2
+        || step.inouts.len() != 2
+    {
+        return None;
+    }
+    let (oh, ow) = spec.out_hw(in_hw[0], in_hw[1])?;
+    let c = spec.out_channels;
+    buffers.push(BufferDesc {
+        elems: 2 * c,
+        batched: false,
+        layout: Layout::Nchw,
+    });
+    let stats = buffers.len() - 1;
+    let (value, pre_bn) = (step.outs[0], step.outs[1]);
+    // ins: x, weight, [bias], pre's operands, gamma, beta, after's operands.
+    let bn_at = 2 + spec.bias as usize + pre.iter().map(|s| s.reads()).sum::<usize>();
+    let conv = Step {
+        name: step.name.clone(),
+        kernel: Kernel::Conv {
+            spec: *spec,
+            in_hw: *in_hw,
+            epilogue: pre.to_vec(),
+            exports: vec![],
+            packed: None,
+            batch_stats: Some(bn),
+        },
+        ins: step.ins[..=bn_at].to_vec(),
+        inouts: step.inouts.clone(),
+        outs: vec![pre_bn, stats],
+    };
+    let apply = Step {
+        name: format!("{}.bn_apply", step.name),
+        kernel: Kernel::BatchNormApply {
+            spec: bn,
+            c,
+            hw: oh * ow,
+            after: after.to_vec(),
+        },
+        ins: [pre_bn, stats]
+            .into_iter()
+            .chain(step.ins[bn_at + 1..].iter().copied())
+            .collect(),
+        inouts: vec![],
+        outs: vec![value],
+    };
+    Some((conv, apply))
 }
 
 fn make_step(g: &Graph, n: NodeIndex, buf_of: &HashMap<Value, BufId>) -> Result<Step, IrError> {

@@ -167,6 +167,7 @@ fn conv_case_on(
         epilogue: epilogue.clone(),
         exports: vec![],
         packed: None,
+        batch_stats: None,
     };
     let step = step_of("conv", &kernel);
     let oc = spec.out_channels;
@@ -229,6 +230,7 @@ fn conv_case_on(
                 epilogue: epilogue.clone(),
                 exports: vec![],
                 packed: Some(packing),
+                batch_stats: None,
             },
         );
         let mut with_packed = ins_ref.clone();

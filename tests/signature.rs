@@ -10,6 +10,7 @@ use resnetc::autodiff::append_training;
 use resnetc::compile::compile;
 use resnetc::ir::{Access, EpilogueStep, Graph, Mode, Op};
 use resnetc::passes::Pipeline;
+use resnetc_runtime::program::Kernel;
 use resnetc_runtime::spec::{AdamSpec, Optimizer, SgdSpec};
 
 fn graph(mode: Mode, optimizer: Option<Optimizer>) -> Graph {
@@ -62,8 +63,33 @@ fn nodes_and_steps_follow_their_signatures() {
     for (what, g) in &graphs {
         let program = compile(g).unwrap();
         let mut updated = 0;
-        for step in &program.steps {
+        let mut steps = program.steps.iter().peekable();
+        let mut split = 0;
+        while let Some(step) = steps.next() {
             let n = g.find(&step.name).expect("each step is a node");
+            // A fused conv with training BN lowers to two steps (the conv with the batch
+            // statistics, then `.bn_apply`) that together take the node's operands: the
+            // second reads the pre-BN value and the coefficients the first writes.
+            let (ins, inouts, outs) = match steps.peek() {
+                Some(next) if next.name == format!("{}.bn_apply", step.name) => {
+                    let apply = steps.next().expect("peeked");
+                    assert!(matches!(
+                        step.kernel,
+                        Kernel::Conv {
+                            batch_stats: Some(_),
+                            ..
+                        }
+                    ));
+                    assert_eq!(apply.ins[..2], step.outs[..], "{what}: {}", step.name);
+                    split += 1;
+                    (
+                        step.ins.len() + apply.ins.len() - 2,
+                        step.inouts.len(),
+                        step.outs.len() - 1 + apply.outs.len(),
+                    )
+                }
+                _ => (step.ins.len(), step.inouts.len(), step.outs.len()),
+            };
             let op = &g.dag[n].op;
             let signature = op.signature();
             let context = format!("{what}: {} ({})", step.name, op.mnemonic());
@@ -74,17 +100,21 @@ fn nodes_and_steps_follow_their_signatures() {
                 .iter()
                 .filter(|s| s.access == Access::Read)
                 .count();
-            assert_eq!(step.ins.len(), reads, "{context}");
-            assert_eq!(
-                step.inouts.len(),
-                signature.inputs.len() - reads,
-                "{context}"
-            );
-            assert_eq!(step.inouts.len(), known_updates(op), "{context}");
-            assert_eq!(op.has_effect(), !step.inouts.is_empty(), "{context}");
-            assert_eq!(step.outs.len(), signature.outputs.len(), "{context}");
-            updated += step.inouts.len();
+            assert_eq!(ins, reads, "{context}");
+            assert_eq!(inouts, signature.inputs.len() - reads, "{context}");
+            assert_eq!(inouts, known_updates(op), "{context}");
+            assert_eq!(op.has_effect(), inouts > 0, "{context}");
+            assert_eq!(outs, signature.outputs.len(), "{context}");
+            updated += inouts;
         }
+        // Every fused conv with training BN of the training graphs is split.
+        let fused_train_bn = g
+            .dag
+            .node_weights()
+            .filter(|node| known_updates(&node.op) == 2 && matches!(node.op, Op::FusedConv { .. }))
+            .count();
+        assert_eq!(split, fused_train_bn, "{what}: split training BN convs");
+        assert_eq!(split > 0, *what != "inference", "{what}: {split} split");
         let expect_updates = match *what {
             "inference" => 0,
             _ => 1,

@@ -773,6 +773,7 @@ fn exec(
             in_hw,
             epilogue,
             exports,
+            batch_stats,
             ..
         } => {
             let xd = Dims4::new(n, spec.in_channels, in_hw[0], in_hw[1]);
@@ -782,8 +783,17 @@ fn exec(
             let yd = Dims4::new(n, spec.out_channels, oh, ow);
             let bias = spec.bias.then(|| ins[2]);
             let (first, rest) = outs.split_first_mut().expect("conv has an output");
+            let (stats, rest) = match batch_stats {
+                Some(_) => {
+                    let (s, r) = rest.split_last_mut().expect("batch statistics output");
+                    (Some(s), r)
+                }
+                None => (None, rest),
+            };
             k::conv2d(ins[0], xd, ins[1], bias, spec, first);
             let at = 2 + spec.bias as usize;
+            let (inouts, running) =
+                inouts.split_at_mut(inouts.len() - 2 * stats.is_some() as usize);
             apply_epilogue(
                 epilogue,
                 exports,
@@ -795,6 +805,32 @@ fn exec(
                 rest,
                 ctx.batch_stats,
             );
+            if let (Some(bn), Some(coeffs)) = (batch_stats, stats) {
+                let gamma = ins[at + epilogue.iter().map(|s| s.reads()).sum::<usize>()];
+                let mut var = vec![0.0; yd.c];
+                let count = k::batch_stats_across(
+                    first,
+                    yd,
+                    gamma,
+                    bn.eps,
+                    coeffs,
+                    &mut var,
+                    ctx.batch_stats,
+                );
+                let (rm, rv) = running.split_at_mut(1);
+                k::batch_norm_update_running(
+                    rm[0],
+                    rv[0],
+                    &coeffs[..yd.c],
+                    &var,
+                    count,
+                    bn.momentum,
+                );
+            }
+        }
+        Kernel::BatchNormApply { c, hw, after, .. } => {
+            let d = Dims4::new(n, *c, 1, *hw);
+            k::batch_norm_apply(ins[0], d, ins[1], ins[2], after, &ins[3..], outs[0]);
         }
         Kernel::BatchNorm {
             spec,

@@ -12,7 +12,8 @@ pub type BufId = usize;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Kernel {
     /// ins: x, weight, [bias], epilogue operands (running-stat operands of training BN are
-    /// in `inouts`), then the packed weights when `packed`; outs: final value, then exports.
+    /// in `inouts`), then gamma when `batch_stats`, then the packed weights when `packed`;
+    /// outs: final value, then exports, then the BN coefficients when `batch_stats`.
     Conv {
         spec: ConvSpec,
         in_hw: [usize; 2],
@@ -23,6 +24,22 @@ pub enum Kernel {
         /// read OIHW weights ignore that input.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         packed: Option<WeightPacking>,
+        /// Training BN's first phase, fused: the per-channel batch statistics of the final
+        /// value (over every rank's batch under synchronized BN) as the coefficients
+        /// `[mean; C] [gamma / sqrt(var + eps); C]` in the last output, with gamma the last
+        /// input before the packed weights; the running statistics (the last two inouts)
+        /// updated with them. A [`Kernel::BatchNormApply`] step normalizes after.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch_stats: Option<BnSpec>,
+    },
+    /// Training BN's second phase: ins x, coefficients (from a conv's `batch_stats`), beta,
+    /// then a residual per `Add` in `after`; outs: `(x - mean) * scale + beta` with `after`
+    /// (adds and ReLUs) applied.
+    BatchNormApply {
+        spec: BnSpec,
+        c: usize,
+        hw: usize,
+        after: Vec<EpilogueStep>,
     },
     /// ins: OIHW weights of `spec`; outs: the same weights packed as `packing` says.
     PackWeights {
@@ -157,6 +174,10 @@ impl Kernel {
     /// A short name for profiles; convolutions are split by their epilogue.
     pub fn kind(&self) -> &'static str {
         match self {
+            Kernel::Conv {
+                batch_stats: Some(_),
+                ..
+            } => "conv+batch_stats",
             Kernel::Conv { epilogue, .. } if epilogue.is_empty() => "conv",
             Kernel::Conv { epilogue, .. }
                 if epilogue
@@ -168,6 +189,7 @@ impl Kernel {
             Kernel::Conv { .. } => "conv+epilogue",
             Kernel::PackWeights { .. } => "pack_weights",
             Kernel::BatchNorm { training: true, .. } => "batch_norm_train",
+            Kernel::BatchNormApply { .. } => "batch_norm_apply",
             Kernel::BatchNorm { .. } => "batch_norm",
             Kernel::Relu => "relu",
             Kernel::Add => "add",

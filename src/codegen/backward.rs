@@ -35,6 +35,7 @@ pub fn grad_input_as_conv(kernel: &Kernel) -> Option<Kernel> {
         epilogue: vec![],
         exports: vec![],
         packed: None,
+        batch_stats: None,
     })
 }
 
@@ -158,6 +159,7 @@ impl GradWeightPlan {
             epilogue: vec![],
             exports: vec![],
             packed: None,
+            batch_stats: None,
         };
         let conv = super::conv::ConvPlan::with_packing(&forward, usize::MAX)?;
         let kp = conv.k.next_multiple_of(4);

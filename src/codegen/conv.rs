@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use resnetc_runtime::engine::{KernelCtx, StepKernel};
 use resnetc_runtime::executor::apply_epilogue;
 use resnetc_runtime::program::Kernel;
-use resnetc_runtime::spec::{ConvSpec, Dims4, EpilogueStep, WeightPacking};
+use resnetc_runtime::spec::{BnSpec, ConvSpec, Dims4, EpilogueStep, WeightPacking};
 use std::sync::Arc;
 
 /// Most output channels per tile: 14 rows of one f32x4 each leave two of the sixteen vector
@@ -74,6 +74,8 @@ pub struct ConvPlan {
     pub exports: Vec<usize>,
     pub fused: usize,
     pub tile_ops: Vec<TileOp>,
+    /// Training BN's first phase after the epilogue: batch statistics as the last output.
+    pub batch_stats: Option<BnSpec>,
     /// Main tile (MR rows) and the row-remainder tile, when there are such rows.
     pub main: Option<TileSpec>,
     pub rem: Option<TileSpec>,
@@ -99,6 +101,7 @@ impl ConvPlan {
             in_hw,
             epilogue,
             exports,
+            batch_stats,
             ..
         } = kernel
         else {
@@ -206,6 +209,7 @@ impl ConvPlan {
             epilogue: epilogue.clone(),
             exports: exports.clone(),
             fused: stop,
+            batch_stats: *batch_stats,
             main: (!packed && oc >= mr_main && full_cols).then(|| tile(mr_main, false)),
             rem: (!packed && rem_rows > 0 && full_cols).then(|| tile(rem_rows, false)),
             main_edge: (oc >= mr_main && partial_col).then(|| edge(mr_main)),
@@ -328,27 +332,123 @@ impl ConvPlan {
         rest: &mut [&mut [f32]],
         sums: Option<&[(f64, f64)]>,
     ) {
-        if self.batch_norm_train_tail(ctx, ins, inouts, first, rest, sums) {
-            return;
+        // Batch statistics: the last output and the last two in-outs.
+        let (rest, stats) = match self.batch_stats {
+            Some(_) => {
+                let (s, r) = rest.split_last_mut().expect("batch statistics output");
+                (r, Some(s))
+            }
+            None => (rest, None),
+        };
+        let running_at = inouts.len() - 2 * stats.is_some() as usize;
+        let (inouts, running) = inouts.split_at_mut(running_at);
+        if !self.batch_norm_train_tail(ctx, ins, inouts, first, rest, sums) {
+            let yd = Dims4::new(
+                ctx.n,
+                self.spec.out_channels,
+                self.out_hw[0],
+                self.out_hw[1],
+            );
+            let at = self.tail_operands_at();
+            apply_epilogue(
+                &self.epilogue,
+                &self.exports,
+                self.fused,
+                yd,
+                &ins[at..],
+                inouts,
+                first,
+                rest,
+                ctx.batch_stats,
+            );
         }
-        let yd = Dims4::new(
-            ctx.n,
-            self.spec.out_channels,
-            self.out_hw[0],
-            self.out_hw[1],
-        );
-        let at = self.tail_operands_at();
-        apply_epilogue(
-            &self.epilogue,
-            &self.exports,
-            self.fused,
-            yd,
-            &ins[at..],
-            inouts,
-            first,
-            rest,
-            ctx.batch_stats,
-        );
+        if let (Some(bn), Some(coeffs)) = (self.batch_stats, stats) {
+            // Kernel sums are of the values the tiles wrote: only when nothing ran after.
+            let sums = sums.filter(|_| self.fused == self.epilogue.len());
+            let (moments, count) = self.batch_moments(ctx, first, sums);
+            let gamma = ins[2
+                + self.spec.bias as usize
+                + self.epilogue.iter().map(|s| s.reads()).sum::<usize>()];
+            let c = self.spec.out_channels;
+            let (mean, scale) = coeffs.split_at_mut(c);
+            let mut var = vec![0.0f32; c];
+            for (ci, &(m, v)) in moments.iter().enumerate() {
+                mean[ci] = m as f32;
+                var[ci] = v as f32;
+                scale[ci] = (gamma[ci] as f64 / (v + bn.eps as f64).sqrt()) as f32;
+            }
+            let (rm, rv) = running.split_at_mut(1);
+            resnetc_runtime::reference::batch_norm_update_running(
+                rm[0],
+                rv[0],
+                mean,
+                &var,
+                count,
+                bn.momentum,
+            );
+        }
+    }
+
+    /// Whether the conv kernels accumulate per-channel sums of the values they write, for
+    /// [`Self::run_epilogue_tail`]: a training BN tail, or batch statistics of the final value.
+    pub fn sums_while_writing(&self) -> bool {
+        self.bn_train_tail().is_some()
+            || (self.batch_stats.is_some() && self.fused == self.epilogue.len())
+    }
+
+    /// Each channel's `(mean, biased variance)` of the output `y` over the batch (every rank's
+    /// under synchronized BN), in f64, and the value count per channel: from the conv
+    /// kernel's `sums`, or one pass over the output (f32 squares are exact in f64, and
+    /// `E[x^2] - mean^2` in f64 loses nothing that f32 can hold unless the mean is ~10^4
+    /// standard deviations; the reference's mean-then-deviations reads the output twice,
+    /// and these layers are memory-bound).
+    fn batch_moments(
+        &self,
+        ctx: &KernelCtx<'_>,
+        y: &[f32],
+        sums: Option<&[(f64, f64)]>,
+    ) -> (Vec<(f64, f64)>, usize) {
+        let (c, hw, n) = (self.spec.out_channels, self.p, ctx.n);
+        let planes_of =
+            |ci: usize| (0..n).map(move |i| &y[(i * c + ci) * hw..(i * c + ci + 1) * hw]);
+        let local: Vec<(f64, f64)> = match sums {
+            Some(s) => s.to_vec(),
+            None => (0..c)
+                .into_par_iter()
+                .map(|ci| {
+                    planes_of(ci)
+                        .map(lane_sums)
+                        .fold((0.0, 0.0), |(a, b), (s, q)| (a + s, b + q))
+                })
+                .collect(),
+        };
+        let moments = |sum: f64, sq: f64, count: f64| {
+            let mean = sum / count;
+            (mean, (sq / count - mean * mean).max(0.0))
+        };
+        match ctx.batch_stats {
+            // Synchronized BN: the sums and sums of squares of every rank's batch.
+            Some(sync) => {
+                let mut sums: Vec<f64> = local.iter().map(|s| s.0).collect();
+                sums.extend(local.iter().map(|s| s.1));
+                sums.push((n * hw) as f64);
+                sync.sum_f64(&mut sums);
+                let total = sums[2 * c];
+                (
+                    (0..c)
+                        .map(|ci| moments(sums[ci], sums[c + ci], total))
+                        .collect(),
+                    total as usize,
+                )
+            }
+            None => (
+                local
+                    .iter()
+                    .map(|&(sum, sq)| moments(sum, sq, (n * hw) as f64))
+                    .collect(),
+                n * hw,
+            ),
+        }
     }
 
     /// The training BN that [`Self::batch_norm_train_tail`] runs, and the adds and ReLUs after
@@ -388,9 +488,7 @@ impl ConvPlan {
         }
         let c = self.spec.out_channels;
         let hw = self.p;
-        let n = ctx.n;
-        let mut count = n * hw;
-        if count < 2 && ctx.batch_stats.is_none() {
+        if ctx.n * hw < 2 && ctx.batch_stats.is_none() {
             return false;
         }
         let at = self.tail_operands_at();
@@ -405,49 +503,7 @@ impl ConvPlan {
             .filter(|(s, _)| matches!(s, EpilogueStep::Add))
             .map(|(_, i)| ins[i])
             .collect();
-        let y: &[f32] = first;
-        let planes_of =
-            |ci: usize| (0..n).map(move |i| &y[(i * c + ci) * hw..(i * c + ci + 1) * hw]);
-        // Each channel's sum and sum of squares over this process's batch: from the conv
-        // kernel, or one pass over the output (f32 squares are exact in f64, and
-        // `E[x^2] - mean^2` in f64 loses nothing that f32 can hold unless the mean is ~10^4
-        // standard deviations; the reference's mean-then-deviations reads the output twice,
-        // and these layers are memory-bound).
-        let local: Vec<(f64, f64)> = match sums {
-            Some(s) => s.to_vec(),
-            None => (0..c)
-                .into_par_iter()
-                .map(|ci| {
-                    planes_of(ci)
-                        .map(lane_sums)
-                        .fold((0.0, 0.0), |(a, b), (s, q)| (a + s, b + q))
-                })
-                .collect(),
-        };
-        let stats: Vec<(f64, f64)> = match ctx.batch_stats {
-            // Synchronized BN: the sums and sums of squares of every rank's batch.
-            Some(sync) => {
-                let mut sums: Vec<f64> = local.iter().map(|s| s.0).collect();
-                sums.extend(local.iter().map(|s| s.1));
-                sums.push(count as f64);
-                sync.sum_f64(&mut sums);
-                let total = sums[2 * c];
-                count = total as usize;
-                (0..c)
-                    .map(|ci| {
-                        let mean = sums[ci] / total;
-                        (mean, (sums[c + ci] / total - mean * mean).max(0.0))
-                    })
-                    .collect()
-            }
-            None => local
-                .iter()
-                .map(|&(sum, sq)| {
-                    let mean = sum / count as f64;
-                    (mean, (sq / count as f64 - mean * mean).max(0.0))
-                })
-                .collect(),
-        };
+        let (stats, count) = self.batch_moments(ctx, first, sums);
         let mean: Vec<f32> = stats.iter().map(|s| s.0 as f32).collect();
         let var: Vec<f32> = stats.iter().map(|s| s.1 as f32).collect();
         let scale: Vec<f32> = stats

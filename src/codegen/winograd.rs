@@ -1106,8 +1106,8 @@ impl JitWinograd {
         let oc = s.out_channels;
         // A training BN after the conv gets its batch sums from the output transform, per
         // image and channel (summed in image order below, whatever the threads).
-        let mut image_sums = (self.plan.m == 4 && conv.bn_train_tail().is_some())
-            .then(|| vec![(0.0f64, 0.0f64); n * oc]);
+        let mut image_sums =
+            (self.plan.m == 4 && conv.sums_while_writing()).then(|| vec![(0.0f64, 0.0f64); n * oc]);
         let sums_at = image_sums.as_mut().map(|v| SendSums(v.as_mut_ptr()));
         let sums_of = |i: usize| sums_at.map(|p| SendSums(p.0.wrapping_add(i * oc)));
         let this = &*self;

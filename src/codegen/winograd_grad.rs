@@ -93,6 +93,7 @@ impl WinogradGradWeightPlan {
             epilogue: vec![],
             exports: vec![],
             packed: None,
+            batch_stats: None,
         };
         let fwd = WinogradPlan::new(&forward, 4)?;
         let [oh, ow] = fwd.conv.out_hw;

@@ -3,7 +3,7 @@
 
 use super::{sum_f64, Real};
 use crate::collective::Collective;
-use crate::spec::Dims4;
+use crate::spec::{Dims4, EpilogueStep};
 use rayon::prelude::*;
 
 /// Per-channel `(mean, biased variance)` of an NCHW tensor, two-pass, in f64.
@@ -269,6 +269,100 @@ pub fn batch_norm_train_inplace_across<T: Real>(
         }
     });
     count
+}
+
+/// Training BN's first phase: the per-channel batch statistics of `x` (over every rank's
+/// batch with `sync`) as the coefficients the second phase applies,
+/// `coeffs = [mean; C] [gamma / sqrt(var + eps); C]` (the scale rounded once from f64), and
+/// the biased variance in `var_out` (for [`batch_norm_update_running`]). Returns the number
+/// of values per channel they cover.
+pub fn batch_stats_across<T: Real>(
+    x: &[T],
+    d: Dims4,
+    gamma: &[T],
+    eps: T,
+    coeffs: &mut [T],
+    var_out: &mut [T],
+    sync: Option<&dyn Collective>,
+) -> usize {
+    assert_eq!(x.len(), d.len(), "batch_stats: x length");
+    assert_eq!(
+        coeffs.len(),
+        2 * d.c,
+        "batch_stats: coefficients length != 2C"
+    );
+    assert_eq!(gamma.len(), d.c, "batch_stats: gamma length != C");
+    assert!(d.n * d.hw() > 0, "batch_stats: empty batch");
+    let (mean, scale_out) = coeffs.split_at_mut(d.c);
+    let (scale, count) = batch_scale(x, d, gamma, eps, mean, var_out, sync);
+    scale_out.copy_from_slice(&scale);
+    count
+}
+
+/// Training BN's second phase: `y = (x - mean[c]) * scale[c] + beta[c]` with
+/// `coeffs = [mean; C] [scale; C]` from [`batch_stats_across`], then the steps `after` in
+/// order (each `Add` adds the next of `residuals`, `Relu` takes `max(y, 0)`); one pass per
+/// plane, parallel over planes. The same arithmetic as [`batch_norm_train`].
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_apply<T: Real>(
+    x: &[T],
+    d: Dims4,
+    coeffs: &[T],
+    beta: &[T],
+    after: &[EpilogueStep],
+    residuals: &[&[T]],
+    y: &mut [T],
+) {
+    let adds = after.iter().filter(|s| **s == EpilogueStep::Add).count();
+    assert_eq!(
+        residuals.len(),
+        adds,
+        "batch_norm_apply: one residual per add"
+    );
+    assert!(
+        after
+            .iter()
+            .all(|s| matches!(s, EpilogueStep::Add | EpilogueStep::Relu)),
+        "batch_norm_apply: only adds and ReLUs follow"
+    );
+    check_lens("batch_norm_apply", d, x, y, &[beta]);
+    assert_eq!(
+        coeffs.len(),
+        2 * d.c,
+        "batch_norm_apply: coefficients length != 2C"
+    );
+    for r in residuals {
+        assert_eq!(r.len(), d.len(), "batch_norm_apply: residual length");
+    }
+    let (mean, scale) = coeffs.split_at(d.c);
+    let hw = d.hw();
+    if hw == 0 {
+        return;
+    }
+    y.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .for_each(|(i, (yp, xp))| {
+            let ci = i % d.c;
+            let (m, a, b) = (mean[ci], scale[ci], beta[ci]);
+            for (yv, &xv) in yp.iter_mut().zip(xp) {
+                *yv = (xv - m) * a + b;
+            }
+            let mut next = residuals.iter();
+            for step in after {
+                if *step == EpilogueStep::Add {
+                    let r = &next.next().expect("counted")[i * hw..(i + 1) * hw];
+                    for (yv, &rv) in yp.iter_mut().zip(r) {
+                        *yv = *yv + rv;
+                    }
+                } else {
+                    let z = T::zero();
+                    for yv in yp.iter_mut() {
+                        *yv = if *yv > z { *yv } else { z };
+                    }
+                }
+            }
+        });
 }
 
 /// Updates running statistics in place with PyTorch semantics:
