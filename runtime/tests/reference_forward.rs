@@ -131,6 +131,35 @@ fn bn_eval_equals_train_with_batch_stats() {
     }
 }
 
+/// Training BN's two phases (`batch_stats_across`, then `batch_norm_apply`) give the bits of
+/// the one-pass kernel, and the residual add and ReLU after it the bits of the separate ops.
+#[test]
+fn bn_two_phases_equal_bn_train_then_add_relu() {
+    let d = Dims4::new(3, 5, 2, 7);
+    let mut rng = Rng::new(17);
+    let x = rng.vec(d.len(), -2.0, 5.0);
+    let r = rng.vec(d.len(), -1.0, 1.0);
+    let gamma = rng.vec(d.c, -2.0, 2.0);
+    let beta = rng.vec(d.c, -1.0, 1.0);
+    let eps = 1e-5;
+    let (mut want, mut bm, mut bv) = (vec![0.0; d.len()], vec![0.0; d.c], vec![0.0; d.c]);
+    batch_norm_train(&x, d, &gamma, &beta, eps, &mut want, &mut bm, &mut bv);
+    let (mut coeffs, mut var) = (vec![0.0; 2 * d.c], vec![0.0; d.c]);
+    let count = batch_stats_across(&x, d, &gamma, eps, &mut coeffs, &mut var, None);
+    assert_eq!(count, d.n * d.hw());
+    assert_eq!(&coeffs[..d.c], &bm[..], "means");
+    assert_eq!(var, bv, "variances");
+    let mut got = vec![f64::NAN; d.len()];
+    batch_norm_apply(&x, d, &coeffs, &beta, &[], &[], &mut got);
+    assert_eq!(got, want);
+    use resnetc_runtime::spec::EpilogueStep::{Add, Relu};
+    batch_norm_apply(&x, d, &coeffs, &beta, &[Add, Relu], &[&r], &mut got);
+    add_inplace(&mut want, &r);
+    relu_inplace(&mut want);
+    assert_eq!(got, want);
+    assert!(got.iter().any(|&v| v == 0.0) && got.iter().any(|&v| v > 0.0));
+}
+
 #[test]
 fn softmax_ce_matches_direct_formula() {
     let (n, k) = (4, 6);

@@ -1082,23 +1082,54 @@ impl StepKernel for GemmConv {
         // 32x32 took twice the GEMM's time when each was a task).
         let min_planes = EPILOGUE_TASK.div_ceil(hw.max(1));
         let ops = &plan.tile_ops;
+        // Batch statistics after the epilogue: each image's channel sums, taken with it.
+        let sums_wanted = plan.sums_while_writing();
+        let image_sums: Vec<std::sync::OnceLock<Vec<(f64, f64)>>> = (0..n * sums_wanted as usize)
+            .map(|_| std::sync::OnceLock::new())
+            .collect();
         // The bias is the first fused op, so the GEMM runs without it; the epilogue runs on
         // each image's output right after its GEMM, while it is in cache.
-        resnetc_runtime::reference::conv2d_then(ins[0], xd, ins[1], None, &s, first, |n, yi| {
-            if ops.is_empty() {
+        resnetc_runtime::reference::conv2d_then(ins[0], xd, ins[1], None, &s, first, |i, yi| {
+            if ops.is_empty() && !sums_wanted {
                 return;
             }
-            let image = n * c * hw;
-            yi.par_chunks_mut(hw)
+            let image = i * c * hw;
+            let sums: Vec<(f64, f64)> = yi
+                .par_chunks_mut(hw)
                 .enumerate()
                 .with_min_len(min_planes)
-                .for_each(|(ci, yp)| {
-                    let at = image + ci * hw;
-                    let planes: Vec<&[f32]> = residuals.iter().map(|r| &r[at..at + hw]).collect();
-                    apply_plane_ops(ops, &channel_ops, &planes, ci, yp);
-                });
+                .map(|(ci, yp)| {
+                    if !ops.is_empty() {
+                        let at = image + ci * hw;
+                        let planes: Vec<&[f32]> =
+                            residuals.iter().map(|r| &r[at..at + hw]).collect();
+                        apply_plane_ops(ops, &channel_ops, &planes, ci, yp);
+                    }
+                    if sums_wanted {
+                        lane_sums(yp)
+                    } else {
+                        (0.0, 0.0)
+                    }
+                })
+                .collect();
+            if sums_wanted {
+                let _ = image_sums[i].set(sums);
+            }
         });
-        plan.run_epilogue_tail(ctx, ins, inouts, first, rest, None);
+        // Summed in image order, as the pass over the output would.
+        let total = sums_wanted.then(|| {
+            image_sums
+                .iter()
+                .fold(vec![(0.0f64, 0.0f64); c], |mut t, s| {
+                    let s = s.get().expect("every image's sums");
+                    t.iter_mut().zip(s).for_each(|(t, s)| {
+                        t.0 += s.0;
+                        t.1 += s.1;
+                    });
+                    t
+                })
+        });
+        plan.run_epilogue_tail(ctx, ins, inouts, first, rest, total.as_deref());
     }
 
     fn engine(&self) -> &'static str {
