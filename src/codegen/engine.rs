@@ -27,7 +27,7 @@ pub struct JitOptions {
     /// Fewest input channels for Winograd: [`super::winograd::MIN_CHANNELS`] in both engines;
     /// the kernel tests lower it to check the transforms on odd channel counts.
     pub winograd_min_channels: usize,
-    /// Winograd F(2x2) on maps under 8x8 (else only F(4x4), on larger maps).
+    /// Winograd F(2x2) on maps under 7x7 (else only F(4x4), on larger maps).
     pub winograd_small_maps: bool,
     /// Direct tiles for every other forward conv and stride-1 input gradient.
     pub direct: bool,
