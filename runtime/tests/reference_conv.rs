@@ -331,6 +331,27 @@ fn conv_panels_match_naive_and_adjoints() {
 /// Maps whose pixel count is a multiple of 64 (8x8, 16x8): the column matrices get a skewed
 /// row stride there (`skewed_ld`), which forward, backward-data (col2im) and backward-weight
 /// must all read back the same way.
+/// Maps whose columns outgrow one band of L2 (`Geom::band_rows`: 1 MiB) run the forward in
+/// bands of output rows: three bands of 3, 3 and 1 rows, skewed (704-pixel rows, bands of
+/// 2112 = 33 * 64 pixels), at batch 1; bands of 2, 2 and 1 rows with stride 2 and padding
+/// at batch 3. A wrong band offset or stride fails the comparison with the naive conv.
+#[test]
+fn conv_on_wide_maps_in_row_bands() {
+    let cases = [
+        (
+            Dims4::new(1, 4, 11, 708),
+            spec(4, 3, [5, 5], [1, 1], [0; 4], 1, true),
+        ),
+        (
+            Dims4::new(3, 3, 9, 1410),
+            spec(3, 2, [7, 7], [2, 2], [3; 4], 1, false),
+        ),
+    ];
+    for (i, (xd, s)) in cases.iter().enumerate() {
+        fwd_vs_naive(*xd, s, 700 + i as u64).unwrap();
+    }
+}
+
 #[test]
 fn conv_on_maps_of_whole_cache_lines() {
     let cases = [

@@ -97,6 +97,23 @@ impl Geom {
             self.kdim * self.col_ld()
         }
     }
+    /// Output rows per band of the forward conv's im2col: all of them while one image's
+    /// columns fit in [`BAND_BYTES`], else as many as fit (at least one). ResNet-50's stem
+    /// (7x7 over 3 channels, 112x112 outputs) writes 7.4 MB of columns per image, which the
+    /// GEMM read back from memory.
+    ///
+    /// Bands under [`BAND_MIN_PIXELS`] are not worth it: each band packs the weights again
+    /// and multiplies a thinner GEMM. ResNet-50's layer2.0.conv2 (1152-long columns, bands of
+    /// 224 pixels) went from 24.6 to 27.5 ms at batch 16 with them.
+    fn band_rows(&self) -> usize {
+        let row_bytes = self.kdim * self.ow * std::mem::size_of::<f32>();
+        let rows = (BAND_BYTES / row_bytes.max(1)).clamp(1, self.oh.max(1));
+        if rows * self.ow < BAND_MIN_PIXELS {
+            self.oh
+        } else {
+            rows
+        }
+    }
     /// Row stride of a per-image column matrix ([`skewed_ld`]).
     fn col_ld(&self) -> usize {
         skewed_ld(self.p)
@@ -154,17 +171,29 @@ fn valid_cols(kj: usize, pad: usize, stride: usize, w: usize, ow: usize) -> (usi
 /// Unfold one group of one image (`xg: [cin_g, h, w]`) into `col: [kdim, p]`, whose rows
 /// start `ld` elements apart (`ld > p` when `col` is one image's columns of a panel).
 fn im2col<T: Real>(xg: &[T], g: &Geom, col: &mut [T], ld: usize) {
-    let (h, w, ow, p) = (g.h, g.w, g.ow, g.p);
+    im2col_rows(xg, g, col, ld, 0..g.oh);
+}
+
+/// [`im2col`] of the output rows `rows` only: the columns of their pixels, `ld` apart.
+fn im2col_rows<T: Real>(
+    xg: &[T],
+    g: &Geom,
+    col: &mut [T],
+    ld: usize,
+    rows: std::ops::Range<usize>,
+) {
+    let (h, w, ow) = (g.h, g.w, g.ow);
+    let band = rows.len() * ow;
     let zero = T::zero();
     for c in 0..g.cin_g {
         let plane = &xg[c * h * w..(c + 1) * h * w];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
                 let row = ((c * g.kh + ki) * g.kw + kj) * ld;
-                let dst = &mut col[row..row + p];
+                let dst = &mut col[row..row + band];
                 let (lo, hi) = valid_cols(kj, g.pl, g.sw, w, ow);
-                for oy in 0..g.oh {
-                    let d = &mut dst[oy * ow..(oy + 1) * ow];
+                for oy in rows.clone() {
+                    let d = &mut dst[(oy - rows.start) * ow..(oy - rows.start + 1) * ow];
                     let iy = (oy * g.sh + ki) as isize - g.pt as isize;
                     if iy < 0 || iy >= h as isize {
                         d.fill(zero);
@@ -197,6 +226,12 @@ fn im2col<T: Real>(xg: &[T], g: &Geom, col: &mut [T], ld: usize) {
 /// set. One extra cache line per row took ResNet-20's 32x32 weight gradients from 13.8 to
 /// 9.4 ms a layer at batch 128 (`bench --train --layers`), and its training step from 416
 /// to 381 ms (median of 3 paired runs).
+/// Column bytes per band of the forward conv ([`Geom::band_rows`]): half of this machine's
+/// 2 MiB L2, leaving room for the weights' packed blocks and the output band.
+const BAND_BYTES: usize = 1 << 20;
+/// Fewest pixels per band ([`Geom::band_rows`]).
+const BAND_MIN_PIXELS: usize = 1024;
+
 fn skewed_ld(p: usize) -> usize {
     const LINE: usize = 16;
     if p >= 4 * LINE && p.is_multiple_of(4 * LINE) {
@@ -398,33 +433,46 @@ fn conv_image<T: Real>(
         let xg = &xi[gi * gin..(gi + 1) * gin];
         let wg = &w[gi * g.cout_g * g.kdim..(gi + 1) * g.cout_g * g.kdim];
         let yg = &mut yi[gi * g.cout_g * g.p..(gi + 1) * g.cout_g * g.p];
-        let (b, ldb): (&[T], usize) = if g.pointwise {
-            (xg, g.p)
-        } else {
-            im2col(xg, g, col, g.col_ld());
-            (col, g.col_ld())
-        };
-        let block = |(yr, wr): (&mut [T], &[T])| {
-            let m = yr.len() / g.p;
-            gemm(
-                m,
-                g.kdim,
-                g.p,
-                T::one(),
-                (wr, g.kdim, 1),
-                (b, ldb, 1),
-                T::zero(),
-                yr,
-                g.p,
-                1,
-            );
-        };
-        if parts == 1 {
-            block((yg, wg));
-        } else {
-            yg.par_chunks_mut(rows * g.p)
-                .zip(wg.par_chunks(rows * g.kdim))
-                .for_each(block);
+        // Bands of output rows whose columns fit in L2 (all of them when they do): the
+        // GEMM then packs columns that im2col has just written, instead of reading them back
+        // from memory.
+        let band_rows = if g.pointwise { g.oh } else { g.band_rows() };
+        for oy0 in (0..g.oh).step_by(band_rows.max(1)) {
+            let band = oy0..(oy0 + band_rows).min(g.oh);
+            let px = band.len() * g.ow;
+            let (b, ldb): (&[T], usize) = if g.pointwise {
+                (xg, g.p)
+            } else {
+                // Skewed when that stays within the buffer sized for the whole image.
+                let ld = Some(skewed_ld(px))
+                    .filter(|&ld| ld <= g.col_ld())
+                    .unwrap_or(px);
+                im2col_rows(xg, g, col, ld, band.clone());
+                (col, ld)
+            };
+            let at = oy0 * g.ow;
+            let block = |(yr, wr): (&mut [T], &[T])| {
+                let m = yr.len() / g.p;
+                gemm(
+                    m,
+                    g.kdim,
+                    px,
+                    T::one(),
+                    (wr, g.kdim, 1),
+                    (b, ldb, 1),
+                    T::zero(),
+                    &mut yr[at..],
+                    g.p,
+                    1,
+                );
+            };
+            if parts == 1 {
+                block((yg, wg));
+            } else {
+                yg.par_chunks_mut(rows * g.p)
+                    .zip(wg.par_chunks(rows * g.kdim))
+                    .for_each(block);
+            }
         }
     }
     if let Some(bias) = bias {
