@@ -317,12 +317,12 @@ impl ConvPlan {
     }
 
     /// Runs the epilogue steps the tiles did not fuse over the whole output `first` (and
-    /// copies the exported values into `rest`), as the reference executor runs them; the
-    /// training pattern `[bn_train, (add,) relu]` in two passes instead of six
-    /// ([`Self::batch_norm_train_tail`]).
+    /// copies the exported values into `rest`), as the reference executor runs them, then
+    /// the batch statistics of training BN's first phase, when the step has them.
     ///
-    /// `sums`, when the conv kernel accumulated them while writing its output, are each
-    /// channel's sum and sum of squares over the batch, for a training BN tail.
+    /// `sums`, when the conv kernel accumulated them while writing its output
+    /// ([`Self::sums_while_writing`]), are each channel's sum and sum of squares over the
+    /// batch.
     pub fn run_epilogue_tail(
         &self,
         ctx: &KernelCtx<'_>,
@@ -342,29 +342,25 @@ impl ConvPlan {
         };
         let running_at = inouts.len() - 2 * stats.is_some() as usize;
         let (inouts, running) = inouts.split_at_mut(running_at);
-        if !self.batch_norm_train_tail(ctx, ins, inouts, first, rest, sums) {
-            let yd = Dims4::new(
-                ctx.n,
-                self.spec.out_channels,
-                self.out_hw[0],
-                self.out_hw[1],
-            );
-            let at = self.tail_operands_at();
-            apply_epilogue(
-                &self.epilogue,
-                &self.exports,
-                self.fused,
-                yd,
-                &ins[at..],
-                inouts,
-                first,
-                rest,
-                ctx.batch_stats,
-            );
-        }
+        let yd = Dims4::new(
+            ctx.n,
+            self.spec.out_channels,
+            self.out_hw[0],
+            self.out_hw[1],
+        );
+        let at = self.tail_operands_at();
+        apply_epilogue(
+            &self.epilogue,
+            &self.exports,
+            self.fused,
+            yd,
+            &ins[at..],
+            inouts,
+            first,
+            rest,
+            ctx.batch_stats,
+        );
         if let (Some(bn), Some(coeffs)) = (self.batch_stats, stats) {
-            // Kernel sums are of the values the tiles wrote: only when nothing ran after.
-            let sums = sums.filter(|_| self.fused == self.epilogue.len());
             let (moments, count) = self.batch_moments(ctx, first, sums);
             let gamma = ins[2
                 + self.spec.bias as usize
@@ -390,10 +386,11 @@ impl ConvPlan {
     }
 
     /// Whether the conv kernels accumulate per-channel sums of the values they write, for
-    /// [`Self::run_epilogue_tail`]: a training BN tail, or batch statistics of the final value.
+    /// [`Self::run_epilogue_tail`]: batch statistics of a final value the tiles produce.
+    /// (A fused conv with training BN inside its epilogue, which the compiler emits only for
+    /// patterns outside the zoo, runs that BN on the reference code instead.)
     pub fn sums_while_writing(&self) -> bool {
-        self.bn_train_tail().is_some()
-            || (self.batch_stats.is_some() && self.fused == self.epilogue.len())
+        self.batch_stats.is_some() && self.fused == self.epilogue.len()
     }
 
     /// Each channel's `(mean, biased variance)` of the output `y` over the batch (every rank's
@@ -449,112 +446,6 @@ impl ConvPlan {
                 n * hw,
             ),
         }
-    }
-
-    /// The training BN that [`Self::batch_norm_train_tail`] runs, and the adds and ReLUs after
-    /// it, when the unfused steps are exactly such a tail with at most the pre-BN value
-    /// exported. Conv kernels accumulate its batch sums while they write (`sums`) then.
-    pub fn bn_train_tail(&self) -> Option<(&resnetc_runtime::spec::BnSpec, &[EpilogueStep])> {
-        let tail = &self.epilogue[self.fused..];
-        let Some((EpilogueStep::BatchNormTrain(bn), after)) = tail.split_first() else {
-            return None;
-        };
-        (after
-            .iter()
-            .all(|s| matches!(s, EpilogueStep::Add | EpilogueStep::Relu))
-            && self.exports.iter().all(|&e| e == self.fused))
-        .then_some((bn, after))
-    }
-
-    /// Training BN as the first unfused step, followed only by residual adds and ReLUs, with
-    /// at most the pre-BN value exported (every training conv of the zoo): per-channel
-    /// statistics in f64 as the reference computes them (mean, then squared deviations),
-    /// then one pass that writes the export and the normalized, added and rectified value.
-    /// Returns false (doing nothing) for any other tail.
-    fn batch_norm_train_tail(
-        &self,
-        ctx: &KernelCtx<'_>,
-        ins: &[&[f32]],
-        inouts: &mut [&mut [f32]],
-        first: &mut [f32],
-        rest: &mut [&mut [f32]],
-        sums: Option<&[(f64, f64)]>,
-    ) -> bool {
-        let Some((bn, after)) = self.bn_train_tail() else {
-            return false;
-        };
-        if rest.len() != self.exports.len() {
-            return false;
-        }
-        let c = self.spec.out_channels;
-        let hw = self.p;
-        if ctx.n * hw < 2 && ctx.batch_stats.is_none() {
-            return false;
-        }
-        let at = self.tail_operands_at();
-        let (gamma, beta) = (ins[at], ins[at + 1]);
-        let residuals: Vec<&[f32]> = after
-            .iter()
-            .scan(at + self.epilogue[self.fused].reads(), |next, s| {
-                let i = *next;
-                *next += s.reads();
-                Some((s, i))
-            })
-            .filter(|(s, _)| matches!(s, EpilogueStep::Add))
-            .map(|(_, i)| ins[i])
-            .collect();
-        let (stats, count) = self.batch_moments(ctx, first, sums);
-        let mean: Vec<f32> = stats.iter().map(|s| s.0 as f32).collect();
-        let var: Vec<f32> = stats.iter().map(|s| s.1 as f32).collect();
-        let scale: Vec<f32> = stats
-            .iter()
-            .zip(gamma)
-            .map(|(s, &g)| (g as f64 / (s.1 + bn.eps as f64).sqrt()) as f32)
-            .collect();
-        {
-            let (rm, rv) = inouts.split_at_mut(1);
-            resnetc_runtime::reference::batch_norm_update_running(
-                rm[0],
-                rv[0],
-                &mean,
-                &var,
-                count,
-                bn.momentum,
-            );
-        }
-        let mut export = rest.first_mut().map(|v| &mut **v);
-        let body = |plane: usize, yp: &mut [f32], ep: Option<&mut [f32]>| {
-            if let Some(ep) = ep {
-                ep.copy_from_slice(yp);
-            }
-            let ci = plane % c;
-            let (m, a, b) = (mean[ci], scale[ci], beta[ci]);
-            yp.iter_mut().for_each(|v| *v = (*v - m) * a + b);
-            let mut res = residuals.iter();
-            for s in after {
-                match s {
-                    EpilogueStep::Add => {
-                        let r = &res.next().expect("residual")[plane * hw..(plane + 1) * hw];
-                        yp.iter_mut().zip(r).for_each(|(v, r)| *v += r);
-                    }
-                    _ => yp
-                        .iter_mut()
-                        .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 }),
-                }
-            }
-        };
-        match export.take() {
-            Some(ex) => first
-                .par_chunks_mut(hw)
-                .zip(ex.par_chunks_mut(hw))
-                .enumerate()
-                .for_each(|(i, (yp, ep))| body(i, yp, Some(ep))),
-            None => first
-                .par_chunks_mut(hw)
-                .enumerate()
-                .for_each(|(i, yp)| body(i, yp, None)),
-        }
-        true
     }
 
     fn row_panels(&self) -> usize {

@@ -1109,7 +1109,7 @@ impl JitWinograd {
         let x = ins[0];
         let y = SendPtr(outs[0].as_mut_ptr());
         let oc = s.out_channels;
-        // A training BN after the conv gets its batch sums from the output transform, per
+        // Training BN's batch statistics get their sums from the output transform, per
         // image and channel (summed in image order below, whatever the threads).
         let mut image_sums =
             (self.plan.m == 4 && conv.sums_while_writing()).then(|| vec![(0.0f64, 0.0f64); n * oc]);

@@ -110,6 +110,20 @@ fn dot_dev<T: Real>(dy: &[T], xs: &[T], mean: f64) -> f64 {
 /// `y[n, c] = (x[n, c] - center[c]) * scale[c] + shift[c]`, parallel over planes. Centering
 /// first avoids cancellation when `|mean| >> std` in f32.
 fn apply_affine<T: Real>(x: &[T], d: Dims4, center: &[T], scale: &[T], shift: &[T], y: &mut [T]) {
+    apply_affine_then(x, d, center, scale, shift, y, |_, _| {});
+}
+
+/// [`apply_affine`], then `then(plane_index, plane)` on each output plane while it is in
+/// cache.
+fn apply_affine_then<T: Real>(
+    x: &[T],
+    d: Dims4,
+    center: &[T],
+    scale: &[T],
+    shift: &[T],
+    y: &mut [T],
+    then: impl Fn(usize, &mut [T]) + Sync,
+) {
     let hw = d.hw();
     if y.is_empty() || hw == 0 {
         return;
@@ -123,6 +137,7 @@ fn apply_affine<T: Real>(x: &[T], d: Dims4, center: &[T], scale: &[T], shift: &[
             for (yv, &xv) in yp.iter_mut().zip(xp) {
                 *yv = (xv - m) * a + b;
             }
+            then(i, yp);
         });
 }
 
@@ -336,33 +351,22 @@ pub fn batch_norm_apply<T: Real>(
     }
     let (mean, scale) = coeffs.split_at(d.c);
     let hw = d.hw();
-    if hw == 0 {
-        return;
-    }
-    y.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw))
-        .enumerate()
-        .for_each(|(i, (yp, xp))| {
-            let ci = i % d.c;
-            let (m, a, b) = (mean[ci], scale[ci], beta[ci]);
-            for (yv, &xv) in yp.iter_mut().zip(xp) {
-                *yv = (xv - m) * a + b;
-            }
-            let mut next = residuals.iter();
-            for step in after {
-                if *step == EpilogueStep::Add {
-                    let r = &next.next().expect("counted")[i * hw..(i + 1) * hw];
-                    for (yv, &rv) in yp.iter_mut().zip(r) {
-                        *yv = *yv + rv;
-                    }
-                } else {
-                    let z = T::zero();
-                    for yv in yp.iter_mut() {
-                        *yv = if *yv > z { *yv } else { z };
-                    }
+    apply_affine_then(x, d, mean, scale, beta, y, |i, yp| {
+        let mut next = residuals.iter();
+        for step in after {
+            if *step == EpilogueStep::Add {
+                let r = &next.next().expect("counted")[i * hw..(i + 1) * hw];
+                for (yv, &rv) in yp.iter_mut().zip(r) {
+                    *yv = *yv + rv;
+                }
+            } else {
+                let z = T::zero();
+                for yv in yp.iter_mut() {
+                    *yv = if *yv > z { *yv } else { z };
                 }
             }
-        });
+        }
+    });
 }
 
 /// Updates running statistics in place with PyTorch semantics:
