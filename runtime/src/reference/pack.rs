@@ -4,6 +4,7 @@
 //! step. Plain Rust, shared by both engines: packing is a copy, not a hot loop.
 
 use crate::spec::{ConvSpec, WeightPacking};
+use rayon::prelude::*;
 
 /// `G` of Winograd F(2x2, 3x3) (Lavin & Gray, 2016).
 pub const G2: [[f32; 3]; 4] = [
@@ -64,6 +65,10 @@ pub fn pack_panels(w: &[f32], oc: usize, k: usize, rows: usize, out: &mut [f32])
 /// Packs the OIHW weights `w` of `spec` as `packing` says into `out`
 /// ([`WeightPacking::packed_len`] floats).
 pub fn pack_conv_weights(spec: &ConvSpec, packing: &WeightPacking, w: &[f32], out: &mut [f32]) {
+    assert!(
+        packing.winograd.is_none() || packing.panel_rows <= MAX_PANEL_ROWS,
+        "Winograd panels of at most {MAX_PANEL_ROWS} rows"
+    );
     let (oc, ic) = (spec.out_channels, spec.in_channels / spec.groups.max(1));
     let k = ic * spec.kernel[0] * spec.kernel[1];
     assert_eq!(w.len(), oc * k, "weights of {:?}", spec.weight_shape());
@@ -81,7 +86,9 @@ pub fn pack_conv_weights(spec: &ConvSpec, packing: &WeightPacking, w: &[f32], ou
 }
 
 /// `U = G g G^T` of every 3x3 filter, stored per position as an `oc x ic` matrix, each
-/// packed by [`pack_panels`].
+/// packed as [`pack_panels`] packs it. Each value goes straight to its packed place, in
+/// parallel over the row panels (training packs every step: ResNet-50's Winograd layers
+/// are 33M floats).
 fn pack_winograd<const A: usize>(
     g: &[[f32; 3]; A],
     w: &[f32],
@@ -90,20 +97,70 @@ fn pack_winograd<const A: usize>(
     rows: usize,
     out: &mut [f32],
 ) {
-    let mut u = vec![0.0f32; A * A * oc * ic];
-    for o in 0..oc {
-        for c in 0..ic {
-            let f = &w[(o * ic + c) * 9..(o * ic + c + 1) * 9];
-            let filt = [[f[0], f[1], f[2]], [f[3], f[4], f[5]], [f[6], f[7], f[8]]];
-            let t = transform_weight(g, &filt);
-            for (pos, v) in t.iter().flatten().enumerate() {
-                u[(pos * oc + o) * ic + c] = *v;
+    // Panel `t` of every position: disjoint slices of `out`, `[position][ic][mr]` each.
+    let mut panels: Vec<Vec<&mut [f32]>> = (0..oc.div_ceil(rows))
+        .map(|_| Vec::with_capacity(A * A))
+        .collect();
+    for position in out.chunks_mut(oc * ic) {
+        let mut rest = position;
+        for (t, panel) in panels.iter_mut().enumerate() {
+            let mr = rows.min(oc - t * rows);
+            let (head, tail) = rest.split_at_mut(mr * ic);
+            panel.push(head);
+            rest = tail;
+        }
+    }
+    panels
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(t, mut positions)| {
+            let r0 = t * rows;
+            let mr = rows.min(oc - r0);
+            // The panel's `mr` filters of one input channel side by side, as lanes: the
+            // transform runs on vectors and each position's `mr` values are one store.
+            let mut lanes = [[0.0f32; MAX_PANEL_ROWS]; 9];
+            for c in 0..ic {
+                for r in 0..mr {
+                    let f = &w[((r0 + r) * ic + c) * 9..][..9];
+                    for (k, &v) in f.iter().enumerate() {
+                        lanes[k][r] = v;
+                    }
+                }
+                let u = transform_weight_lanes(g, &lanes);
+                for (slot, values) in positions.iter_mut().zip(u.iter().flatten()) {
+                    slot[c * mr..(c + 1) * mr].copy_from_slice(&values[..mr]);
+                }
+            }
+        });
+}
+
+/// Most rows of a packed panel (the JIT's tiles have at most 14).
+const MAX_PANEL_ROWS: usize = 16;
+
+/// [`transform_weight`] of up to [`MAX_PANEL_ROWS`] filters at once, lane by lane in the
+/// same order of operations (so the same bits): `w[3 * i + j]` holds tap `(i, j)` of each.
+fn transform_weight_lanes<const A: usize>(
+    g: &[[f32; 3]; A],
+    w: &[[f32; MAX_PANEL_ROWS]; 9],
+) -> [[[f32; MAX_PANEL_ROWS]; A]; A] {
+    let mut tmp = [[[0.0f32; MAX_PANEL_ROWS]; 3]; A];
+    for i in 0..A {
+        for j in 0..3 {
+            for l in 0..MAX_PANEL_ROWS {
+                tmp[i][j][l] = g[i][0] * w[j][l] + g[i][1] * w[3 + j][l] + g[i][2] * w[6 + j][l];
             }
         }
     }
-    for (u, out) in u.chunks(oc * ic).zip(out.chunks_mut(oc * ic)) {
-        pack_panels(u, oc, ic, rows, out);
+    let mut u = [[[0.0f32; MAX_PANEL_ROWS]; A]; A];
+    for i in 0..A {
+        for j in 0..A {
+            for l in 0..MAX_PANEL_ROWS {
+                u[i][j][l] =
+                    tmp[i][0][l] * g[j][0] + tmp[i][1][l] * g[j][1] + tmp[i][2][l] * g[j][2];
+            }
+        }
     }
+    u
 }
 
 #[cfg(test)]
@@ -159,29 +216,53 @@ mod tests {
         }
     }
 
+    /// Each transformed value sits where [`pack_panels`] would put it, with the bits of
+    /// [`transform_weight`] (the packing transforms a panel's filters as vector lanes).
     #[test]
     fn winograd_packing_is_per_position_panels() {
-        let spec = ConvSpec::square(2, 3, 3, 1);
-        let packing = WeightPacking {
-            winograd: Some(4),
-            panel_rows: 2,
-        };
-        let w: Vec<f32> = (0..54).map(|v| (v as f32 * 0.37).sin()).collect();
-        let mut out = vec![0.0; packing.packed_len(&spec)];
-        pack_conv_weights(&spec, &packing, &w, &mut out);
-        assert_eq!(out.len(), 36 * 6);
-        for o in 0..3 {
-            for c in 0..2 {
-                let f = &w[(o * 2 + c) * 9..][..9];
-                let u = transform_weight(
-                    &G4,
-                    &[[f[0], f[1], f[2]], [f[3], f[4], f[5]], [f[6], f[7], f[8]]],
-                );
-                for (pos, &v) in u.iter().flatten().enumerate() {
-                    // Panel of rows 0..2 then row 2, each `ic`-major.
-                    let (panel_at, mr, r) = if o < 2 { (0, 2, o) } else { (4, 1, 0) };
-                    assert_eq!(out[pos * 6 + panel_at + c * mr + r], v);
+        for (oc, ic, rows, m) in [(3, 2, 2, 4), (17, 3, 14, 4), (8, 5, 8, 2)] {
+            let spec = ConvSpec::square(ic, oc, 3, 1);
+            let packing = WeightPacking {
+                winograd: Some(m),
+                panel_rows: rows,
+            };
+            let w: Vec<f32> = (0..oc * ic * 9).map(|v| (v as f32 * 0.37).sin()).collect();
+            let mut out = vec![f32::NAN; packing.packed_len(&spec)];
+            pack_conv_weights(&spec, &packing, &w, &mut out);
+            let a = m + 2;
+            assert_eq!(out.len(), a * a * oc * ic);
+            for pos in 0..a * a {
+                // Position `pos` unpacked: `[oc][ic]`.
+                let mut u = vec![0.0f32; oc * ic];
+                for o in 0..oc {
+                    for c in 0..ic {
+                        let f = &w[(o * ic + c) * 9..][..9];
+                        let filt = [[f[0], f[1], f[2]], [f[3], f[4], f[5]], [f[6], f[7], f[8]]];
+                        let t: Vec<f32> = if m == 4 {
+                            transform_weight(&G4, &filt)
+                                .iter()
+                                .flatten()
+                                .copied()
+                                .collect()
+                        } else {
+                            transform_weight(&G2, &filt)
+                                .iter()
+                                .flatten()
+                                .copied()
+                                .collect()
+                        };
+                        u[o * ic + c] = t[pos];
+                    }
                 }
+                let mut want = vec![0.0f32; oc * ic];
+                pack_panels(&u, oc, ic, rows, &mut want);
+                let got = &out[pos * oc * ic..(pos + 1) * oc * ic];
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(g, w)| g.to_bits() == w.to_bits()),
+                    "F({m}) oc {oc} ic {ic} rows {rows} position {pos}"
+                );
             }
         }
     }
