@@ -398,19 +398,20 @@ fn split_batch_norm_train(step: &Step, buffers: &mut Vec<BufferDesc>) -> Option<
     });
     let stats = buffers.len() - 1;
     let (value, pre_bn) = (step.outs[0], step.outs[1]);
-    // ins: x, weight, [bias], pre's operands, gamma, beta, after's operands.
-    let bn_at = 2 + spec.bias as usize + pre.iter().map(|s| s.reads()).sum::<usize>();
+    let kernel = Kernel::Conv {
+        spec: *spec,
+        in_hw: *in_hw,
+        epilogue: pre.to_vec(),
+        exports: vec![],
+        packed: None,
+        batch_stats: Some(bn),
+    };
+    // The fused step's ins: x, weight, [bias], pre's operands, gamma, beta, after's operands.
+    let gamma_at = kernel.batch_stats_gamma_slot().expect("batch statistics");
     let conv = Step {
         name: step.name.clone(),
-        kernel: Kernel::Conv {
-            spec: *spec,
-            in_hw: *in_hw,
-            epilogue: pre.to_vec(),
-            exports: vec![],
-            packed: None,
-            batch_stats: Some(bn),
-        },
-        ins: step.ins[..=bn_at].to_vec(),
+        kernel,
+        ins: step.ins[..=gamma_at].to_vec(),
         inouts: step.inouts.clone(),
         outs: vec![pre_bn, stats],
     };
@@ -424,7 +425,7 @@ fn split_batch_norm_train(step: &Step, buffers: &mut Vec<BufferDesc>) -> Option<
         },
         ins: [pre_bn, stats]
             .into_iter()
-            .chain(step.ins[bn_at + 1..].iter().copied())
+            .chain(step.ins[gamma_at + 1..].iter().copied())
             .collect(),
         inouts: vec![],
         outs: vec![value],

@@ -711,6 +711,28 @@ pub fn apply_epilogue(
     }
 }
 
+/// The buffers of a conv step that computes batch statistics (`Kernel::Conv::batch_stats`),
+/// taken off the ends of its in-outs and its outputs after the first: the epilogue's
+/// in-outs, the exports, and (when `batch_stats`) the running statistics (the last two
+/// in-outs) with BN's coefficients (the last output).
+#[allow(clippy::type_complexity)]
+pub fn split_batch_stats<'a, 'b, 'c, 'd>(
+    batch_stats: bool,
+    inouts: &'a mut [&'b mut [f32]],
+    rest: &'c mut [&'d mut [f32]],
+) -> (
+    &'a mut [&'b mut [f32]],
+    &'c mut [&'d mut [f32]],
+    Option<(&'a mut [&'b mut [f32]], &'c mut [f32])>,
+) {
+    if !batch_stats {
+        return (inouts, rest, None);
+    }
+    let (coeffs, rest) = rest.split_last_mut().expect("batch statistics output");
+    let (inouts, running) = inouts.split_at_mut(inouts.len() - 2);
+    (inouts, rest, Some((running, &mut **coeffs)))
+}
+
 /// Applies one epilogue step of a fused conv in place, over the whole output. `ins` and
 /// `inouts` are the step's own operands (two and two for training BN, whose running
 /// statistics are in-outs; `batch_stats` as in [`KernelCtx`]).
@@ -783,17 +805,10 @@ fn exec(
             let yd = Dims4::new(n, spec.out_channels, oh, ow);
             let bias = spec.bias.then(|| ins[2]);
             let (first, rest) = outs.split_first_mut().expect("conv has an output");
-            let (stats, rest) = match batch_stats {
-                Some(_) => {
-                    let (s, r) = rest.split_last_mut().expect("batch statistics output");
-                    (Some(s), r)
-                }
-                None => (None, rest),
-            };
+            let (inouts, rest, batch_stats_bufs) =
+                split_batch_stats(batch_stats.is_some(), inouts, rest);
             k::conv2d(ins[0], xd, ins[1], bias, spec, first);
             let at = 2 + spec.bias as usize;
-            let (inouts, running) =
-                inouts.split_at_mut(inouts.len() - 2 * stats.is_some() as usize);
             apply_epilogue(
                 epilogue,
                 exports,
@@ -805,8 +820,8 @@ fn exec(
                 rest,
                 ctx.batch_stats,
             );
-            if let (Some(bn), Some(coeffs)) = (batch_stats, stats) {
-                let gamma = ins[at + epilogue.iter().map(|s| s.reads()).sum::<usize>()];
+            if let (Some(bn), Some((running, coeffs))) = (batch_stats, batch_stats_bufs) {
+                let gamma = ins[kernel.batch_stats_gamma_slot().expect("batch statistics")];
                 let mut var = vec![0.0; yd.c];
                 let count = k::batch_stats_across(
                     first,

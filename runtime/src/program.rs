@@ -166,6 +166,19 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// Gamma's input slot in a conv step with `batch_stats`: after x, the weight, the bias
+    /// and the epilogue's operands.
+    pub fn batch_stats_gamma_slot(&self) -> Option<usize> {
+        match self {
+            Kernel::Conv {
+                spec,
+                epilogue,
+                batch_stats: Some(_),
+                ..
+            } => Some(2 + spec.bias as usize + epilogue.iter().map(|s| s.reads()).sum::<usize>()),
+            _ => None,
+        }
+    }
     /// An optimizer update (reads a gradient, writes a parameter and its state in place).
     pub fn is_optimizer_update(&self) -> bool {
         matches!(self, Kernel::SgdUpdate { .. } | Kernel::AdamUpdate { .. })

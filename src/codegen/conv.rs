@@ -22,8 +22,9 @@ use super::jit::{CompiledTiles, JitCode, TileSet};
 use super::microkernel::{apply_tile_ops, TileFn, TileOp, TileSpec};
 use rayon::prelude::*;
 use resnetc_runtime::engine::{KernelCtx, StepKernel};
-use resnetc_runtime::executor::apply_epilogue;
+use resnetc_runtime::executor::{apply_epilogue, split_batch_stats};
 use resnetc_runtime::program::Kernel;
+use resnetc_runtime::reference;
 use resnetc_runtime::spec::{BnSpec, ConvSpec, Dims4, EpilogueStep, WeightPacking};
 use std::sync::Arc;
 
@@ -74,8 +75,9 @@ pub struct ConvPlan {
     pub exports: Vec<usize>,
     pub fused: usize,
     pub tile_ops: Vec<TileOp>,
-    /// Training BN's first phase after the epilogue: batch statistics as the last output.
-    pub batch_stats: Option<BnSpec>,
+    /// Training BN's first phase after the epilogue (batch statistics as the last output),
+    /// with gamma's input slot.
+    pub batch_stats: Option<(BnSpec, usize)>,
     /// Main tile (MR rows) and the row-remainder tile, when there are such rows.
     pub main: Option<TileSpec>,
     pub rem: Option<TileSpec>,
@@ -209,7 +211,7 @@ impl ConvPlan {
             epilogue: epilogue.clone(),
             exports: exports.clone(),
             fused: stop,
-            batch_stats: *batch_stats,
+            batch_stats: batch_stats.zip(kernel.batch_stats_gamma_slot()),
             main: (!packed && oc >= mr_main && full_cols).then(|| tile(mr_main, false)),
             rem: (!packed && rem_rows > 0 && full_cols).then(|| tile(rem_rows, false)),
             main_edge: (oc >= mr_main && partial_col).then(|| edge(mr_main)),
@@ -332,16 +334,8 @@ impl ConvPlan {
         rest: &mut [&mut [f32]],
         sums: Option<&[(f64, f64)]>,
     ) {
-        // Batch statistics: the last output and the last two in-outs.
-        let (rest, stats) = match self.batch_stats {
-            Some(_) => {
-                let (s, r) = rest.split_last_mut().expect("batch statistics output");
-                (r, Some(s))
-            }
-            None => (rest, None),
-        };
-        let running_at = inouts.len() - 2 * stats.is_some() as usize;
-        let (inouts, running) = inouts.split_at_mut(running_at);
+        let (inouts, rest, batch_stats_bufs) =
+            split_batch_stats(self.batch_stats.is_some(), inouts, rest);
         let yd = Dims4::new(
             ctx.n,
             self.spec.out_channels,
@@ -360,24 +354,18 @@ impl ConvPlan {
             rest,
             ctx.batch_stats,
         );
-        if let (Some(bn), Some(coeffs)) = (self.batch_stats, stats) {
+        if let (Some((bn, gamma_at)), Some((running, coeffs))) =
+            (self.batch_stats, batch_stats_bufs)
+        {
             let (moments, count) = self.batch_moments(ctx, first, sums);
-            let gamma = ins[2
-                + self.spec.bias as usize
-                + self.epilogue.iter().map(|s| s.reads()).sum::<usize>()];
             let c = self.spec.out_channels;
-            let (mean, scale) = coeffs.split_at_mut(c);
             let mut var = vec![0.0f32; c];
-            for (ci, &(m, v)) in moments.iter().enumerate() {
-                mean[ci] = m as f32;
-                var[ci] = v as f32;
-                scale[ci] = (gamma[ci] as f64 / (v + bn.eps as f64).sqrt()) as f32;
-            }
+            reference::batch_coefficients(&moments, ins[gamma_at], bn.eps, coeffs, &mut var);
             let (rm, rv) = running.split_at_mut(1);
-            resnetc_runtime::reference::batch_norm_update_running(
+            reference::batch_norm_update_running(
                 rm[0],
                 rv[0],
-                mean,
+                &coeffs[..c],
                 &var,
                 count,
                 bn.momentum,
@@ -568,6 +556,36 @@ fn lane_sums(xs: &[f32]) -> (f64, f64) {
         s.iter().sum::<f64>() + tail.clone().sum::<f64>(),
         q.iter().sum::<f64>() + tail.map(|v| v * v).sum::<f64>(),
     )
+}
+
+/// Each channel's `(sum, sum of squares)` over the batch from each image's, added in image
+/// order (so the totals do not depend on the threads), as a pass over the output adds them.
+pub(crate) fn sum_in_image_order<'a>(
+    c: usize,
+    images: impl Iterator<Item = &'a [(f64, f64)]>,
+) -> Vec<(f64, f64)> {
+    images.fold(vec![(0.0, 0.0); c], |mut total, image| {
+        for (t, s) in total.iter_mut().zip(image) {
+            t.0 += s.0;
+            t.1 += s.1;
+        }
+        total
+    })
+}
+
+/// The weights a JIT conv's tiles read: the step's last input, packed as `packing` says.
+pub(crate) fn packed_weights<'a>(
+    ins: &[&'a [f32]],
+    packing: WeightPacking,
+    spec: &ConvSpec,
+) -> &'a [f32] {
+    let weights = *ins.last().expect("conv has inputs");
+    assert_eq!(
+        weights.len(),
+        packing.packed_len(spec),
+        "packed weights of {spec:?}"
+    );
+    weights
 }
 
 /// `shift+relu`: the fused ops, for `describe`.
@@ -839,13 +857,7 @@ impl StepKernel for JitConv {
         let plan = &self.plan;
         let s = plan.spec;
         let n = ctx.n;
-        // The conv's last input: its weights packed as `plan.packing()` says.
-        let weights = *ins.last().expect("conv has inputs");
-        assert_eq!(
-            weights.len(),
-            plan.packing().packed_len(&s),
-            "packed conv weights"
-        );
+        let weights = packed_weights(ins, plan.packing(), &s);
         let channel_ops = self.plan.tile_operands(ins);
         let res_idx = self.plan.residual_inputs();
         let in_chw = s.in_channels * plan.in_hw[0] * plan.in_hw[1];
@@ -981,44 +993,34 @@ impl StepKernel for GemmConv {
         // The bias is the first fused op, so the GEMM runs without it; the epilogue runs on
         // each image's output right after its GEMM, while it is in cache.
         resnetc_runtime::reference::conv2d_then(ins[0], xd, ins[1], None, &s, first, |i, yi| {
-            if ops.is_empty() && !sums_wanted {
-                return;
-            }
             let image = i * c * hw;
-            let sums: Vec<(f64, f64)> = yi
-                .par_chunks_mut(hw)
-                .enumerate()
-                .with_min_len(min_planes)
-                .map(|(ci, yp)| {
-                    if !ops.is_empty() {
-                        let at = image + ci * hw;
-                        let planes: Vec<&[f32]> =
-                            residuals.iter().map(|r| &r[at..at + hw]).collect();
-                        apply_plane_ops(ops, &channel_ops, &planes, ci, yp);
-                    }
-                    if sums_wanted {
-                        lane_sums(yp)
-                    } else {
-                        (0.0, 0.0)
-                    }
-                })
-                .collect();
+            let epilogue = |ci: usize, yp: &mut [f32]| {
+                if !ops.is_empty() {
+                    let at = image + ci * hw;
+                    let planes: Vec<&[f32]> = residuals.iter().map(|r| &r[at..at + hw]).collect();
+                    apply_plane_ops(ops, &channel_ops, &planes, ci, yp);
+                }
+            };
+            let planes = yi.par_chunks_mut(hw).enumerate().with_min_len(min_planes);
             if sums_wanted {
+                let sums = planes
+                    .map(|(ci, yp)| {
+                        epilogue(ci, yp);
+                        lane_sums(yp)
+                    })
+                    .collect();
                 let _ = image_sums[i].set(sums);
+            } else if !ops.is_empty() {
+                planes.for_each(|(ci, yp)| epilogue(ci, yp));
             }
         });
-        // Summed in image order, as the pass over the output would.
         let total = sums_wanted.then(|| {
-            image_sums
-                .iter()
-                .fold(vec![(0.0f64, 0.0f64); c], |mut t, s| {
-                    let s = s.get().expect("every image's sums");
-                    t.iter_mut().zip(s).for_each(|(t, s)| {
-                        t.0 += s.0;
-                        t.1 += s.1;
-                    });
-                    t
-                })
+            sum_in_image_order(
+                c,
+                image_sums
+                    .iter()
+                    .map(|s| &s.get().expect("every image's sums")[..]),
+            )
         });
         plan.run_epilogue_tail(ctx, ins, inouts, first, rest, total.as_deref());
     }

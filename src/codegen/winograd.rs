@@ -14,7 +14,9 @@
 //!
 //! F(4x4) rounds more than direct convolution in f32; the tests bound it on the zoo.
 
-use super::conv::{apply_plane_ops, tile_ops_text, ConvPlan, SendPtr};
+use super::conv::{
+    apply_plane_ops, packed_weights, sum_in_image_order, tile_ops_text, ConvPlan, SendPtr,
+};
 use super::jit::{CompiledTiles, JitCode, TileSet};
 use super::microkernel::{TileFn, TileSpec};
 use rayon::prelude::*;
@@ -1092,13 +1094,7 @@ impl JitWinograd {
         ins: &[&[f32]],
         outs: &mut [&mut [f32]],
     ) -> Option<Vec<(f64, f64)>> {
-        // The conv's last input: its weights packed as `plan.packing()` says.
-        let weights = *ins.last().expect("conv has inputs");
-        assert_eq!(
-            weights.len(),
-            self.plan.packing().packed_len(&self.plan.conv.spec),
-            "packed Winograd weights"
-        );
+        let weights = packed_weights(ins, self.plan.packing(), &self.plan.conv.spec);
         let n = ctx.n;
         let conv = &self.plan.conv;
         let s = conv.spec;
@@ -1203,16 +1199,7 @@ impl JitWinograd {
                 });
             }
         }
-        image_sums.map(|v| {
-            let mut total = vec![(0.0f64, 0.0f64); oc];
-            for image in v.chunks(oc) {
-                for (t, s) in total.iter_mut().zip(image) {
-                    t.0 += s.0;
-                    t.1 += s.1;
-                }
-            }
-            total
-        })
+        image_sums.map(|v| sum_in_image_order(oc, v.chunks(oc)))
     }
 }
 

@@ -163,10 +163,7 @@ fn batch_scale<T: Real>(
     sync: Option<&dyn Collective>,
 ) -> (Vec<T>, usize) {
     let eps = eps.to_f64_lossy();
-    let (stats, count) = match sync {
-        Some(sync) => channel_stats_across(x, d, sync),
-        None => (channel_stats(x, d), d.n * d.hw()),
-    };
+    let (stats, count) = batch_moments(x, d, sync);
     let scale = stats
         .iter()
         .enumerate()
@@ -286,6 +283,46 @@ pub fn batch_norm_train_inplace_across<T: Real>(
     count
 }
 
+/// Per-channel `(mean, biased variance)` of `x` in f64 (over every rank's batch with `sync`),
+/// and the number of values per channel they cover.
+pub fn batch_moments<T: Real>(
+    x: &[T],
+    d: Dims4,
+    sync: Option<&dyn Collective>,
+) -> (Vec<(f64, f64)>, usize) {
+    match sync {
+        Some(sync) => channel_stats_across(x, d, sync),
+        None => (channel_stats(x, d), d.n * d.hw()),
+    }
+}
+
+/// BN's per-channel coefficients from the batch's `(mean, biased variance)` in f64:
+/// `coeffs = [mean; C] [gamma / sqrt(var + eps); C]`, the scale rounded once from f64 as
+/// [`batch_norm_train`] rounds it, and the variances in `var_out`.
+pub fn batch_coefficients<T: Real>(
+    moments: &[(f64, f64)],
+    gamma: &[T],
+    eps: T,
+    coeffs: &mut [T],
+    var_out: &mut [T],
+) {
+    let c = moments.len();
+    assert_eq!(
+        coeffs.len(),
+        2 * c,
+        "batch_coefficients: coefficients length != 2C"
+    );
+    assert_eq!(gamma.len(), c, "batch_coefficients: gamma length != C");
+    assert_eq!(var_out.len(), c, "batch_coefficients: var length != C");
+    let eps = eps.to_f64_lossy();
+    let (mean, scale) = coeffs.split_at_mut(c);
+    for (ci, &(m, v)) in moments.iter().enumerate() {
+        mean[ci] = T::from_f64_lossy(m);
+        var_out[ci] = T::from_f64_lossy(v);
+        scale[ci] = T::from_f64_lossy(gamma[ci].to_f64_lossy() / (v + eps).sqrt());
+    }
+}
+
 /// Training BN's first phase: the per-channel batch statistics of `x` (over every rank's
 /// batch with `sync`) as the coefficients the second phase applies,
 /// `coeffs = [mean; C] [gamma / sqrt(var + eps); C]` (the scale rounded once from f64), and
@@ -301,16 +338,9 @@ pub fn batch_stats_across<T: Real>(
     sync: Option<&dyn Collective>,
 ) -> usize {
     assert_eq!(x.len(), d.len(), "batch_stats: x length");
-    assert_eq!(
-        coeffs.len(),
-        2 * d.c,
-        "batch_stats: coefficients length != 2C"
-    );
-    assert_eq!(gamma.len(), d.c, "batch_stats: gamma length != C");
     assert!(d.n * d.hw() > 0, "batch_stats: empty batch");
-    let (mean, scale_out) = coeffs.split_at_mut(d.c);
-    let (scale, count) = batch_scale(x, d, gamma, eps, mean, var_out, sync);
-    scale_out.copy_from_slice(&scale);
+    let (moments, count) = batch_moments(x, d, sync);
+    batch_coefficients(&moments, gamma, eps, coeffs, var_out);
     count
 }
 

@@ -24,9 +24,10 @@ pub mod testing;
 
 pub use adam::adam_step;
 pub use bn::{
-    batch_norm_apply, batch_norm_backward, batch_norm_backward_across, batch_norm_eval,
-    batch_norm_eval_backward, batch_norm_train, batch_norm_train_across, batch_norm_train_inplace,
-    batch_norm_train_inplace_across, batch_norm_update_running, batch_stats_across,
+    batch_coefficients, batch_moments, batch_norm_apply, batch_norm_backward,
+    batch_norm_backward_across, batch_norm_eval, batch_norm_eval_backward, batch_norm_train,
+    batch_norm_train_across, batch_norm_train_inplace, batch_norm_train_inplace_across,
+    batch_norm_update_running, batch_stats_across,
 };
 pub use conv::{conv2d, conv2d_backward_data, conv2d_backward_weight, conv2d_naive, conv2d_then};
 pub use elementwise::{
