@@ -13,6 +13,7 @@ use resnetc_runtime::executor::Executor;
 use resnetc_runtime::program::{Kernel, ParamRole, Step};
 use resnetc_runtime::rng::Rng;
 use resnetc_runtime::spec::{AdamSpec, BnSpec, ConvSpec, EpilogueStep, SgdSpec};
+use resnetc_runtime::spin::with_pool_spinning;
 use std::path::PathBuf;
 
 /// Mutable views of test-owned buffers, as an executor passes a kernel its outputs.
@@ -150,6 +151,17 @@ fn conv_case(
     conv_case_on(JitOptions::ALL, spec, n, in_hw, epilogue, seed)
 }
 
+/// A pool of two threads, for kernels that split one image between threads.
+fn two_threads() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap()
+    })
+}
+
 fn conv_case_on(
     options: JitOptions,
     spec: ConvSpec,
@@ -214,6 +226,19 @@ fn conv_case_on(
     }
     // The kernel packs the weights itself here (a step the layout pass has not seen)...
     k.run(&ctx, &ins_ref, &mut [], &mut views(&mut got));
+    // On two spinning threads one image is split too (over its tiles, or its channels and
+    // positions), which must not change a bit.
+    let mut spun = vec![vec![f32::NAN; out_len]];
+    two_threads()
+        .install(|| with_pool_spinning(|| k.run(&ctx, &ins_ref, &mut [], &mut views(&mut spun))));
+    prop_assert!(
+        spun[0]
+            .iter()
+            .zip(&got[0])
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{} on two spinning threads differs",
+        k.describe()
+    );
     // ...and reads them from its last input, packed by a `PackWeights` step, after it: the
     // same arithmetic, so the same bits. The reference kernel ignores that input.
     if let Some(packing) = weight_packing(&kernel, &options) {
@@ -343,6 +368,8 @@ fn conv_matches_reference_on_zoo_shapes() {
     });
     let cases = [
         (3, 16, 3, 1, 1, 32, 2),
+        // ResNet-20's first stage at batch 1: split over its tiles on spinning threads.
+        (16, 16, 3, 1, 1, 32, 1),
         (16, 32, 3, 2, 1, 32, 2),
         (64, 64, 3, 1, 1, 8, 2),
         (3, 64, 7, 2, 3, 40, 1),

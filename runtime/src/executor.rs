@@ -508,6 +508,34 @@ impl Executor {
         let steps = std::mem::take(&mut self.program.steps);
         let mut kernels = std::mem::take(&mut self.kernels);
         self.step_times.clear();
+        // MPI is called from the thread that initialized it; a data-parallel run stays there.
+        let first_bad = if self.data_parallel.is_none() {
+            crate::spin::with_pool_spinning(|| self.run_steps(&steps, &mut kernels, check))
+        } else {
+            self.run_steps(&steps, &mut kernels, check)
+        };
+        self.program.steps = steps;
+        self.kernels = kernels;
+        if self.program.training {
+            self.optimizer_steps += 1;
+            self.params_version += 1;
+            // Parameters changed: folded or packed weights of trained parameters are stale
+            // (those of frozen ones are not).
+            if self.prep_reads_steps {
+                self.prepared = false;
+            }
+        }
+        Ok(first_bad)
+    }
+
+    /// Runs `steps` with their `kernels` once; with `check`, stops at the first step whose
+    /// outputs are not all finite and returns its index.
+    fn run_steps(
+        &mut self,
+        steps: &[Step],
+        kernels: &mut [Box<dyn StepKernel>],
+        check: bool,
+    ) -> Option<usize> {
         let mut first_bad = None;
         // Updates come after every other step (the IR schedule guarantees it), so every
         // gradient is complete when the first one runs.
@@ -545,18 +573,7 @@ impl Executor {
                 break;
             }
         }
-        self.program.steps = steps;
-        self.kernels = kernels;
-        if self.program.training {
-            self.optimizer_steps += 1;
-            self.params_version += 1;
-            // Parameters changed: folded or packed weights of trained parameters are stale
-            // (those of frozen ones are not).
-            if self.prep_reads_steps {
-                self.prepared = false;
-            }
-        }
-        Ok(first_bad)
+        first_bad
     }
 
     /// Scales the gradients that `updates` read (their first input) so that their global L2

@@ -18,6 +18,7 @@ pub mod program;
 pub mod reference;
 pub mod rng;
 pub mod spec;
+pub mod spin;
 pub mod synthetic;
 pub mod train;
 pub mod weights;

@@ -648,6 +648,20 @@ impl WinogradPlan {
     /// When groups straddle tile rows, a band is `tw` groups, 4 whole tile rows, so that no
     /// band starts inside a row: bands of one group ran the vertical half of the 4 columns
     /// two neighbouring groups share twice, and rebuilt the band's offsets every 4 tiles.
+    /// The image's tile groups in `parts` ranges, as even as whole bands
+    /// ([`WinogradPlan::band_groups`]) allow, for threads that each run all three phases
+    /// on their own tiles; `None` when there are fewer bands than `2 * parts`, and for
+    /// F(2x2), whose output transform applies the epilogue to whole planes.
+    fn split_groups(&self, parts: usize) -> Option<Vec<std::ops::Range<usize>>> {
+        let groups = self.cols / LANES;
+        let unit = self.band_groups();
+        let units = groups.div_ceil(unit);
+        (self.m == 4 && units >= 2 * parts).then(|| {
+            (0..parts)
+                .map(|t| (t * units / parts * unit)..((t + 1) * units / parts * unit).min(groups))
+                .collect()
+        })
+    }
     fn band_groups(&self) -> usize {
         let tw = self.tiles_hw[1];
         if tw.is_multiple_of(LANES) {
@@ -735,16 +749,20 @@ impl JitWinograd {
         }
     }
 
-    /// Input transform of channels `chans` of one image `x` into `v`.
+    /// Input transform of channels `chans` and tile groups `groups` of one image `x` into
+    /// `v`. With [`WinogradPlan::row_groups`], `groups` starts and ends on whole tile rows
+    /// ([`WinogradPlan::split_groups`]).
     ///
     /// # Safety
-    /// `v` points at the image's transformed input; the channels are written by this call only.
+    /// `v` points at the image's transformed input; the channels and groups are written by
+    /// this call only.
     unsafe fn input<const A: usize>(
         &self,
         fi: impl Fn(&[Lanes; A]) -> [Lanes; A] + Copy,
         x: &[f32],
         v: SendPtr,
         chans: std::ops::Range<usize>,
+        groups: std::ops::Range<usize>,
     ) {
         let p = &self.plan;
         let s = p.conv.spec;
@@ -758,7 +776,9 @@ impl JitWinograd {
             let pw = 4 * tw + 4;
             let mut rows = vec![0.0f32; A * pw];
             let mut vert = vec![0.0f32; A * pw];
-            for ty in 0..th {
+            let row = tw / LANES;
+            debug_assert!(groups.start.is_multiple_of(row) && groups.end.is_multiple_of(row));
+            for ty in groups.start / row..groups.end.div_ceil(row).min(th) {
                 for c in chans.clone() {
                     let plane = &x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
                     for i in 0..A {
@@ -775,11 +795,10 @@ impl JitWinograd {
         }
         if p.m == 4 {
             // Band by band of tile groups, so a band's part of `v` (all channels) stays in L1.
-            let groups = p.cols / LANES;
             let band = p.band_groups();
             let mut vert = vec![0.0f32; 0];
-            for g0 in (0..groups).step_by(band) {
-                let g1 = (g0 + band).min(groups);
+            for g0 in groups.clone().step_by(band) {
+                let g1 = (g0 + band).min(groups.end);
                 let band = p.band(g0..g1);
                 for c in chans.clone() {
                     let plane = &x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
@@ -806,7 +825,7 @@ impl JitWinograd {
                     .then(|| &plane[(iy * w) as usize..((iy + 1) * w) as usize]);
                 pad_row(src, pl as usize, &mut padded[py * pw..(py + 1) * pw]);
             }
-            for t0 in (0..tiles).step_by(LANES) {
+            for t0 in (groups.start * LANES..(groups.end * LANES).min(tiles)).step_by(LANES) {
                 let mut d = [[[0.0f32; LANES]; A]; A];
                 for l in 0..LANES.min(tiles - t0) {
                     let (ty, tx) = ((t0 + l) / tw, (t0 + l) % tw);
@@ -1119,14 +1138,50 @@ impl JitWinograd {
                 .collect()
         };
         // Below ~4M multiply-accumulates (direct-conv count) per image a layer is done before
-        // a hand-off to the other thread pays: such images run their three phases on one
-        // thread, as the reference does with small GEMMs.
+        // a hand-off to sleeping workers pays: such images run their three phases on one
+        // thread, as the reference does with small GEMMs, unless the workers are kept awake
+        // (ResNet-20 at batch 1: 1.20 ms on one thread, 2.3 ms split over sleeping workers,
+        // 1.05 ms split over spinning ones).
         let small = s.macs(conv.out_hw[0], conv.out_hw[1]) < 1 << 22;
-        let threads = if small && n == 1 {
+        let threads = if small && n == 1 && !resnetc_runtime::spin::pool_is_spinning() {
             1
         } else {
             rayon::current_num_threads()
         };
+        // All three phases of image `i`'s tile groups `groups`, block by block of groups.
+        let image_part = |scratch: &mut Scratch, i: usize, groups: std::ops::Range<usize>| {
+            let (v, mbuf) = scratch.bufs.as_mut().expect("taken until dropped");
+            let xi = &x[i * in_chw..(i + 1) * in_chw];
+            let vp = SendPtr(v.as_mut_ptr());
+            let mp = SendPtr(mbuf.as_mut_ptr());
+            // SAFETY: the buffers are this task's; image `i`'s groups `groups` are its own.
+            unsafe {
+                this.input(fi, xi, vp, 0..s.in_channels, groups.clone());
+                let block = this.plan.block_groups().clamp(1, groups.len().max(1));
+                let residuals = residuals_of(i);
+                for g0 in groups.clone().step_by(block) {
+                    let g = g0..(g0 + block).min(groups.end);
+                    this.gemms(weights, vp, mp, 0..this.plan.positions(), g.clone());
+                    this.output(
+                        fo,
+                        mbuf,
+                        y.at(i * out_chw),
+                        &channel_ops,
+                        &residuals,
+                        0..s.out_channels,
+                        g,
+                        sums_of(i),
+                    );
+                }
+            }
+        };
+        let groups = this.plan.cols / LANES;
+        // One image over several threads: each takes its own tiles through all three phases
+        // (no transformed values cross between cores), unless the image has too few tiles,
+        // or batch sums are taken (threads would share each channel's sum).
+        let tile_split = (n < threads && sums_at.is_none())
+            .then(|| this.plan.split_groups(threads))
+            .flatten();
         if n >= threads {
             // Few, large work items: each one allocates its transform buffers once.
             (0..n)
@@ -1134,34 +1189,14 @@ impl JitWinograd {
                 .with_min_len(n.div_ceil(2 * threads))
                 .for_each_init(
                     || this.scratch(),
-                    |scratch, i| {
-                        let (v, mbuf) = scratch.bufs.as_mut().expect("taken until dropped");
-                        let xi = &x[i * in_chw..(i + 1) * in_chw];
-                        let vp = SendPtr(v.as_mut_ptr());
-                        let mp = SendPtr(mbuf.as_mut_ptr());
-                        // SAFETY: the buffers are this task's; image `i` owns its output.
-                        unsafe {
-                            this.input(fi, xi, vp, 0..s.in_channels);
-                            let groups = this.plan.cols / LANES;
-                            let block = this.plan.block_groups().clamp(1, groups);
-                            let residuals = residuals_of(i);
-                            for g0 in (0..groups).step_by(block) {
-                                let g = g0..(g0 + block).min(groups);
-                                this.gemms(weights, vp, mp, 0..this.plan.positions(), g.clone());
-                                this.output(
-                                    fo,
-                                    mbuf,
-                                    y.at(i * out_chw),
-                                    &channel_ops,
-                                    &residuals,
-                                    0..s.out_channels,
-                                    g,
-                                    sums_of(i),
-                                );
-                            }
-                        }
-                    },
+                    |scratch, i| image_part(scratch, i, 0..groups),
                 );
+        } else if let Some(parts) = tile_split {
+            for i in 0..n {
+                parts
+                    .par_iter()
+                    .for_each(|g| image_part(&mut this.scratch(), i, g.clone()));
+            }
         } else {
             let mut scratch = this.scratch();
             let (v, mbuf) = scratch.bufs.as_mut().expect("taken until dropped");
@@ -1173,16 +1208,10 @@ impl JitWinograd {
                 let residuals = residuals_of(i);
                 // SAFETY: each thread writes its own channels or positions.
                 (0..threads).into_par_iter().for_each(|t| unsafe {
-                    this.input(fi, xi, vp, split(s.in_channels, t));
+                    this.input(fi, xi, vp, split(s.in_channels, t), 0..groups);
                 });
                 (0..threads).into_par_iter().for_each(|t| unsafe {
-                    this.gemms(
-                        weights,
-                        vp,
-                        mp,
-                        split(this.plan.positions(), t),
-                        0..this.plan.cols / LANES,
-                    );
+                    this.gemms(weights, vp, mp, split(this.plan.positions(), t), 0..groups);
                 });
                 let mref = &mbuf;
                 (0..threads).into_par_iter().for_each(|t| unsafe {
@@ -1193,7 +1222,7 @@ impl JitWinograd {
                         &channel_ops,
                         &residuals,
                         split(s.out_channels, t),
-                        0..this.plan.cols / LANES,
+                        0..groups,
                         sums_of(i),
                     );
                 });
