@@ -29,6 +29,9 @@ pub struct JitOptions {
     pub winograd_min_channels: usize,
     /// Winograd F(2x2) on maps under 7x7 (else only F(4x4), on larger maps).
     pub winograd_small_maps: bool,
+    /// Most bytes of transformed weights for a Winograd conv ([`WINOGRAD_MAX_WEIGHT_BYTES`]
+    /// by default): beyond a core's L2 cache they stream from memory once per image.
+    pub winograd_max_weight_bytes: usize,
     /// Direct tiles for every other forward conv and stride-1 input gradient.
     pub direct: bool,
     /// Stride-1 input gradients as JIT forward convs (Winograd or direct, as the forward).
@@ -48,6 +51,7 @@ impl JitOptions {
         winograd: true,
         winograd_min_channels: MIN_CHANNELS,
         winograd_small_maps: true,
+        winograd_max_weight_bytes: usize::MAX,
         direct: true,
         grad_input: true,
         grad_weight: true,
@@ -55,8 +59,9 @@ impl JitOptions {
         pack_from_k: PACK_FROM_K,
     };
     /// The families that beat the reference kernels in `bench --layers` on ResNet-20
-    /// (batch 128) and ResNet-50 (batch 16): Winograd F(4x4) only (13 to 25 % faster per
-    /// layer on ResNet-50). Direct tiles ran 1x1 convs at 1.1 to 3.5x the reference's time
+    /// (batch 128) and ResNet-50 (batch 16): Winograd F(4x4) only, where its transformed
+    /// weights fit in [`WINOGRAD_MAX_WEIGHT_BYTES`] (on the machine with AVX-512, where the
+    /// reference GEMM is 512 bits wide, larger ones lost; see there). Direct tiles ran 1x1 convs at 1.1 to 3.5x the reference's time
     /// and 3x3 stride-2 convs at 2.3x; JIT weight gradients took 1.6x. Winograd input
     /// gradients made the ResNet-50 training step slower (3546 ms against 3260 without them,
     /// reference 3320, in one sequence of runs), so they are off here too. Winograd weight
@@ -71,6 +76,7 @@ impl JitOptions {
         winograd: true,
         winograd_min_channels: MIN_CHANNELS,
         winograd_small_maps: false,
+        winograd_max_weight_bytes: WINOGRAD_MAX_WEIGHT_BYTES,
         direct: false,
         grad_input: false,
         grad_weight: false,
@@ -78,6 +84,16 @@ impl JitOptions {
         pack_from_k: PACK_FROM_K,
     };
 }
+
+/// Transformed weights above 1 MiB (half of this machine's 2 MiB L2 per core, leaving room
+/// for the transformed tiles) make Winograd lose to the reference GEMM: its GEMMs read the
+/// weights once per image, against a few tile columns on small maps. In `bench --layers`,
+/// both engines, 2 threads: ResNet-50's layer3 3x3 convs (9.4 MB transformed, 14x14) took
+/// 20.6 ms against 15.0 at batch 16 and 2.3 against 1.2 ms at batch 1; layer4's (37.7 MB,
+/// 7x7) 25.7 against 15.7 ms at batch 16; layer2's (2.4 MB, 28x28) 18.3 against 16.3 ms at
+/// batch 16. Layer1's (0.6 MB, 56x56) won, 21.0 against 22.8 ms, as did all of ResNet-20's
+/// (at most 0.6 MB): 2.8 against 4.6 ms for its 64-channel layers at batch 128.
+pub const WINOGRAD_MAX_WEIGHT_BYTES: usize = 1 << 20;
 
 pub struct JitEngine {
     tiles: CompiledTiles,
@@ -96,7 +112,9 @@ fn plan_conv(kernel: &Kernel, options: &JitOptions) -> Option<ConvKernelPlan> {
             kernel,
             options.winograd_min_channels,
             options.winograd_small_maps,
-        ) {
+        )
+        .filter(|w| 4 * w.packing().packed_len(&w.conv.spec) <= options.winograd_max_weight_bytes)
+        {
             return Some(ConvKernelPlan::Winograd(Box::new(w)));
         }
     }
