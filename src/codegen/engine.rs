@@ -61,13 +61,13 @@ impl JitOptions {
     /// The families that beat the reference kernels in `bench --layers` on ResNet-20
     /// (batch 128) and ResNet-50 (batch 16): Winograd F(4x4) only, where its transformed
     /// weights fit in [`WINOGRAD_MAX_WEIGHT_BYTES`] (on the machine with AVX-512, where the
-    /// reference GEMM is 512 bits wide, larger ones lost; see there). Direct tiles ran 1x1 convs at 1.1 to 3.5x the reference's time
-    /// and 3x3 stride-2 convs at 2.3x; JIT weight gradients took 1.6x. Winograd input
-    /// gradients made the ResNet-50 training step slower (3546 ms against 3260 without them,
-    /// reference 3320, in one sequence of runs), so they are off here too. Winograd weight
-    /// gradients ran ResNet-20's 16-channel layers in 9 ms against the reference's 12.5
-    /// (batch 128), but round 10 to 35 times more (tests/jit.rs
-    /// `winograd_weight_gradient_error_is_bounded`), and Adam's first steps, which move each
+    /// reference GEMM is 512 bits wide, larger ones lost; see there). Direct tiles ran 1x1
+    /// convs at 1.1 to 3.5x the reference's time and 3x3 stride-2 convs at 2.3x; JIT weight
+    /// gradients took 1.6x. Winograd input gradients made the ResNet-50 training step slower
+    /// (3546 ms against 3260 without them, reference 3320, in one sequence of runs), so they
+    /// are off here too. Winograd weight gradients ran ResNet-20's 16-channel layers in 9 ms
+    /// against the reference's 12.5 (batch 128), but round 10 to 35 times more
+    /// (tests/jit.rs `winograd_weight_gradient_error_is_bounded`), and Adam's first steps, which move each
     /// weight by about `lr` times the sign of its gradient, carried that into a 0.27 % error
     /// of a moment after three steps, outside the PyTorch fixture's tolerance
     /// (tests/parity.rs); they are off here. The convs left to the reference GEMM get their
@@ -113,8 +113,10 @@ fn plan_conv(kernel: &Kernel, options: &JitOptions) -> Option<ConvKernelPlan> {
             options.winograd_min_channels,
             options.winograd_small_maps,
         )
-        .filter(|w| 4 * w.packing().packed_len(&w.conv.spec) <= options.winograd_max_weight_bytes)
-        {
+        .filter(|w| {
+            let bytes = w.packing().packed_len(&w.conv.spec) * std::mem::size_of::<f32>();
+            bytes <= options.winograd_max_weight_bytes
+        }) {
             return Some(ConvKernelPlan::Winograd(Box::new(w)));
         }
     }

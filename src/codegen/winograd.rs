@@ -648,6 +648,14 @@ impl WinogradPlan {
     /// When groups straddle tile rows, a band is `tw` groups, 4 whole tile rows, so that no
     /// band starts inside a row: bands of one group ran the vertical half of the 4 columns
     /// two neighbouring groups share twice, and rebuilt the band's offsets every 4 tiles.
+    fn band_groups(&self) -> usize {
+        let tw = self.tiles_hw[1];
+        if tw.is_multiple_of(LANES) {
+            tw / LANES
+        } else {
+            tw
+        }
+    }
     /// The image's tile groups in `parts` ranges, as even as whole bands
     /// ([`WinogradPlan::band_groups`]) allow, for threads that each run all three phases
     /// on their own tiles; `None` when there are fewer bands than `2 * parts`, and for
@@ -661,14 +669,6 @@ impl WinogradPlan {
                 .map(|t| (t * units / parts * unit)..((t + 1) * units / parts * unit).min(groups))
                 .collect()
         })
-    }
-    fn band_groups(&self) -> usize {
-        let tw = self.tiles_hw[1];
-        if tw.is_multiple_of(LANES) {
-            tw / LANES
-        } else {
-            tw
-        }
     }
     /// Tile groups whose GEMMs and output transform run back to back, so their transformed
     /// output (all channels) stays in L1: about 20 KiB of it, at least one group. F(2x2)
@@ -778,7 +778,7 @@ impl JitWinograd {
             let mut vert = vec![0.0f32; A * pw];
             let row = tw / LANES;
             debug_assert!(groups.start.is_multiple_of(row) && groups.end.is_multiple_of(row));
-            for ty in groups.start / row..groups.end.div_ceil(row).min(th) {
+            for ty in groups.start / row..groups.end / row {
                 for c in chans.clone() {
                     let plane = &x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
                     for i in 0..A {
